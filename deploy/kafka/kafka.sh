@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Single-node Apache Kafka 4.x (KRaft, combined broker+controller) built from Maven Central jars.
+#
+#   deploy/kafka/kafka.sh start [PORT]   start (idempotent), wait until it answers, print bootstrap
+#   deploy/kafka/kafka.sh stop  [PORT]   stop cleanly (SIGTERM, then SIGKILL after a grace period)
+#   deploy/kafka/kafka.sh status [PORT]  exit 0 and print bootstrap when running
+#
+# Environment:
+#   DAE_KAFKA_PORT    broker port (default 19092; the controller listens on PORT+1)
+#   DAE_KAFKA_HOME    jar cache (default ~/.cache/dae/kafka-<version>); resolved once with Maven
+#   DAE_KAFKA_DATA    data/log directory (default ${TMPDIR:-/tmp}/dae-kafka-<port>)
+#   DAE_KAFKA_HEAP    JVM heap (default 1g)
+#   DAE_KAFKA_SASL    "scram" to add a SASL_PLAINTEXT/SCRAM-SHA-256 listener on PORT+2 (later use)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$here/pom.xml")"
+cmd="${1:-status}"
+port="${2:-${DAE_KAFKA_PORT:-19092}}"
+cport=$((port + 1))
+home="${DAE_KAFKA_HOME:-$HOME/.cache/dae/kafka-$version}"
+data="${DAE_KAFKA_DATA:-${TMPDIR:-/tmp}/dae-kafka-$port}"
+pidfile="$data/kafka.pid"
+logfile="$data/kafka.out"
+bootstrap="127.0.0.1:$port"
+
+log() { echo "kafka.sh: $*" >&2; }
+
+running() {
+  [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+resolve_jars() {
+  if [[ -f "$home/.complete" ]]; then return; fi
+  command -v mvn >/dev/null || { log "Maven (mvn) is required to fetch Kafka $version jars"; exit 1; }
+  command -v java >/dev/null || { log "Java 17+ is required to run Kafka"; exit 1; }
+  log "resolving Kafka $version jars from Maven Central into $home/libs (once)"
+  mkdir -p "$home"
+  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+      -DoutputDirectory="$home/libs" -DincludeScope=runtime >&2
+  touch "$home/.complete"
+}
+
+write_config() {
+  mkdir -p "$data/logs"
+  cat > "$data/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$data/logs
+num.partitions=4
+auto.create.topics.enable=true
+# One node: every internal topic has a single replica.
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Tests and demos join groups often: do not wait 3 s for more members before the first rebalance.
+group.initial.rebalance.delay.ms=0
+# Chunks of up to 8 MiB per message (the codec's default limit is lower).
+message.max.bytes=8388608
+log.retention.hours=24
+log.segment.bytes=268435456
+PROPS
+}
+
+start() {
+  if running; then
+    echo "$bootstrap"; return
+  fi
+  if port_open "$port"; then
+    log "port $port is already in use by another process"; exit 1
+  fi
+  resolve_jars
+  write_config
+  local cp="$home/libs/*"
+  local jvm=(java -Xms256m "-Xmx${DAE_KAFKA_HEAP:-1g}" -XX:+UseG1GC -Djava.awt.headless=true
+             "-Dlog4j2.configurationFile=$here/log4j2.properties" -cp "$cp")
+  if [[ ! -f "$data/logs/meta.properties" ]]; then
+    local cid
+    cid="$("${jvm[@]}" kafka.tools.StorageTool random-uuid)"
+    "${jvm[@]}" kafka.tools.StorageTool format -t "$cid" -c "$data/server.properties" >&2
+  fi
+  nohup setsid "${jvm[@]}" kafka.Kafka "$data/server.properties" >"$logfile" 2>&1 < /dev/null &
+  echo $! > "$pidfile"
+  # Wait for the broker to register and open its client listener (KRaft start takes a few seconds).
+  for _ in $(seq 1 240); do
+    if ! running; then log "broker exited during start; last lines of $logfile:"; tail -20 "$logfile" >&2; exit 1; fi
+    if grep -q "Kafka Server started" "$logfile" 2>/dev/null && port_open "$port"; then
+      echo "$bootstrap"; return
+    fi
+    sleep 0.5
+  done
+  log "broker did not start within 120 s; see $logfile"; exit 1
+}
+
+stop() {
+  if ! running; then log "not running on port $port"; return; fi
+  local pid; pid="$(cat "$pidfile")"
+  kill -TERM "$pid"
+  for _ in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; log "stopped"; return; }
+    sleep 0.5
+  done
+  log "broker did not stop in 30 s; killing"
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
+
+case "$cmd" in
+  start) start ;;
+  stop) stop ;;
+  status) if running; then echo "$bootstrap"; else exit 3; fi ;;
+  clean) stop; rm -rf "$data" ;;
+  *) echo "usage: $0 start|stop|status|clean [PORT]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,163 @@
+"""One settings model for every process (worker, simulate, capture, train, bench, demo).
+
+Sources, highest first: constructor arguments (CLI flags), environment (``DAE_`` prefix, ``__`` for
+nesting, e.g. ``DAE_KAFKA__BOOTSTRAP_SERVERS``), a ``.env`` file, then the defaults below.
+An invalid value stops the start with pydantic's message, which names the setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(BaseModel):
+    model_config = _FROZEN
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    raw_topics: tuple[str, ...] = ("dae.raw",)
+    clean_topic: str = "dae.clean"
+    alerts_topic: str = "dae.alerts"
+    dead_letter_topic: str = "dae.deadletter"
+    group_id: str = "dae-worker"
+    client_id: str = "dae"
+    # Partitions for topics this project creates (raw/clean/alerts/dead-letter) when absent.
+    partitions: int = Field(4, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    # Records per poll: big enough to fill a micro-batch from many streams in one call.
+    max_poll_records: int = Field(500, ge=1)
+    # Producer batching: a few ms of linger turns per-chunk sends into few large requests.
+    linger_ms: int = Field(5, ge=0)
+    # Must stay below the broker's message.max.bytes (deploy/kafka sets 8 MiB).
+    max_request_size: int = Field(8 * 1024 * 1024, ge=1024)
+    # A worker that stops polling for this long is considered dead by the group coordinator.
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+
+    def client_options(self) -> dict:
+        """Options shared by every kafka-python client (consumer, producer, admin)."""
+        opts: dict = {
+            "bootstrap_servers": self.bootstrap_servers.split(","),
+            "security_protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            opts["sasl_mechanism"] = self.sasl_mechanism
+            opts["sasl_plain_username"] = self.sasl_username
+            opts["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value is not None:
+                opts[name] = str(value)
+        return opts
+
+
+class WindowSettings(BaseModel):
+    model_config = _FROZEN
+
+    # Window length W and hop H in samples. None: take them from the loaded model's checkpoint.
+    window: int | None = Field(None, ge=8)
+    hop: int | None = Field(None, ge=1)
+    # Largest chunk accepted, in frames (samples per channel); larger chunks are dead-lettered.
+    max_chunk_frames: int = Field(1 << 20, ge=1)
+    # A stream silent for this long has its tail released (padded final window) and state dropped.
+    idle_flush_s: float = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _hop_fits(self) -> "WindowSettings":
+        if self.window is not None and self.hop is not None and self.hop > self.window:
+            raise ValueError(f"window.hop ({self.hop}) must not exceed window.window ({self.window})")
+        return self
+
+
+class BatchSettings(BaseModel):
+    model_config = _FROZEN
+
+    # A batch closes at max_batch windows or max_delay_ms after its first window, whichever first.
+    max_batch: int = Field(512, ge=1)
+    max_delay_ms: float = Field(20.0, ge=0)
+
+
+class ModelSettings(BaseModel):
+    model_config = _FROZEN
+
+    # Registry directory (versions/ + atomic CURRENT pointer) shared by worker and retraining.
+    registry: Path = Path(".dae/registry")
+    # Serve this version (or checkpoint directory) instead of the registry's current one.
+    version: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # bf16 only applies on CUDA; the CPU always runs float32.
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class MetricsSettings(BaseModel):
+    model_config = _FROZEN
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class WorkerSettings(BaseModel):
+    model_config = _FROZEN
+
+    # Commit at most this often (s); commits also happen on revoke and shutdown.
+    commit_interval_s: float = Field(1.0, gt=0)
+    # SIGTERM: finish the in-flight batch, flush and commit within this many seconds.
+    shutdown_timeout_s: float = Field(10.0, gt=0)
+    # Poll timeout: bounds how late a deadline-closed batch or an idle flush can be.
+    poll_timeout_ms: int = Field(10, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DAE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        frozen=True,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    window: WindowSettings = WindowSettings()
+    batch: BatchSettings = BatchSettings()
+    model: ModelSettings = ModelSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from env/.env with nested ``overrides`` (e.g. from CLI flags) on top.
+
+    ``overrides`` maps top-level sections to dicts of fields; ``None`` values are ignored so that
+    unset CLI flags do not shadow the environment.
+    """
+    base = Settings()
+    if not overrides:
+        return base
+    merged = base.model_dump()
+    for section, fields in overrides.items():
+        if fields is None:
+            continue
+        if isinstance(fields, dict):
+            merged.setdefault(section, {}).update({k: v for k, v in fields.items() if v is not None})
+        else:
+            merged[section] = fields
+    # Re-validate the merged dict (unwrap secrets so they survive the round-trip).
+    pw = base.kafka.sasl_password
+    if pw is not None and merged["kafka"].get("sasl_password") is pw:
+        merged["kafka"]["sasl_password"] = pw.get_secret_value()
+    return Settings.model_validate(merged)
