@@ -117,8 +117,9 @@ class WorkerSettings(BaseModel):
     commit_interval_s: float = Field(1.0, gt=0)
     # SIGTERM: finish the in-flight batch, flush and commit within this many seconds.
     shutdown_timeout_s: float = Field(10.0, gt=0)
-    # Poll timeout: bounds how late a deadline-closed batch or an idle flush can be.
-    poll_timeout_ms: int = Field(10, ge=0)
+    # Longest poll when no batch is waiting (a waiting batch shortens it to its deadline); it
+    # bounds how late an idle flush or a commit can be.
+    poll_timeout_ms: int = Field(100, ge=1)
 
 
 class Settings(BaseSettings):

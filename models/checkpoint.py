@@ -1,0 +1,255 @@
+"""Checkpoints: ``model.safetensors`` (weights) + ``model.json`` (everything needed to rebuild).
+
+Weights are only ever read as safetensors — never ``torch.load``/pickle, which can execute code.
+The JSON records the architecture and its config (so the model rebuilds from the files alone), the
+window/hop and sample rates it serves, its normalisation and training corruption, training summary,
+validation metrics, reconstruction-error quantiles (for alert thresholds) and the sha256 of the
+weights file, checked on every load so a tampered or half-written file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import uuid
+from dataclasses import MISSING, asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from models.dae import ARCHITECTURES, build_model, model_config
+
+WEIGHTS = "model.safetensors"
+META = "model.json"
+FORMAT_VERSION = 1
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that must not be loaded; the message names the problem."""
+
+
+@dataclass
+class ModelMeta:
+    arch: str
+    config: dict
+    window: int
+    hop: int
+    sample_rates: list[float]
+    normalisation: str
+    corruption: dict
+    training: dict
+    metrics: dict
+    error_quantiles: dict[str, float]
+    created: str
+    sha256: str
+    version: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelMeta":
+        if not isinstance(d, dict):
+            raise CheckpointError(f"{META} must hold a JSON object, got {type(d).__name__}")
+        names = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = sorted(required - set(d))
+        if missing:
+            raise CheckpointError(f"{META} is missing fields: {', '.join(missing)}")
+        # Unknown keys are ignored: a newer writer may add fields within the same format_version.
+        meta = cls(**{k: v for k, v in d.items() if k in names})
+        meta._check_types()
+        return meta
+
+    def _check_types(self) -> None:
+        def bad(name: str, want: str) -> CheckpointError:
+            return CheckpointError(f"{META}: field {name!r} must be {want}, got {getattr(self, name)!r}")
+
+        for name in ("window", "hop", "format_version"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise bad(name, "an integer")
+        for name in ("arch", "normalisation", "created", "sha256"):
+            if not isinstance(getattr(self, name), str):
+                raise bad(name, "a string")
+        for name in ("config", "corruption", "training", "metrics", "error_quantiles"):
+            if not isinstance(getattr(self, name), dict):
+                raise bad(name, "an object")
+        if not isinstance(self.sample_rates, list) or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) for r in self.sample_rates
+        ):
+            raise bad("sample_rates", "a list of numbers")
+        if self.version is not None and not isinstance(self.version, str):
+            raise bad("version", "a string or null")
+
+
+def _normalised(meta: ModelMeta) -> ModelMeta:
+    """The meta exactly as it reads back from JSON (tuples → lists, ints stay ints)."""
+    return ModelMeta.from_dict(json.loads(json.dumps(meta.to_dict(), allow_nan=False)))
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file beside ``path``, fsync, rename over it: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(directory: Path, model: nn.Module, meta: ModelMeta) -> ModelMeta:
+    """Write weights then JSON (the JSON, carrying the weights' sha256, commits the checkpoint)."""
+    directory = Path(directory)
+    if meta.arch not in ARCHITECTURES:
+        raise CheckpointError(f"unknown architecture {meta.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    blob = st_save(tensors, metadata={"format": "pt", "arch": meta.arch})
+    digest = hashlib.sha256(blob).hexdigest()
+    out = _normalised(replace(meta, sha256=digest, format_version=FORMAT_VERSION))
+    _write_atomic(directory / WEIGHTS, blob)
+    text = json.dumps(out.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    _write_atomic(directory / META, text.encode())
+    fsync_dir(directory)
+    return out
+
+
+def _refuse_pickle(path: Path, data: bytes) -> None:
+    """Refuse pickle (b"\\x80" + protocol) and zip/torch.save ("PK") files posing as weights."""
+    # safetensors starts with a u64 little-endian header length whose low byte may itself be 0x80,
+    # so a structurally valid safetensors prefix wins; a pickle read that way gives an absurd length.
+    if len(data) >= 10:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        if header_len <= len(data) - 8 and data[8:9] == b"{":
+            return
+    if data[:1] == b"\x80" or data[:2] == b"PK":
+        raise CheckpointError(
+            f"{path} is a pickle/zip (torch.save) file, not safetensors; refusing to load it "
+            "(unpickling can run arbitrary code)"
+        )
+
+
+def _read_meta(directory: Path) -> ModelMeta:
+    path = directory / META
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    meta = ModelMeta.from_dict(raw)
+    if meta.format_version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: unsupported format_version {meta.format_version!r} (this code reads <= {FORMAT_VERSION})"
+        )
+    return meta
+
+
+def read_meta(directory: Path) -> ModelMeta:
+    """The checkpoint's metadata only (no weights read, no hash check)."""
+    directory = Path(directory)
+    if not (directory / META).is_file():
+        raise CheckpointError(f"checkpoint {directory} has no {META}")
+    return _read_meta(directory)
+
+
+def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelMeta]:
+    """Load and verify a checkpoint; returns ``(model in eval mode on device, meta)``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    wpath, mpath = directory / WEIGHTS, directory / META
+    if not wpath.is_file():
+        pickles = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in _PICKLE_SUFFIXES)
+        if pickles:
+            raise CheckpointError(
+                f"checkpoint {directory} has pickle-format weights ({', '.join(pickles)}) and no {WEIGHTS}; "
+                "only safetensors weights are loaded"
+            )
+        raise CheckpointError(f"checkpoint {directory} has no {WEIGHTS}")
+    if not mpath.is_file():
+        raise CheckpointError(f"checkpoint {directory} has no {META}")
+    meta = _read_meta(directory)
+
+    # Read once, then hash and parse the same bytes: no window for the file to change in between.
+    data = wpath.read_bytes()
+    _refuse_pickle(wpath, data)
+    got = hashlib.sha256(data).hexdigest()
+    if got != meta.sha256:
+        raise CheckpointError(
+            f"weights sha256 mismatch: expected {meta.sha256}, got {got} — file tampered or half-written "
+            f"({wpath})"
+        )
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # safetensors raises its own error types for corrupt headers/offsets
+        raise CheckpointError(f"{wpath} could not be parsed as safetensors: {e}") from None
+
+    if meta.arch not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{mpath}: unknown architecture {meta.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    try:
+        model = build_model(meta.arch, meta.config)
+    except ValueError as e:
+        raise CheckpointError(f"{mpath}: {e}") from None
+    cfg_window = meta.config.get("window") if isinstance(meta.config, dict) else None
+    if cfg_window is not None and cfg_window != meta.window:
+        raise CheckpointError(f"{mpath}: window {meta.window} disagrees with config window {cfg_window}")
+    if not (isinstance(meta.hop, int) and 1 <= meta.hop <= meta.window):
+        raise CheckpointError(f"{mpath}: hop must be an integer in [1, window={meta.window}], got {meta.hop!r}")
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{wpath} does not match architecture {meta.arch!r} {meta.config}: "
+            f"missing tensors {missing}, unexpected tensors {unexpected}"
+        )
+    bad = [
+        f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(tensors[k].shape) != tuple(v.shape)
+    ]
+    if bad:
+        raise CheckpointError(f"{wpath} shape mismatch for {meta.arch!r} {meta.config}: " + "; ".join(bad))
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval(), meta
+
+
+def meta_for(model: nn.Module, arch: str, **kw) -> ModelMeta:
+    """Convenience: a ModelMeta whose ``config`` is taken from the model (sha256 filled on save)."""
+    kw.setdefault("sha256", "")
+    return ModelMeta(arch=arch, config=model_config(model), **kw)
+
+
+__all__ = [
+    "CheckpointError",
+    "ModelMeta",
+    "load_checkpoint",
+    "meta_for",
+    "fsync_dir",
+    "read_meta",
+    "save_checkpoint",
+    "WEIGHTS",
+    "META",
+]

@@ -1,0 +1,183 @@
+"""Corruption processes q(x̃|x) for denoising-autoencoder training.
+
+Each process maps a (B, W) float batch to a corrupted copy (the input is never modified), drawing all
+randomness from the ``torch.Generator`` passed in, so training is reproducible. ``to_dict`` /
+``corruption_from_dict`` round-trip a process through a checkpoint's JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+
+def _check_batch(x: torch.Tensor, who: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{who}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{who}: expected a (B, W) batch, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{who}: expected a floating-point batch, got {x.dtype}")
+
+
+def _check_fraction(fraction: float, who: str) -> float:
+    f = float(fraction)
+    if not (0.0 <= f <= 1.0):
+        raise ValueError(f"{who}: fraction must be in [0, 1], got {fraction!r}")
+    return f
+
+
+def _pick(x: torch.Tensor, fraction: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Boolean mask with exactly round(fraction*W) True entries per row, positions uniform."""
+    b, w = x.shape
+    k = int(round(fraction * w))
+    mask = torch.zeros((b, w), dtype=torch.bool, device=x.device)
+    if k == 0 or b == 0:
+        return mask
+    keys = torch.rand((b, w), generator=generator, device=x.device)
+    idx = keys.argsort(dim=1)[:, :k]
+    return mask.scatter_(1, idx, True)
+
+
+class Corruption:
+    """Base class: ``__call__(x, generator) -> x_tilde``."""
+
+    kind = "base"
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+class GaussianNoise(Corruption):
+    """Additive white Gaussian noise with std ``sigma`` times each window's RMS.
+
+    ``sigma`` is a float, or a ``(lo, hi)`` range from which each window draws its own σ uniformly.
+    A window of zeros stays zeros (its RMS is 0).
+    """
+
+    kind = "gaussian"
+
+    def __init__(self, sigma: float | tuple[float, float]):
+        if isinstance(sigma, (tuple, list)):
+            if len(sigma) != 2:
+                raise ValueError(f"GaussianNoise: sigma range must be (lo, hi), got {sigma!r}")
+            lo, hi = float(sigma[0]), float(sigma[1])
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
+                raise ValueError(f"GaussianNoise: need finite 0 <= lo <= hi, got sigma={sigma!r}")
+            self.sigma: float | tuple[float, float] = (lo, hi)
+        else:
+            s = float(sigma)
+            if not (math.isfinite(s) and s >= 0.0):
+                raise ValueError(f"GaussianNoise: sigma must be finite and >= 0, got {sigma!r}")
+            self.sigma = s
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_batch(x, "GaussianNoise")
+        b = x.shape[0]
+        rms = x.pow(2).mean(dim=1, keepdim=True).sqrt()
+        if isinstance(self.sigma, tuple):
+            lo, hi = self.sigma
+            u = torch.rand((b, 1), generator=generator, device=x.device, dtype=x.dtype)
+            sig = lo + (hi - lo) * u
+        else:
+            sig = torch.full((b, 1), self.sigma, device=x.device, dtype=x.dtype)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + noise * (sig * rms)
+
+    def to_dict(self) -> dict:
+        s = list(self.sigma) if isinstance(self.sigma, tuple) else self.sigma
+        return {"type": self.kind, "sigma": s}
+
+
+class MaskingNoise(Corruption):
+    """Sets exactly round(fraction*W) randomly chosen samples of each window to 0."""
+
+    kind = "masking"
+
+    def __init__(self, fraction: float):
+        self.fraction = _check_fraction(fraction, "MaskingNoise")
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_batch(x, "MaskingNoise")
+        return x.masked_fill(_pick(x, self.fraction, generator), 0.0)
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "fraction": self.fraction}
+
+
+class SaltPepperNoise(Corruption):
+    """Sets exactly round(fraction*W) samples of each window to that window's min or max (50/50)."""
+
+    kind = "salt_pepper"
+
+    def __init__(self, fraction: float):
+        self.fraction = _check_fraction(fraction, "SaltPepperNoise")
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_batch(x, "SaltPepperNoise")
+        if x.numel() == 0:
+            return x.clone()
+        hit = _pick(x, self.fraction, generator)
+        salt = torch.rand(x.shape, generator=generator, device=x.device) < 0.5
+        lo = x.amin(dim=1, keepdim=True).expand_as(x)
+        hi = x.amax(dim=1, keepdim=True).expand_as(x)
+        return torch.where(hit, torch.where(salt, hi, lo), x)
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "fraction": self.fraction}
+
+
+class Compose(Corruption):
+    """Applies corruptions in order (an empty Compose is the identity, returning a copy)."""
+
+    kind = "compose"
+
+    def __init__(self, corruptions: Sequence[Corruption]):
+        items = list(corruptions)
+        for c in items:
+            if not isinstance(c, Corruption):
+                raise TypeError(f"Compose: {c!r} is not a Corruption")
+        self.corruptions = items
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_batch(x, "Compose")
+        out = x.clone()
+        for c in self.corruptions:
+            out = c(out, generator)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "items": [c.to_dict() for c in self.corruptions]}
+
+
+_KINDS = {c.kind: c for c in (GaussianNoise, MaskingNoise, SaltPepperNoise, Compose)}
+
+
+def corruption_from_dict(d: dict) -> Corruption:
+    """Rebuild a corruption from ``to_dict()`` output."""
+    if not isinstance(d, dict) or "type" not in d:
+        raise ValueError(f"corruption spec must be a dict with a 'type' key, got {d!r}")
+    kind = d["type"]
+    if kind not in _KINDS:
+        raise ValueError(f"unknown corruption type {kind!r}; known: {', '.join(sorted(_KINDS))}")
+    try:
+        if kind == "gaussian":
+            s = d["sigma"]
+            return GaussianNoise(tuple(s) if isinstance(s, list) else s)
+        if kind == "compose":
+            return Compose([corruption_from_dict(i) for i in d["items"]])
+        return _KINDS[kind](d["fraction"])
+    except KeyError as e:
+        raise ValueError(f"corruption spec {d!r} is missing key {e.args[0]!r}") from None

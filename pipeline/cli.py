@@ -1,0 +1,264 @@
+"""The ``dae`` command. Every option also comes from the environment (``DAE_`` prefix, ``__`` for
+nesting) or a ``.env`` file through :mod:`pipeline.settings`; flags given here win."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+
+from pipeline.settings import Settings, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+kafka_app = typer.Typer(no_args_is_help=True, help="The local single-node KRaft broker (deploy/kafka).")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: versions and the current pointer.")
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(models_app, name="models")
+
+BootstrapOpt = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers [DAE_KAFKA__BOOTSTRAP_SERVERS]")
+RegistryOpt = typer.Option(None, "--registry", help="Model registry directory [DAE_MODEL__REGISTRY]")
+
+
+def _settings(bootstrap: str | None = None, registry: Path | None = None, **sections) -> Settings:
+    try:
+        return load_settings(
+            kafka={"bootstrap_servers": bootstrap, **sections.pop("kafka", {})},
+            model={"registry": registry, **sections.pop("model", {})},
+            **sections,
+        )
+    except ValidationError as exc:
+        lines = []
+        for e in exc.errors():
+            name = ".".join(str(p) for p in e["loc"])
+            lines.append(f"  {name} (env DAE_{name.upper().replace('.', '__')}): {e['msg']}")
+        typer.echo("invalid settings:\n" + "\n".join(lines), err=True)
+        raise typer.Exit(2)
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------------- kafka
+@kafka_app.command("start")
+def kafka_start(port: int = typer.Option(19092, help="Broker port (controller on port+1)")):
+    """Start the local broker (idempotent) and print its bootstrap address."""
+    from pipeline import kafka_local
+
+    typer.echo(kafka_local.start(port))
+
+
+@kafka_app.command("stop")
+def kafka_stop(port: int = typer.Option(19092)):
+    from pipeline import kafka_local
+
+    kafka_local.stop(port)
+
+
+@kafka_app.command("status")
+def kafka_status(port: int = typer.Option(19092)):
+    from pipeline import kafka_local
+
+    addr = kafka_local.status(port)
+    if addr is None:
+        typer.echo(f"no local broker on port {port}", err=True)
+        raise typer.Exit(3)
+    typer.echo(addr)
+
+
+# -------------------------------------------------------------------------------- worker
+@app.command()
+def worker(
+    bootstrap: Optional[str] = BootstrapOpt,
+    registry: Optional[Path] = RegistryOpt,
+    model: Optional[str] = typer.Option(None, help="Model version or checkpoint dir [DAE_MODEL__VERSION]"),
+    raw_topic: Optional[list[str]] = typer.Option(None, help="Raw topic(s) [DAE_KAFKA__RAW_TOPICS]"),
+    clean_topic: Optional[str] = typer.Option(None, help="Cleaned topic [DAE_KAFKA__CLEAN_TOPIC]"),
+    group_id: Optional[str] = typer.Option(None, help="Consumer group [DAE_KAFKA__GROUP_ID]"),
+    max_batch: Optional[int] = typer.Option(None, help="Windows per batch [DAE_BATCH__MAX_BATCH]"),
+    max_delay_ms: Optional[float] = typer.Option(None, help="Batch deadline [DAE_BATCH__MAX_DELAY_MS]"),
+    device: Optional[str] = typer.Option(None, help="auto|cpu|cuda [DAE_MODEL__DEVICE]"),
+    metrics_port: Optional[int] = typer.Option(None, help="Metrics port [DAE_METRICS__PORT]"),
+    max_seconds: Optional[float] = typer.Option(None, help="Stop after this long (tests, demos)"),
+    verbose: bool = False,
+):
+    """Consume raw chunks, denoise, publish cleaned chunks (a consumer-group member)."""
+    _logging(verbose)
+    s = _settings(
+        bootstrap,
+        registry,
+        kafka={"raw_topics": tuple(raw_topic) if raw_topic else None, "clean_topic": clean_topic, "group_id": group_id},
+        model={"version": model, "device": device},
+        batch={"max_batch": max_batch, "max_delay_ms": max_delay_ms},
+        metrics={"port": metrics_port},
+    )
+    from pipeline.engine import InferenceEngine
+    from pipeline.worker import Worker
+
+    try:
+        engine = InferenceEngine.from_source(s.model.registry, s.model.version, device=s.model.device, dtype=s.model.dtype)
+    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"cannot load model: {exc}", err=True)
+        raise typer.Exit(2)
+    w = Worker(s, engine)
+    w.install_signal_handlers()
+    logging.getLogger(__name__).info(
+        "worker: model %s (window %d, hop %d) on %s, topics %s -> %s",
+        engine.version, w.window, w.hop, engine.device, ",".join(s.kafka.raw_topics), s.kafka.clean_topic,
+    )
+    w.run(max_seconds=max_seconds)
+
+
+# --------------------------------------------------------------------------------- train
+@app.command()
+def train(
+    sample_rate: float = typer.Option(..., help="Sample rate (Hz) the model will serve"),
+    window: int = typer.Option(256, help="Window length W in samples"),
+    hop: Optional[int] = typer.Option(None, help="Hop H (default W/2)"),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default: the trainer's)"),
+    max_seconds: Optional[float] = typer.Option(None, help="Wall-clock budget"),
+    seed: int = 0,
+    registry: Optional[Path] = RegistryOpt,
+    promote: bool = typer.Option(True, help="Make the new version current"),
+    quiet: bool = False,
+):
+    """Train the seed MLP DAE on the synthetic generator and publish it to the registry."""
+    from models.registry import ModelRegistry
+    from models.train import TrainConfig, train_synthetic
+
+    s = _settings(None, registry)
+    kw = {"sample_rate": sample_rate, "window": window, "hop": hop, "seed": seed}
+    if steps is not None:
+        kw["steps"] = steps
+    if max_seconds is not None:
+        kw["max_seconds"] = max_seconds
+    model, meta = train_synthetic(TrainConfig(**kw), progress=not quiet)
+    version = ModelRegistry(s.model.registry).publish(model, meta, promote=promote)
+    gain = meta.metrics.get("snr_gain_db")
+    typer.echo(f"{version}: window {meta.window}, hop {meta.hop}, {sample_rate:g} Hz"
+               + (f", validation SNR gain {gain:.2f} dB" if gain is not None else "")
+               + (" (current)" if promote else ""))
+
+
+# ------------------------------------------------------------------------- stream tools
+@app.command()
+def simulate(
+    streams: int = 8,
+    sample_rate: float = 1000.0,
+    seconds: float = 10.0,
+    snr_db: float = typer.Option(10.0, help="Input SNR of the published noisy signal"),
+    chunk_min: int = 64,
+    chunk_max: int = 1024,
+    realtime: bool = False,
+    seed: int = 0,
+    bootstrap: Optional[str] = BootstrapOpt,
+    topic: Optional[str] = typer.Option(None, help="Raw topic (default: the first of kafka.raw_topics)"),
+):
+    """Publish synthetic noisy streams (vibration, drift, ECG-like, audio-like)."""
+    from pipeline.simulate import simulate as run
+
+    s = _settings(bootstrap)
+    res = run(s.kafka, streams=streams, sample_rate=sample_rate, seconds=seconds, snr_db=snr_db,
+              chunk=(chunk_min, chunk_max), realtime=realtime, seed=seed, topic=topic)
+    typer.echo(f"published {res.samples} samples of {streams} streams in {res.messages} messages "
+               f"({res.seconds:.2f} s)")
+
+
+@app.command()
+def replay(
+    file: Path,
+    stream_id: Optional[str] = typer.Option(None, help="Stream id (default: the file's stem)"),
+    sample_rate: Optional[float] = typer.Option(None, help="Needed unless the file says (WAV)"),
+    chunk: int = 1024,
+    realtime: bool = False,
+    bootstrap: Optional[str] = BootstrapOpt,
+    topic: Optional[str] = None,
+):
+    """Publish a recorded signal (.npy, .wav, .csv) as one stream."""
+    from pipeline.fileio import read_signal
+    from pipeline.simulate import replay as run
+
+    s = _settings(bootstrap)
+    samples, rate = read_signal(file, sample_rate=sample_rate)
+    if rate is None:
+        typer.echo(f"{file}: the file has no sample rate; pass --sample-rate", err=True)
+        raise typer.Exit(2)
+    n = run(s.kafka, samples, stream_id=stream_id or file.stem, sample_rate=rate, chunk=chunk,
+            realtime=realtime, topic=topic)
+    typer.echo(f"published {samples.shape[0]} frames x {samples.shape[1]} channel(s) in {n} messages")
+
+
+@app.command()
+def capture(
+    out: Path = typer.Option(Path("captured"), help="Directory for <stream>.npy"),
+    idle_s: float = typer.Option(5.0, help="Stop after this long without a message"),
+    max_seconds: Optional[float] = None,
+    bootstrap: Optional[str] = BootstrapOpt,
+    topic: Optional[str] = typer.Option(None, help="Topic (default: kafka.clean_topic)"),
+):
+    """Read the cleaned topic into <stream>.npy files, reporting gaps and duplicates."""
+    from pipeline.capture import capture as run
+
+    s = _settings(bootstrap)
+    rep = run(s.kafka, topic=topic, idle_s=idle_s, max_seconds=max_seconds, out_dir=out)
+    typer.echo(rep.summary())
+    if any(rep.gaps.values()):
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------ demo / bench
+@app.command()
+def demo(
+    streams: int = 8,
+    seconds: float = 10.0,
+    sample_rate: float = 1000.0,
+    snr_db: float = 10.0,
+    out: Path = typer.Option(Path("runs/demo"), help="Where the plot and captured streams go"),
+    bootstrap: Optional[str] = BootstrapOpt,
+    registry: Optional[Path] = RegistryOpt,
+):
+    """Broker → model → simulate → worker → capture, then a per-stream SNR table and a plot."""
+    _logging(False)
+    from pipeline.demo import run_demo
+
+    s = _settings(bootstrap, registry, metrics={"enabled": False})
+    ok = run_demo(s, streams=streams, seconds=seconds, sample_rate=sample_rate, snr_db=snr_db, out=out)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    streams: int = 8,
+    seconds: float = typer.Option(1500.0, help="Seconds of signal per stream (16 s of audio at 16 kHz = 16000 s at 1 kHz)"),
+    sample_rate: float = typer.Option(1000.0, help="Rate in the headers (the model must serve it)"),
+    chunk: int = typer.Option(4096, help="Frames per message"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON"),
+    bootstrap: Optional[str] = BootstrapOpt,
+    registry: Optional[Path] = RegistryOpt,
+):
+    """Raw Kafka ceiling vs the worker vs the naive one-message-at-a-time loop, same broker."""
+    _logging(False)
+    from pipeline.bench import run_bench
+
+    s = _settings(bootstrap, registry, metrics={"enabled": False})
+    run_bench(s, streams=streams, seconds=seconds, sample_rate=sample_rate, chunk=chunk, json_path=json_path)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

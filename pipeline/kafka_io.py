@@ -1,0 +1,130 @@
+"""Thin kafka-python wrappers: clients built from settings, topic creation, dead-letter records.
+
+Every client gets the same connection/security options (``KafkaSettings.client_options``), so
+SASL/SSL configured once applies to consumer, producer and admin alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+# Dead-letter headers added to the original message's own headers.
+DLQ_REASON = "dae.dlq.reason"
+DLQ_DETAIL = "dae.dlq.detail"
+DLQ_TOPIC = "dae.dlq.topic"
+DLQ_PARTITION = "dae.dlq.partition"
+DLQ_OFFSET = "dae.dlq.offset"
+DLQ_TIME = "dae.dlq.time"
+
+
+def make_producer(k: KafkaSettings, **extra) -> KafkaProducer:
+    opts = dict(
+        client_id=f"{k.client_id}-producer",
+        acks="all",
+        # Idempotent: broker-side de-duplication of the producer's own retries, order kept.
+        enable_idempotence=True,
+        linger_ms=k.linger_ms,
+        batch_size=1 << 20,
+        max_request_size=k.max_request_size,
+        request_timeout_ms=k.request_timeout_ms,
+    )
+    opts.update(extra)
+    return KafkaProducer(**k.client_options(), **opts)
+
+
+def make_consumer(k: KafkaSettings, *topics: str, group_id: str | None = None, **extra) -> KafkaConsumer:
+    opts = dict(
+        client_id=f"{k.client_id}-consumer",
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=k.max_poll_records,
+        session_timeout_ms=k.session_timeout_ms,
+        heartbeat_interval_ms=max(500, k.session_timeout_ms // 4),
+        request_timeout_ms=max(k.request_timeout_ms, k.session_timeout_ms + 5000),
+        fetch_max_bytes=64 << 20,
+        max_partition_fetch_bytes=k.max_request_size,
+    )
+    opts.update(extra)
+    return KafkaConsumer(*topics, **k.client_options(), **opts)
+
+
+def make_admin(k: KafkaSettings) -> KafkaAdminClient:
+    return KafkaAdminClient(
+        **k.client_options(), client_id=f"{k.client_id}-admin", request_timeout_ms=k.request_timeout_ms
+    )
+
+
+def wait_for_broker(k: KafkaSettings, timeout_s: float = 60.0) -> None:
+    """Block until the cluster answers a metadata request; clear error naming the address."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin = make_admin(k)
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except (KafkaError, OSError) as exc:
+            last = exc
+            time.sleep(0.5)
+    raise ConnectionError(
+        f"Kafka at {k.bootstrap_servers} did not answer within {timeout_s:.0f} s "
+        f"(kafka.bootstrap_servers; start a local one with `dae kafka start`): {last}"
+    )
+
+
+def ensure_topics(k: KafkaSettings, topics: list[str] | tuple[str, ...], partitions: int | None = None) -> None:
+    """Create the topics that do not exist yet (idempotent, safe against concurrent creators)."""
+    admin = make_admin(k)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if not missing:
+            return
+        # replication_factor -1: the broker's default.replication.factor.
+        specs = [NewTopic(t, partitions or k.partitions, -1) for t in missing]
+        try:
+            admin.create_topics(specs)
+        except TopicAlreadyExistsError:
+            pass
+        # Wait until every partition has a leader, so a consumer joining now sees them all.
+        deadline = time.monotonic() + 30
+        while True:
+            described = {t["topic"]: t for t in admin.describe_topics(missing)}
+            if all(
+                t in described and described[t]["partitions"]
+                and all(p["leader"] >= 0 for p in described[t]["partitions"])
+                for t in missing
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics {missing} have no leaders after 30 s")
+            time.sleep(0.1)
+        log.info("created topics %s", missing)
+    finally:
+        admin.close()
+
+
+def dead_letter_headers(headers, reason: str, detail: str, topic: str, partition: int, offset: int) -> list:
+    """The original headers plus the reason and the source coordinates."""
+    extra = [
+        (DLQ_REASON, reason.encode()),
+        (DLQ_DETAIL, detail.encode("utf-8", "replace")[:1000]),
+        (DLQ_TOPIC, topic.encode()),
+        (DLQ_PARTITION, str(partition).encode()),
+        (DLQ_OFFSET, str(offset).encode()),
+        (DLQ_TIME, str(int(time.time() * 1000)).encode()),
+    ]
+    return list(headers or []) + extra

@@ -1,0 +1,426 @@
+"""The worker: consume raw chunks, window per stream, denoise in micro-batches, overlap-add,
+publish cleaned chunks, commit offsets only behind acknowledged outputs.
+
+Delivery (at-least-once, deterministic sample indices):
+- auto-commit is off; a partition's committed offset is the oldest source message still feeding
+  an unpublished output (an unfinished window, an output not yet acknowledged by the broker, or a
+  dead-letter write not yet acknowledged);
+- each commit carries metadata ``{stream: [offset, anchor, first_unpublished_index]}`` so the next
+  owner skips what is already published and re-creates the same windows (outputs after the
+  commit may be published again, with identical indices and values);
+- on revoke: publish and commit what is done, then drop the partitions' state; on lost: drop only;
+- SIGTERM/SIGINT: finish the queued windows, wait for acknowledgments, commit, exit.
+
+The state per stream lives in :class:`pipeline.state.StreamTable` (pure bookkeeping).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+
+import numpy as np
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry
+
+from pipeline.batching import MicroBatcher
+from pipeline.codec import DecodeError, decode_chunk, encode_chunk
+from pipeline.engine import InferenceEngine
+from pipeline.kafka_io import dead_letter_headers, ensure_topics, make_consumer, make_producer
+from pipeline.metrics import WorkerMetrics, serve
+from pipeline.settings import Settings
+from pipeline.state import OutputRecord, PartitionState, Segment
+
+log = logging.getLogger(__name__)
+
+# Kafka's default offset.metadata.max.bytes is 4096; stay under it on any broker.
+COMMIT_METADATA_MAX_BYTES = 4000
+
+
+class FatalWorkerError(RuntimeError):
+    pass
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Called from inside ``poll()`` (kafka-python 2.x). The handlers take the worker's lock and
+    never block on the consumer (commits go out with commit_async, queued on the coordinator
+    connection ahead of the re-join), so they are also safe where a client version runs them on
+    its own IO thread."""
+
+    def __init__(self, worker: "Worker"):
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked):
+        self.worker._on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned):
+        self.worker._on_assigned(assigned)
+
+    def on_partitions_lost(self, lost):
+        self.worker._on_lost(lost)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: InferenceEngine,
+        registry: CollectorRegistry | None = None,
+        *,
+        consumer_options: dict | None = None,
+    ):
+        self.s = settings
+        self.engine = engine
+        self.window = settings.window.window or engine.window
+        self.hop = settings.window.hop or engine.hop
+        if self.window != engine.window:
+            raise ValueError(
+                f"window.window={self.window} but model {engine.version} was trained on {engine.window}-sample windows"
+            )
+        self.metrics = WorkerMetrics(registry or CollectorRegistry())
+        self.metrics.set_model(engine.version, engine.meta.arch, self.window, self.hop)
+        self.batcher = MicroBatcher(settings.batch.max_batch, settings.batch.max_delay_ms / 1000.0)
+        self.partitions: dict[TopicPartition, PartitionState] = {}
+        self.stop_event = threading.Event()
+        # Guards all state below: the rebalance listener runs on the consumer's IO thread.
+        self.lock = threading.RLock()
+        self._consumer_options = consumer_options or {}
+        self.consumer = None
+        self.producer = None
+        self._last_commit = 0.0
+        self._committed: dict[TopicPartition, int] = {}
+        self._failed: list[str] = []
+        self.latencies: list[float] = []  # seconds; read by `dae bench`
+        self.keep_latencies = False
+
+    # ------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        k = self.s.kafka
+        ensure_topics(k, [*k.raw_topics, k.clean_topic, k.dead_letter_topic, k.alerts_topic])
+        self.producer = make_producer(k)
+        self.consumer = make_consumer(k, group_id=k.group_id, **self._consumer_options)
+        # Know every raw topic's partitions before joining: a join on missing metadata assigns
+        # nothing and kafka-python would not re-join until its next metadata refresh.
+        deadline = time.monotonic() + 30
+        while not all(self.consumer.partitions_for_topic(t) for t in k.raw_topics):
+            if time.monotonic() > deadline:
+                raise FatalWorkerError(f"raw topic(s) {', '.join(k.raw_topics)} have no partitions")
+            time.sleep(0.2)
+        self.consumer.subscribe(list(k.raw_topics), listener=_Rebalance(self))
+        if self.s.metrics.enabled:
+            serve(self.metrics.registry, self.s.metrics.host, self.s.metrics.port)
+
+    def install_signal_handlers(self) -> None:
+        def _stop(signum, _frame):
+            log.info("signal %s: finishing the in-flight batch, flushing, committing", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+
+    def run(self, max_seconds: float | None = None) -> None:
+        if self.consumer is None:
+            self.start()
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        try:
+            while not self.stop_event.is_set() and (deadline is None or time.monotonic() < deadline):
+                self.step()
+            self.shutdown()
+        except BaseException:
+            # Never commit after an unexpected error: the next owner replays from the last commit.
+            self._close(commit=False)
+            raise
+
+    def step(self) -> None:
+        left = self.batcher.time_left()
+        timeout_ms = self.s.worker.poll_timeout_ms
+        if left is not None:
+            timeout_ms = min(timeout_ms, int(left * 1000))
+        if not self.partitions:
+            # Nothing assigned (joining or re-joining the group): give the coordinator a whole
+            # poll to finish the join; very short polls can keep timing out before it completes.
+            timeout_ms = max(timeout_ms, 500)
+        records = self.consumer.poll(timeout_ms=max(timeout_ms, 0))
+        self._load_resume_points()
+        with self.lock:
+            for tp, msgs in records.items():
+                part = self.partitions.get(tp)
+                if part is None:  # revoked meanwhile: the next owner replays these
+                    continue
+                for msg in msgs:
+                    self._handle(tp, part, msg)
+            while self.batcher.due():
+                self._run_batch()
+            self._idle_flush()
+            self._check_failures()
+        if time.monotonic() - self._last_commit >= self.s.worker.commit_interval_s:
+            self.commit()
+
+    def _load_resume_points(self) -> None:
+        """Read the committed offset and resume metadata of newly assigned partitions (blocking
+        consumer call: main thread, outside the lock)."""
+        with self.lock:
+            todo = [tp for tp, part in self.partitions.items() if not part.loaded]
+        for tp in todo:
+            committed = self.consumer.committed(tp, metadata=True)
+            resume = {}
+            if committed is not None and committed.metadata:
+                try:
+                    resume = {k: tuple(v) for k, v in json.loads(committed.metadata).items()}
+                except (ValueError, TypeError, AttributeError):
+                    log.warning("%s: unreadable commit metadata ignored", tp)
+            with self.lock:
+                part = self.partitions.get(tp)
+                if part is not None and not part.loaded:
+                    part.resume, part.loaded = resume, True
+                    self._committed[tp] = (committed.offset, committed.metadata) if committed else None
+
+    def shutdown(self) -> None:
+        t0 = time.monotonic()
+        with self.lock:
+            while len(self.batcher):
+                self._run_batch()
+        self.producer.flush(timeout=self.s.worker.shutdown_timeout_s)
+        with self.lock:
+            self._check_failures()
+        self.commit(sync=True)
+        self._close(commit=False)
+        log.info("worker stopped cleanly in %.2f s", time.monotonic() - t0)
+
+    def _close(self, commit: bool) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False)
+            except Exception:  # pragma: no cover - best effort on the way out
+                log.exception("closing consumer")
+            self.consumer = None
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout=self.s.worker.shutdown_timeout_s)
+            except Exception:  # pragma: no cover
+                log.exception("closing producer")
+            self.producer = None
+
+    # ---------------------------------------------------------------------------- input
+    def _handle(self, tp: TopicPartition, part: PartitionState, msg) -> None:
+        part.consumed = msg.offset + 1
+        self.metrics.messages.inc()
+        try:
+            chunk = decode_chunk(msg.key, msg.value, msg.headers, max_frames=self.s.window.max_chunk_frames)
+            if not self.engine.serves_rate(chunk.rate):
+                raise DecodeError(
+                    "rate_mismatch",
+                    f"sample rate {chunk.rate:g} Hz is not served by model {self.engine.version} "
+                    f"(serves {', '.join(f'{r:g}' for r in self.engine.meta.sample_rates)} Hz)",
+                )
+        except DecodeError as err:
+            self._dead_letter(tp, part, msg, err)
+            return
+        self.metrics.input_samples.inc(chunk.frames)
+        stream = part.stream(chunk.stream)
+        seg, kind = part.route(stream, chunk, msg.offset, self.window, self.hop)
+        if kind in ("gap", "rewind", "format"):
+            self.metrics.discontinuities.labels(kind).inc()
+            log.warning("stream %s: %s at sample %d (expected %s); new segment", chunk.stream, kind,
+                        chunk.index, stream.expected)
+        if seg is None:  # already published before the last commit
+            return
+        if kind != "next" and stream.closing:
+            self._flush_segments(stream.closing)
+        seg.add_input(msg.offset, chunk.index, chunk.end, msg.timestamp)
+        windows = seg.win.feed(chunk.samples)
+        stream.last_seen = time.monotonic()
+        if windows:
+            self.batcher.extend(seg, windows)
+
+    def _flush_segments(self, segments: list[Segment]) -> None:
+        for seg in segments:
+            tail = seg.win.flush()
+            if tail:
+                self.batcher.extend(seg, tail)
+            else:  # nothing left to denoise: what the flush made final goes out now
+                chunk = seg.win.ready()
+                if chunk is not None:
+                    self._publish(seg, chunk.start, chunk.samples)
+        segments.clear()
+
+    def _idle_flush(self) -> None:
+        limit = time.monotonic() - self.s.window.idle_flush_s
+        for part in self.partitions.values():
+            for stream in part.streams.values():
+                seg = stream.open
+                if seg is not None and not seg.win.flushed and stream.last_seen < limit:
+                    self.metrics.idle_flushes.inc()
+                    stream.retired.append(seg)
+                    stream.open = None
+                    self._flush_segments([seg])
+            part.forget_finished()
+        self.metrics.active_streams.set(sum(len(p.streams) for p in self.partitions.values()))
+
+    def _dead_letter(self, tp: TopicPartition, part: PartitionState, msg, err: DecodeError) -> None:
+        log.warning("dead-letter %s[%d]@%d: %s", tp.topic, tp.partition, msg.offset, err)
+        self.metrics.dead_letters.labels(err.reason).inc()
+        rec = OutputRecord(0, 0, None)
+        part.dead_letters[msg.offset] = rec
+        headers = dead_letter_headers(msg.headers, err.reason, err.detail, tp.topic, tp.partition, msg.offset)
+
+        def failed(exc, rec=rec):
+            rec.error = exc
+            self.metrics.dead_letter_failures.inc()
+
+        fut = self.producer.send(self.s.kafka.dead_letter_topic, key=msg.key, value=msg.value, headers=headers)
+        fut.add_callback(lambda _md, rec=rec: setattr(rec, "acked", True)).add_errback(failed)
+
+    # ------------------------------------------------------------------------- inference
+    def _run_batch(self) -> None:
+        items = self.batcher.take()
+        if not items:
+            return
+        data = np.stack([w.data for _, w in items])
+        t0 = time.perf_counter()
+        result = self.engine.infer(data)
+        self.metrics.inference_seconds.observe(time.perf_counter() - t0)
+        self.metrics.batch_size.observe(len(items))
+        version = self.engine.version
+        self.metrics.windows.labels(version).inc(len(items))
+        hist = self.metrics.recon_error.labels(version)
+        for e in result.errors:
+            hist.observe(float(e))
+        touched: dict[int, Segment] = {}
+        for (seg, w), out in zip(items, result.outputs):
+            seg.win.add_output(w.start, out)
+            touched[id(seg)] = seg
+        for seg in touched.values():
+            chunk = seg.win.ready()
+            if chunk is not None:
+                self._publish(seg, chunk.start, chunk.samples)
+
+    def _publish(self, seg: Segment, start: int, samples: np.ndarray) -> None:
+        stream = seg.stream
+        key, value, headers = encode_chunk(stream.id, start, seg.rate, samples, model=self.engine.version)
+        rec = OutputRecord(start, start + samples.shape[0], seg.input_timestamp(start + samples.shape[0] - 1))
+        seg.outputs.append(rec)
+        n = samples.shape[0]
+
+        def acked(_md, rec=rec, n=n):
+            rec.acked = True
+            self.metrics.output_samples.inc(n)
+            if rec.source_ts is not None:
+                lat = max(0.0, time.time() - rec.source_ts / 1000.0)
+                self.metrics.latency.observe(lat)
+                if self.keep_latencies:
+                    self.latencies.append(lat)
+
+        def failed(exc, rec=rec):
+            rec.error = exc
+
+        self.producer.send(self.s.kafka.clean_topic, key=key, value=value, headers=headers).add_callback(
+            acked
+        ).add_errback(failed)
+
+    def _check_failures(self) -> None:
+        for tp, part in self.partitions.items():
+            for stream in part.streams.values():
+                for seg in stream.segments():
+                    for rec in seg.outputs:
+                        if rec.error is not None:
+                            raise FatalWorkerError(
+                                f"publishing cleaned output of stream {stream.id} [{rec.start}, {rec.end}) "
+                                f"to {self.s.kafka.clean_topic} failed: {rec.error}"
+                            )
+            for offset, rec in part.dead_letters.items():
+                if rec.error is not None and offset not in part.reported:
+                    part.reported.add(offset)
+                    log.error("dead-letter write for %s@%d failed (%s): not committing past it", tp, offset, rec.error)
+
+    # ---------------------------------------------------------------------------- commits
+    def _offsets(self, tps) -> dict[TopicPartition, OffsetAndMetadata]:
+        out = {}
+        for tp in tps:
+            part = self.partitions.get(tp)
+            if part is None or part.consumed is None:
+                continue
+            if not part.loaded:
+                continue
+            offset, resume = part.committable()
+            meta = json.dumps(resume, separators=(",", ":"))
+            if len(meta) > COMMIT_METADATA_MAX_BYTES:
+                log.warning("%s: resume metadata for %d streams exceeds %d bytes; dropping it (a restart "
+                            "then re-publishes a few windows per stream)", tp, len(resume), COMMIT_METADATA_MAX_BYTES)
+                meta = ""
+            if self._committed.get(tp) == (offset, meta):
+                continue
+            out[tp] = OffsetAndMetadata(offset, meta, -1)
+        return out
+
+    def commit(self, sync: bool = False) -> None:
+        """Commit every assigned partition's committable offset.
+
+        Periodic commits are asynchronous: a blocking commit issued while the group rebalances
+        would wait for a re-join that only this thread's next poll() can drive. ``sync`` is for
+        the final commit on shutdown.
+        """
+        with self.lock:
+            offsets = self._offsets(list(self.partitions))
+        self._last_commit = time.monotonic()
+        if not offsets or self.consumer is None:
+            return
+
+        def done(committed, response):
+            if isinstance(response, Exception):
+                log.warning("offset commit failed (the next one retries): %s", response)
+                return
+            with self.lock:
+                for tp, om in committed.items():
+                    if tp in self.partitions:
+                        self._committed[tp] = (om.offset, om.metadata)
+
+        if sync:
+            self.consumer.commit(offsets)
+            done(offsets, None)
+        else:
+            self.consumer.commit_async(offsets, callback=done)
+        self.metrics.commits.inc()
+
+    # -------------------------------------------------------------------------- rebalance
+    def _on_revoked(self, revoked) -> None:
+        log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        with self.lock:
+            revoked = [tp for tp in revoked if tp in self.partitions]
+            if not revoked:
+                return
+            self.metrics.rebalances.labels("revoked").inc()
+            gone = set(revoked)
+            self.batcher.drop(lambda seg: seg.stream.tp in gone)
+            # Let in-flight outputs be acknowledged (the producer has its own IO thread), so the
+            # commit below covers them and the next owner re-publishes less.
+            self.producer.flush(timeout=min(5.0, self.s.worker.shutdown_timeout_s))
+            offsets = self._offsets(revoked)
+            for tp in revoked:
+                self.partitions.pop(tp, None)
+                self._committed.pop(tp, None)
+        if offsets and self.consumer is not None:
+            self.consumer.commit_async(offsets)
+            self.metrics.commits.inc()
+
+    def _on_lost(self, lost) -> None:
+        log.warning("partitions lost: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in lost))
+        with self.lock:
+            self.metrics.rebalances.labels("lost").inc()
+            gone = set(lost)
+            self.batcher.drop(lambda seg: seg.stream.tp in gone)
+            for tp in lost:
+                self.partitions.pop(tp, None)
+                self._committed.pop(tp, None)
+
+    def _on_assigned(self, assigned) -> None:
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        with self.lock:
+            self.metrics.rebalances.labels("assigned").inc()
+            for tp in assigned:
+                if tp not in self.partitions:
+                    self.partitions[tp] = PartitionState(tp)  # resume points: _load_resume_points

@@ -1,0 +1,196 @@
+"""Seed MLP, shared window normalisation, the DAE training objective and a short training run."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from models.dae import (
+    ARCHITECTURES,
+    NORMALISATION,
+    DenoisingAutoencoder,
+    MLPConfig,
+    build_model,
+    destandardize,
+    standardize,
+)
+from models.noise import GaussianNoise, MaskingNoise
+from models.train import TrainConfig, reconstruction_error, train_synthetic, training_loss
+from pipeline.signals import generate
+
+
+# ------------------------------------------------------------------------------------ model
+def test_seed_mlp_layout_and_shapes():
+    m = build_model("mlp", {"window": 64, "hidden": 32})
+    assert isinstance(m, DenoisingAutoencoder) and m.config == MLPConfig(64, 32)
+    layers = [(l.in_features, l.out_features) for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    assert layers == [(64, 32), (32, 16), (16, 32), (32, 64)]
+    x = torch.randn(5, 64)
+    assert m.encode(x).shape == (5, 16)
+    assert m(x).shape == (5, 64) and m(x).dtype == torch.float32
+    assert torch.equal(m(x), m.decode(m.encode(x)))
+    assert ARCHITECTURES["mlp"] == (MLPConfig, DenoisingAutoencoder)
+    assert NORMALISATION == "window_standardize"
+
+
+def test_forward_rejects_wrong_window():
+    m = build_model("mlp", {"window": 64})
+    with pytest.raises(ValueError, match=r"\(B, 64\)"):
+        m(torch.zeros(2, 65))
+
+
+def test_unknown_arch_and_bad_config_are_named():
+    with pytest.raises(ValueError, match="unknown architecture 'transformer'; known: mlp"):
+        build_model("transformer", {"window": 64})
+    with pytest.raises(ValueError, match="unknown config keys .*'depth'"):
+        build_model("mlp", {"window": 64, "depth": 3})
+    with pytest.raises(ValueError, match="window"):
+        build_model("mlp", {})
+    with pytest.raises(ValueError, match="hidden"):
+        MLPConfig(window=64, hidden=0)
+
+
+# ---------------------------------------------------------------------------- normalisation
+@settings(max_examples=40, deadline=None)
+@given(scale=st.floats(1e-3, 1e4), offset=st.floats(-1e4, 1e4), seed=st.integers(0, 1000))
+def test_standardize_rows_and_inverse(scale, offset, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (scale * torch.randn((8, 128), generator=g) + offset).double()
+    xn, mean, scale_t = standardize(x)
+    assert mean.shape == (8, 1) and scale_t.shape == (8, 1)
+    assert torch.allclose(xn.mean(dim=1), torch.zeros(8, dtype=x.dtype), atol=1e-9)
+    assert torch.allclose(xn.std(dim=1, correction=0), torch.ones(8, dtype=x.dtype), atol=1e-9)
+    assert torch.allclose(destandardize(xn, mean, scale_t), x, rtol=1e-12, atol=1e-9 * abs(offset))
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -3.7, 0.1, 1e6 + 0.1, 1e-30])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_constant_windows_do_not_blow_up(value, dtype):
+    x = torch.full((3, 256), value, dtype=dtype)
+    xn, mean, scale = standardize(x)
+    assert torch.equal(xn, torch.zeros_like(x))
+    assert torch.all(scale == 1.0)
+    assert torch.allclose(destandardize(xn, mean, scale), x, rtol=1e-6, atol=0)
+
+
+def test_standardize_is_per_row():
+    x = torch.stack([torch.zeros(16), torch.arange(16.0), 1000 + 5 * torch.arange(16.0)])
+    xn, mean, scale = standardize(x)
+    assert torch.equal(xn[0], torch.zeros(16))
+    assert torch.allclose(xn[1], xn[2], atol=1e-5)  # same shape, other offset and gain
+    assert scale[0].item() == 1.0
+
+
+# ------------------------------------------------------------------------- training objective
+def _noisy_setup():
+    torch.manual_seed(0)
+    model = build_model("mlp", {"window": 128, "hidden": 64})
+    rng = np.random.default_rng(0)
+    clean = torch.from_numpy(np.stack([generate("vibration", 128, 1000.0, rng) for _ in range(32)]))
+    return model, clean
+
+
+@pytest.mark.parametrize("corruption", [GaussianNoise((0.2, 0.5)), MaskingNoise(0.3)])
+def test_training_loss_targets_the_clean_window(corruption):
+    model, clean = _noisy_setup()
+    loss = training_loss(model, clean, corruption, torch.Generator().manual_seed(11))
+
+    noisy = corruption(clean, torch.Generator().manual_seed(11))  # the same draw
+    xn, mean, scale = standardize(noisy)
+    pred = model(xn)
+    vs_clean = F.mse_loss(pred, (clean - mean) / scale)
+    vs_noisy = F.mse_loss(pred, xn)
+    assert loss.item() == pytest.approx(vs_clean.item(), rel=1e-6)
+    assert abs(loss.item() - vs_noisy.item()) > 1e-3 * vs_clean.item()
+
+
+def test_training_loss_is_zero_only_for_a_perfect_denoiser():
+    """An identity 'model' scores the noise energy, a model returning the clean window scores 0."""
+    _, clean = _noisy_setup()
+    corruption = GaussianNoise(0.3)
+    identity = torch.nn.Identity()
+    assert training_loss(identity, clean, corruption, torch.Generator().manual_seed(1)).item() > 0.05
+
+    noisy = corruption(clean, torch.Generator().manual_seed(1))
+    _, mean, scale = standardize(noisy)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, xn):
+            return (clean - mean) / scale
+
+    assert training_loss(Oracle(), clean, corruption, torch.Generator().manual_seed(1)).item() == 0.0
+
+
+def test_reconstruction_error_is_per_window_mse():
+    x = torch.randn(10, 32)
+    assert np.array_equal(reconstruction_error(torch.nn.Identity(), x), np.zeros(10, dtype=np.float32))
+    zero = torch.nn.Linear(32, 32)
+    torch.nn.init.zeros_(zero.weight), torch.nn.init.zeros_(zero.bias)
+    err = reconstruction_error(zero, x.numpy(), batch_size=3)
+    assert err.shape == (10,)
+    np.testing.assert_allclose(err, (x**2).mean(dim=1).numpy(), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------ short training
+SHORT = dict(
+    sample_rate=1000.0, window=64, hidden=64, steps=300, batch_size=128, lr=3e-3,
+    families=("vibration", "drift"), val_streams=2, max_seconds=30.0,
+)
+
+
+@pytest.fixture(scope="module")
+def short_run():
+    return train_synthetic(TrainConfig(**SHORT), progress=False)
+
+
+def test_short_training_beats_identity_on_noisy_windows(short_run):
+    model, meta = short_run
+    assert not model.training
+    rng = np.random.default_rng(123)  # windows from streams the model never saw
+    streams = [generate(f, 4096, 1000.0, rng) for f in ("vibration", "drift") for _ in range(10)]
+    clean = torch.from_numpy(np.stack([s[i : i + 64] for s in streams for i in range(0, 4096 - 64, 200)]))
+    noisy = GaussianNoise(0.3)(clean, torch.Generator().manual_seed(0))
+    xn, mean, scale = standardize(noisy)
+    with torch.no_grad():
+        est = destandardize(model(xn), mean, scale)
+    mse_model = F.mse_loss(est, clean).item()
+    mse_identity = F.mse_loss(noisy, clean).item()
+    assert mse_model < 0.7 * mse_identity
+    assert meta.metrics["snr_gain_db"] > 1.0
+    assert meta.metrics["val_loss"] < meta.metrics["val_loss_identity"]
+
+
+def test_short_training_meta(short_run):
+    _, meta = short_run
+    assert meta.arch == "mlp" and meta.config == {"window": 64, "hidden": 64}
+    assert (meta.window, meta.hop) == (64, 32)
+    assert meta.sample_rates == [1000.0]
+    assert meta.normalisation == NORMALISATION
+    assert meta.corruption == {"type": "gaussian", "sigma": [0.05, 0.5]}
+    q = meta.error_quantiles
+    assert list(q) == ["q50", "q90", "q99", "q999"]
+    assert 0 <= q["q50"] <= q["q90"] <= q["q99"] <= q["q999"]
+    assert meta.training["seed"] == 0 and 1 <= meta.training["steps"] <= 300
+    assert set(meta.metrics["snr_gain_db_by_family"]) == {"vibration", "drift"}
+    assert meta.created.endswith("+00:00")
+
+
+def test_training_is_reproducible(short_run):
+    cfg = TrainConfig(**{**SHORT, "steps": 30})
+    a, _ = train_synthetic(cfg, progress=False)
+    state = torch.random.get_rng_state()
+    b, _ = train_synthetic(cfg, progress=False)
+    assert torch.equal(state, torch.random.get_rng_state())  # caller's global RNG left alone
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_train_config_validation():
+    assert TrainConfig(sample_rate=100.0).hop == 128
+    with pytest.raises(ValueError, match="sample_rate"):
+        TrainConfig(sample_rate=0.0)
+    with pytest.raises(ValueError, match="seismic"):
+        TrainConfig(sample_rate=100.0, families=("seismic",))
+    with pytest.raises(ValueError, match="hop"):
+        TrainConfig(sample_rate=100.0, window=64, hop=65)
