@@ -4,17 +4,18 @@
 (b) the worker end to end with the seed MLP (windowing, micro-batching, overlap-add, commits);
 (c) the naive loop — one message at a time through the model, each output produced and flushed.
 
-For each leg the consumer joins its group first; then a separate producer *process* publishes the
-pre-encoded input as fast as it can, so the legs see the same load and the producer does not
-share this process's GIL. Throughput = input samples / (last output ack - first input sent);
-latency = output ack time - the timestamp of the input record holding its last sample.
+Two phases per leg, each on a fresh topic and consumer group:
+- **throughput**: the whole input is already in the topic (a backlog); samples/s and MB/s count
+  from the first record polled to the last output acknowledged (group join excluded);
+- **latency**: a separate producer process publishes the input paced in real time at
+  ``--live-rate`` samples/s in total; latency = output ack time − the timestamp of the input
+  record holding the output's last sample (p50/p99).
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -41,9 +42,10 @@ class LegResult:
     mb_per_s: float
     latency_p50_ms: float
     latency_p99_ms: float
+    live_rate: float
 
 
-def _messages(streams: int, seconds: float, rate: float, chunk: int, seed: int = 0):
+def make_messages(streams: int, seconds: float, rate: float, chunk: int, seed: int = 0):
     from pipeline.signals import FAMILIES, add_noise, generate
 
     rng = np.random.default_rng(seed)
@@ -56,153 +58,179 @@ def _messages(streams: int, seconds: float, rate: float, chunk: int, seed: int =
     return out, streams * n
 
 
-def _produce(k: KafkaSettings, topic: str, messages, t_first) -> None:
+def _produce(k: KafkaSettings, topic: str, messages, samples_per_s: float | None) -> None:
     p = make_producer(k)
-    t_first.value = time.time()
+    t0 = time.monotonic()
+    sent = 0
     for key, value, headers in messages:
+        if samples_per_s:
+            due = t0 + sent / samples_per_s
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
         p.send(topic, key=key, value=value, headers=headers)
+        sent += len(value) // 4
     p.flush()
     p.close()
 
 
-def _start_producer(k, topic, messages):
-    ctx = mp.get_context("fork")
-    t_first = ctx.Value("d", 0.0)
-    proc = ctx.Process(target=_produce, args=(k, topic, messages, t_first), daemon=True)
+def _producer_process(k, topic, messages, samples_per_s):
+    proc = mp.get_context("fork").Process(target=_produce, args=(k, topic, messages, samples_per_s), daemon=True)
     proc.start()
-    return proc, t_first
+    return proc
 
 
-def _joined(consumer, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not consumer.assignment():
-        consumer.poll(timeout_ms=100)
-        if time.monotonic() > deadline:
-            raise TimeoutError("consumer did not join its group")
+class RawCopy:
+    name = "raw copy (a)"
 
+    def __init__(self, s: Settings, topic: str, n_messages: int):
+        self.out_topic = f"{topic}.copy"
+        ensure_topics(s.kafka, [self.out_topic])
+        self.c = make_consumer(s.kafka, topic, group_id=f"bench-raw-{uuid.uuid4().hex[:6]}")
+        self.p = make_producer(s.kafka)
+        self.n, self.acked, self.lat = n_messages, 0, []
 
-def _result(name, samples, t_first, t_last, lat, nbytes) -> LegResult:
-    secs = max(t_last - t_first, 1e-9)
-    lat = np.asarray(lat) if len(lat) else np.array([np.nan])
-    return LegResult(name, samples, secs, samples / secs, nbytes / secs / 1e6,
-                     float(np.percentile(lat, 50) * 1000), float(np.percentile(lat, 99) * 1000))
+    def _ok(self, ts, _md):  # kafka-python calls f(*args, value)
+        self.acked += 1
+        self.lat.append(time.time() - ts / 1000.0)
 
-
-def leg_raw(k: KafkaSettings, topic: str, messages, samples: int) -> LegResult:
-    out_topic = f"{topic}.copy"
-    ensure_topics(k, [out_topic])
-    c = make_consumer(k, topic, group_id=f"bench-raw-{uuid.uuid4().hex[:6]}")
-    p = make_producer(k)
-    _joined(c)
-    proc, t_first = _start_producer(k, topic, messages)
-    lat, acked, nbytes = [], [0], 0
-    lock = threading.Lock()
-
-    def ok(_md, ts):
-        with lock:
-            acked[0] += 1
-            lat.append(time.time() - ts / 1000.0)
-
-    while acked[0] < len(messages):
-        for recs in c.poll(timeout_ms=50).values():
+    def pump(self) -> int:
+        got = 0
+        for recs in self.c.poll(timeout_ms=50).values():
             for m in recs:
-                nbytes += len(m.value)
-                p.send(out_topic, key=m.key, value=m.value, headers=m.headers).add_callback(ok, m.timestamp)
-        if acked[0] < len(messages) and not any(c.assignment()):
-            break
-        if nbytes >= sum(len(v) for _, v, _ in messages):
-            p.flush()
-    t_last = time.time()
-    proc.join()
-    c.close()
-    p.close()
-    return _result("raw copy (a)", samples, t_first.value, t_last, lat, nbytes)
+                got += 1
+                self.p.send(self.out_topic, key=m.key, value=m.value, headers=m.headers).add_callback(self._ok, m.timestamp)
+        return got
+
+    def done(self) -> bool:
+        return self.acked >= self.n
+
+    def close(self):
+        self.c.close()
+        self.p.close()
 
 
-def leg_worker(s: Settings, topic: str, messages, samples: int) -> LegResult:
-    from pipeline.engine import InferenceEngine
-    from pipeline.worker import Worker
+class WorkerLeg:
+    name = "worker, seed MLP (b)"
 
-    tag = uuid.uuid4().hex[:6]
-    k = s.kafka.model_copy(update={"raw_topics": (topic,), "clean_topic": f"{topic}.clean-{tag}",
-                                   "group_id": f"bench-worker-{tag}"})
-    ws = s.model_copy(update={"kafka": k})
-    engine = InferenceEngine.from_source(s.model.registry, s.model.version, device=s.model.device, dtype=s.model.dtype)
-    w = Worker(ws, engine)
-    w.keep_latencies = True
-    w.start()
-    _joined(w.consumer)
-    proc, t_first = _start_producer(k, topic, messages)
-    n_streams = len({key for key, _, _ in messages})
-    target = samples - n_streams * engine.window  # tails wait for the idle flush
-    t_last = None
-    while True:
-        w.step()
-        if w.metrics.output_samples._value.get() >= target:
-            t_last = time.time()
-            break
-    w.stop_event.set()
-    w.shutdown()
-    proc.join()
-    nbytes = samples * 4
-    return _result("worker, seed MLP (b)", samples, t_first.value, t_last, w.latencies, nbytes)
+    def __init__(self, s: Settings, topic: str, n_samples: int, n_streams: int):
+        from pipeline.engine import InferenceEngine
+        from pipeline.worker import Worker
+
+        tag = uuid.uuid4().hex[:6]
+        k = s.kafka.model_copy(update={"raw_topics": (topic,), "clean_topic": f"{topic}.clean-{tag}",
+                                       "group_id": f"bench-worker-{tag}"})
+        engine = InferenceEngine.from_source(s.model.registry, s.model.version, device=s.model.device, dtype=s.model.dtype)
+        self.w = Worker(s.model_copy(update={"kafka": k}), engine)
+        self.w.keep_latencies = True
+        self.w.start()
+        self.target = n_samples - n_streams * engine.window  # stream tails wait for the idle flush
+        self.lat = self.w.latencies
+
+    def pump(self) -> int:
+        before = self.w.metrics.messages._value.get()
+        self.w.step()
+        return int(self.w.metrics.messages._value.get() - before)
+
+    def done(self) -> bool:
+        return self.w.metrics.output_samples._value.get() >= self.target
+
+    def close(self):
+        self.w.stop_event.set()
+        self.w.shutdown()
 
 
-def leg_naive(s: Settings, topic: str, messages, samples: int) -> LegResult:
-    """One message at a time: decode, model on that chunk's windows, produce, flush."""
-    from pipeline.engine import InferenceEngine
+class NaiveLoop:
+    """One message at a time: decode, the model on that chunk's windows, produce, flush."""
 
-    engine = InferenceEngine.from_source(s.model.registry, s.model.version, device=s.model.device)
-    W = engine.window
-    out_topic = f"{topic}.naive"
-    ensure_topics(s.kafka, [out_topic])
-    c = make_consumer(s.kafka, topic, group_id=f"bench-naive-{uuid.uuid4().hex[:6]}", max_poll_records=1)
-    p = make_producer(s.kafka)
-    _joined(c)
-    proc, t_first = _start_producer(s.kafka, topic, messages)
-    lat, done, nbytes = [], 0, 0
-    while done < len(messages):
-        for recs in c.poll(timeout_ms=50, max_records=1).values():
+    name = "naive loop (c)"
+
+    def __init__(self, s: Settings, topic: str, n_messages: int):
+        from pipeline.engine import InferenceEngine
+
+        self.engine = InferenceEngine.from_source(s.model.registry, s.model.version, device=s.model.device)
+        self.out_topic = f"{topic}.naive"
+        ensure_topics(s.kafka, [self.out_topic])
+        self.c = make_consumer(s.kafka, topic, group_id=f"bench-naive-{uuid.uuid4().hex[:6]}", max_poll_records=1)
+        self.p = make_producer(s.kafka)
+        self.n, self.count, self.lat = n_messages, 0, []
+
+    def pump(self) -> int:
+        W, got = self.engine.window, 0
+        for recs in self.c.poll(timeout_ms=50, max_records=1).values():
             for m in recs:
                 ch = decode_chunk(m.key, m.value, m.headers)
                 x = ch.samples[:, 0]
-                pad = (-len(x)) % W
-                xs = np.pad(x, (0, pad)).reshape(-1, W)[:, :, None]
-                y = engine.infer(xs).outputs.reshape(-1)[: len(x)]
-                key, value, headers = encode_chunk(ch.stream, ch.index, ch.rate, y, model=engine.version)
-                p.send(out_topic, key=key, value=value, headers=headers)
-                p.flush()
-                lat.append(time.time() - m.timestamp / 1000.0)
-                nbytes += len(m.value)
-                done += 1
-    t_last = time.time()
+                xs = np.pad(x, (0, (-len(x)) % W)).reshape(-1, 1, W)
+                y = self.engine.infer(xs).outputs.reshape(-1)[: len(x)]
+                key, value, headers = encode_chunk(ch.stream, ch.index, ch.rate, y, model=self.engine.version)
+                self.p.send(self.out_topic, key=key, value=value, headers=headers)
+                self.p.flush()
+                self.lat.append(time.time() - m.timestamp / 1000.0)
+                self.count += 1
+                got += 1
+        return got
+
+    def done(self) -> bool:
+        return self.count >= self.n
+
+    def close(self):
+        self.c.close()
+        self.p.close()
+
+
+def _run_leg(make, s: Settings, messages, samples: int, live_rate: float) -> LegResult:
+    nbytes = sum(len(v) for _, v, _ in messages)
+    # Throughput: backlog first, then consume it.
+    topic = f"dae.bench.{uuid.uuid4().hex[:8]}"
+    ensure_topics(s.kafka, [topic])
+    _produce(s.kafka, topic, messages, None)
+    leg = make(topic)
+    t0 = None
+    deadline = time.monotonic() + 600
+    while not leg.done() and time.monotonic() < deadline:
+        # The clock starts after the first poll that returned records (the group join is excluded).
+        if leg.pump() and t0 is None:
+            t0 = time.perf_counter()
+    secs = time.perf_counter() - t0
+    name = leg.name
+    leg.close()
+    # Latency: paced live input, consumer joined first.
+    topic = f"dae.bench.{uuid.uuid4().hex[:8]}"
+    ensure_topics(s.kafka, [topic])
+    leg = make(topic)
+    for _ in range(20):  # let the group join before the first record exists
+        leg.pump()
+    proc = _producer_process(s.kafka, topic, messages, live_rate)
+    deadline = time.monotonic() + 600
+    while not leg.done() and time.monotonic() < deadline:
+        leg.pump()
     proc.join()
-    c.close()
-    p.close()
-    return _result("naive loop (c)", samples, t_first.value, t_last, lat, nbytes)
+    lat = np.asarray(leg.lat) if len(leg.lat) else np.array([np.nan])
+    leg.close()
+    return LegResult(name, samples, secs, samples / secs, nbytes / secs / 1e6,
+                     float(np.percentile(lat, 50) * 1000), float(np.percentile(lat, 99) * 1000), live_rate)
 
 
 def run_bench(s: Settings, *, streams: int, seconds: float, sample_rate: float, chunk: int,
-              json_path: Path | None = None) -> dict:
+              live_rate: float, json_path: Path | None = None) -> dict:
     from pipeline.demo import ensure_broker, ensure_model
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     ensure_broker(s)
     ensure_model(s, sample_rate)
-    messages, samples = _messages(streams, seconds, sample_rate, chunk)
+    messages, samples = make_messages(streams, seconds, sample_rate, chunk)
     console.print(f"input: {len(messages)} messages, {samples:,} samples ({samples * 4 / 1e6:.1f} MB), "
-                  f"{streams} streams, chunks of {chunk}")
+                  f"{streams} streams, chunks of {chunk} samples; live phase at {live_rate:,.0f} samples/s")
+    legs = [
+        lambda t: RawCopy(s, t, len(messages)),
+        lambda t: WorkerLeg(s, t, samples, streams),
+        lambda t: NaiveLoop(s, t, len(messages)),
+    ]
     results = []
-    for leg in ("a", "b", "c"):
-        topic = f"dae.bench.{uuid.uuid4().hex[:8]}.{leg}"
-        ensure_topics(s.kafka, [topic])
-        if leg == "a":
-            results.append(leg_raw(s.kafka, topic, messages, samples))
-        elif leg == "b":
-            results.append(leg_worker(s, topic, messages, samples))
-        else:
-            results.append(leg_naive(s, topic, messages, samples))
-        console.print(f"  {results[-1].name}: {results[-1].samples_per_s:,.0f} samples/s")
+    for make in legs:
+        results.append(_run_leg(make, s, messages, samples, live_rate))
+        r = results[-1]
+        console.print(f"  {r.name}: {r.samples_per_s:,.0f} samples/s, p50 {r.latency_p50_ms:.1f} ms")
     a, b, c = results
     table = Table(title="dae bench")
     for col in ("leg", "samples/s", "MB/s", "p50 ms", "p99 ms", "seconds"):
@@ -215,7 +243,7 @@ def run_bench(s: Settings, *, streams: int, seconds: float, sample_rate: float, 
     console.print(f"b/a = {ratios['b_over_a']:.2f}   b/c = {ratios['b_over_c']:.1f}")
     report = {"legs": [asdict(r) for r in results], **ratios,
               "input": {"streams": streams, "seconds": seconds, "sample_rate": sample_rate, "chunk": chunk,
-                        "messages": len(messages), "samples": samples},
+                        "messages": len(messages), "samples": samples, "live_rate": live_rate},
               "torch_threads": torch.get_num_threads(), "device": str(s.model.device)}
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -238,9 +238,10 @@ def demo(
 @app.command()
 def bench(
     streams: int = 8,
-    seconds: float = typer.Option(1500.0, help="Seconds of signal per stream (16 s of audio at 16 kHz = 16000 s at 1 kHz)"),
+    seconds: float = typer.Option(250.0, help="Seconds of signal per stream"),
     sample_rate: float = typer.Option(1000.0, help="Rate in the headers (the model must serve it)"),
-    chunk: int = typer.Option(4096, help="Frames per message"),
+    chunk: int = typer.Option(512, help="Frames per message"),
+    live_rate: float = typer.Option(200_000.0, help="Input rate of the latency phase, samples/s in total"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON"),
     bootstrap: Optional[str] = BootstrapOpt,
     registry: Optional[Path] = RegistryOpt,
@@ -250,7 +251,8 @@ def bench(
     from pipeline.bench import run_bench
 
     s = _settings(bootstrap, registry, metrics={"enabled": False})
-    run_bench(s, streams=streams, seconds=seconds, sample_rate=sample_rate, chunk=chunk, json_path=json_path)
+    run_bench(s, streams=streams, seconds=seconds, sample_rate=sample_rate, chunk=chunk, live_rate=live_rate,
+              json_path=json_path)
 
 
 def main() -> None:

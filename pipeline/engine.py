@@ -1,6 +1,6 @@
 """Inference engine: model placement, one batched forward pass, reconstruction error.
 
-Windows arrive as (N, W, C) float32 from any mix of streams. Each channel is denoised on its own
+Windows arrive as (N, C, W) float32 from any mix of streams. Each channel is denoised on its own
 (the model sees (N*C, W) rows), each row standardised by its own mean and std (the checkpoint's
 ``window_standardize`` normalisation), so a signal at any scale or offset is treated alike, and
 the output is mapped back to the input's scale. On CUDA the batch goes through a pinned host
@@ -37,7 +37,7 @@ def pick_device(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class Inference:
-    outputs: np.ndarray  # (N, W, C) float32, input scale
+    outputs: np.ndarray  # (N, C, W) float32, input scale
     errors: np.ndarray  # (N,) float32: mean squared error in standardised units, over channels
 
 
@@ -106,10 +106,10 @@ class InferenceEngine:
         return out.numpy().copy()
 
     def infer(self, windows: np.ndarray) -> Inference:
-        if windows.ndim != 3 or windows.shape[1] != self.window:
-            raise ValueError(f"expected (N, {self.window}, C) windows, got {windows.shape}")
-        n, w, c = windows.shape
-        rows = np.ascontiguousarray(windows.transpose(0, 2, 1), dtype=np.float32).reshape(n * c, w)
+        if windows.ndim != 3 or windows.shape[2] != self.window:
+            raise ValueError(f"expected (N, C, {self.window}) windows, got {windows.shape}")
+        n, c, w = windows.shape
+        rows = np.ascontiguousarray(windows, dtype=np.float32).reshape(n * c, w)
         if rows.shape[0] < MIN_ROWS:
             # Small-M GEMM kernels round differently: pad so that a window's output does not
             # depend on how many others shared its batch (a replay reproduces outputs exactly).
@@ -128,6 +128,6 @@ class InferenceEngine:
             both = torch.cat((y, err[:, None]), dim=1)
             host = self._to_host(both)
         host = host[: n * c]
-        out = host[:, :w].reshape(n, c, w).transpose(0, 2, 1)
+        out = host[:, :w].reshape(n, c, w)
         errors = host[:, w].reshape(n, c).mean(axis=1)
-        return Inference(np.ascontiguousarray(out), errors.astype(np.float32))
+        return Inference(out, errors.astype(np.float32))

@@ -51,8 +51,10 @@ def make_consumer(k: KafkaSettings, *topics: str, group_id: str | None = None, *
         session_timeout_ms=k.session_timeout_ms,
         heartbeat_interval_ms=max(500, k.session_timeout_ms // 4),
         request_timeout_ms=max(k.request_timeout_ms, k.session_timeout_ms + 5000),
-        fetch_max_bytes=64 << 20,
+        fetch_max_bytes=32 << 20,
         max_partition_fetch_bytes=k.max_request_size,
+        # A fetch response may carry up to fetch_max_bytes; kafka-python refuses larger frames.
+        receive_message_max_bytes=(32 << 20) + (1 << 20),
     )
     opts.update(extra)
     return KafkaConsumer(*topics, **k.client_options(), **opts)

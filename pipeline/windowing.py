@@ -22,11 +22,11 @@ first sample index not yet published (``emit_from``) and starts from a message a
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 
 def synthesis_window(window: int) -> np.ndarray:
@@ -46,9 +46,19 @@ def validate_geometry(window: int, hop: int) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class Window:
-    start: int  # sample index of the window's first frame
-    data: np.ndarray  # (W, channels) float32, owned copy
+class WindowBlock:
+    """Consecutive grid windows of one segment: window i starts at ``start + i * hop``."""
+
+    start: int
+    hop: int
+    data: np.ndarray  # (k, channels, W) float32, C-contiguous, owned
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def starts(self) -> np.ndarray:
+        return self.start + self.hop * np.arange(len(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +72,12 @@ class OutputChunk:
 
 
 class StreamWindowing:
-    """Window cutter plus overlap-add accumulator for one segment of one stream."""
+    """Window cutter plus overlap-add accumulator for one segment of one stream.
+
+    Windows are handed out as blocks (one per feed) and their outputs must come back in the
+    order they were cut (the worker's FIFO batcher guarantees it); overlap-add is vectorised
+    over a whole block.
+    """
 
     def __init__(
         self,
@@ -88,18 +103,19 @@ class StreamWindowing:
         self.end = start  # next expected sample index
         self.emit_from = max(start, emit_from if emit_from is not None else start)
         self._w = synthesis_window(window)
+        self._w32 = self._w.astype(np.float32)
         self._buf = np.empty((0, channels), dtype=np.float32)
         self._buf_start = self.first
-        self._next_win = self.first
-        self._pending: deque[int] = deque()  # starts of windows cut but whose output is not added
-        self._acc = np.zeros((0, channels), dtype=np.float64)
-        self._wsum = np.zeros(0, dtype=np.float64)
+        self._next_win = self.first  # next grid window to cut
+        self._cut_end = self.first  # start of the window after the last one cut
+        self._first_pending = self.first  # oldest window cut whose output has not come back
+        self._acc = np.zeros((channels, 0), dtype=np.float32)  # weighted sum from _acc_start on
         self._acc_start = self.first
         self.flushed = False
         self.emitted_until = self.emit_from  # sample index after the last output released
 
     # ----------------------------------------------------------------------------- cutting
-    def feed(self, frames: np.ndarray) -> list[Window]:
+    def feed(self, frames: np.ndarray) -> WindowBlock | None:
         """Append the next frames (the caller guarantees they start at ``self.end``)."""
         if self.flushed:
             raise RuntimeError("feed() after flush(): start a new segment")
@@ -113,60 +129,74 @@ class StreamWindowing:
         self.end += n
         if skip < n:
             self._buf = np.concatenate((self._buf, frames[skip:].astype(np.float32, copy=False)))
-        windows = []
         W, H = self.window, self.hop
-        while self._next_win + W <= self.end:
+        k = max(0, (self.end - W - self._next_win) // H + 1)
+        block = None
+        if k:
             off = self._next_win - self._buf_start
-            windows.append(Window(self._next_win, self._buf[off : off + W].copy()))
-            self._pending.append(self._next_win)
-            self._next_win += H
+            src = self._buf[off:]
+            c, item = self.channels, src.itemsize
+            # (k, C, W) view: window i, channel c, sample t -> buf[off + i*H + t, c]
+            view = as_strided(src, shape=(k, c, W), strides=(H * c * item, item, c * item), writeable=False)
+            block = WindowBlock(self._next_win, H, np.ascontiguousarray(view))
+            self._next_win += k * H
+            self._cut_end = self._next_win
         # Keep only what future grid windows (and the padded flush window) need.
         keep_from = max(self._buf_start, self._next_win)
         if keep_from > self._buf_start:
             self._buf = self._buf[keep_from - self._buf_start :]
             self._buf_start = keep_from
-        return windows
+        return block
 
-    def flush(self) -> list[Window]:
+    def flush(self) -> WindowBlock | None:
         """Release the tail: at most one final grid window, reflect-padded past the last sample."""
         if self.flushed:
-            return []
+            return None
         self.flushed = True
         W = self.window
         covered = self._next_win - self.hop + W if self._next_win > self.first else self.first
         if self.end <= covered:
-            return []
+            return None
         s = self._next_win
         real = self._buf[s - self._buf_start :]
         mode = "reflect" if real.shape[0] > 1 else "edge"
         data = np.pad(real, ((0, W - real.shape[0]), (0, 0)), mode=mode).astype(np.float32)
-        self._pending.append(s)
+        self._cut_end = s + self.hop
         self._buf = self._buf[:0]
-        return [Window(s, data)]
+        return WindowBlock(s, self.hop, np.ascontiguousarray(data.T[None]))
 
     # ----------------------------------------------------------------------- overlap-add
     def add_output(self, start: int, out: np.ndarray) -> None:
-        """Accumulate the model's output for the window that started at ``start``."""
-        try:
-            self._pending.remove(start)
-        except ValueError:
-            raise ValueError(f"no pending window starts at {start}") from None
+        """Accumulate the model's outputs (k, C, W) for the k windows cut from ``start`` on."""
+        if start != self._first_pending:
+            raise ValueError(f"outputs must come back in order: expected window {self._first_pending}, got {start}")
         out = np.asarray(out)
-        if out.ndim == 1:
-            out = out[:, None]
+        if out.ndim == 2:
+            out = out[None]
+        k, W, H = out.shape[0], self.window, self.hop
+        if start + (k - 1) * H >= self._cut_end:
+            raise ValueError(f"{k} outputs from {start} exceed the windows cut (up to {self._cut_end})")
         lo = start - self._acc_start
-        hi = lo + self.window
-        if hi > self._acc.shape[0]:
-            grow = hi - self._acc.shape[0]
-            self._acc = np.concatenate((self._acc, np.zeros((grow, self.channels))))
-            self._wsum = np.concatenate((self._wsum, np.zeros(grow)))
-        self._acc[lo:hi] += self._w[:, None] * out
-        self._wsum[lo:hi] += self._w
+        hi = lo + (k - 1) * H + W
+        if hi > self._acc.shape[1]:  # grow geometrically: amortised O(1) per sample
+            grown = np.zeros((self.channels, max(hi, 2 * self._acc.shape[1], 4 * W)), dtype=np.float32)
+            grown[:, : self._acc.shape[1]] = self._acc
+            self._acc = grown
+        y = out * self._w32
+        if W % H == 0:  # vectorised: each window is W/H hop-sized pieces
+            pieces = y.reshape(k, self.channels, W // H, H)
+            for r in range(W // H):
+                a = lo + r * H
+                self._acc[:, a : a + k * H] += pieces[:, :, r, :].transpose(1, 0, 2).reshape(self.channels, k * H)
+        else:
+            for i in range(k):
+                self._acc[:, lo + i * H : lo + i * H + W] += y[i]
+        self._first_pending = start + k * H
 
     def final_index(self) -> int:
         """Every output sample below this index is final (no pending or future window covers it)."""
-        if self._pending:
-            return min(self._pending)
+        if self._first_pending < self._cut_end:
+            return self._first_pending
         return self.end if self.flushed else self._next_win
 
     def ready(self) -> OutputChunk | None:
@@ -175,10 +205,9 @@ class StreamWindowing:
         n = f - self._acc_start
         if n <= 0:
             return None
-        out = (self._acc[:n] / self._wsum[:n, None]).astype(np.float32)
         start = self._acc_start
-        self._acc = self._acc[n:]
-        self._wsum = self._wsum[n:]
+        out = (self._acc[:, :n] / self._weight_sum(start, f)).T.astype(np.float32)
+        self._acc = self._acc[:, n:]
         self._acc_start = f
         if start < self.emit_from:
             cut = min(n, self.emit_from - start)
@@ -186,11 +215,24 @@ class StreamWindowing:
         if out.shape[0] == 0:
             return None
         self.emitted_until = start + out.shape[0]
-        return OutputChunk(start, out)
+        return OutputChunk(start, np.ascontiguousarray(out))
+
+    def _weight_sum(self, a: int, b: int) -> np.ndarray:
+        """Sum of synthesis weights over the windows cut so far, for sample indices [a, b)."""
+        n = np.arange(a, b)
+        H, W = self.hop, self.window
+        last = self._cut_end - H  # start of the last window cut
+        s0 = self.first + ((n - self.first) // H) * H  # latest grid start at or before n
+        total = np.zeros(b - a, dtype=np.float32)
+        for r in range(-(-W // H)):
+            s = s0 - r * H
+            ok = (s >= self.first) & (s <= last) & (n - s < W)
+            total[ok] += self._w32[n[ok] - s[ok]]
+        return total
 
     @property
     def pending_windows(self) -> int:
-        return len(self._pending)
+        return (self._cut_end - self._first_pending) // self.hop
 
     def needed_index(self, unpublished_from: int) -> int:
         """Oldest input sample a replay needs to reproduce outputs from ``unpublished_from`` on.
@@ -235,17 +277,21 @@ def denoise_offline(
 ) -> np.ndarray:
     """Whole-signal reference: all windows of one segment through ``fn`` at once, then overlap-add.
 
-    ``fn`` maps (N, W, C) float32 to (N, W, C). Returns the cleaned signal shaped like ``signal``.
+    ``fn`` maps (N, C, W) float32 windows to (N, C, W). Returns the cleaned signal shaped like
+    ``signal`` ((frames,) or (frames, channels)).
     """
     x = np.asarray(signal, dtype=np.float32)
     squeeze = x.ndim == 1
     if squeeze:
         x = x[:, None]
     st = StreamWindowing(window, hop, x.shape[1], start)
-    wins = st.feed(x) + st.flush()
-    outs = fn(np.stack([w.data for w in wins])) if wins else np.empty((0, window, x.shape[1]))
-    for w, o in zip(wins, outs):
-        st.add_output(w.start, o)
+    blocks = [b for b in (st.feed(x), st.flush()) if b is not None]
+    if blocks:
+        outs = fn(np.concatenate([b.data for b in blocks]))
+        i = 0
+        for b in blocks:
+            st.add_output(b.start, outs[i : i + len(b)])
+            i += len(b)
     chunk = st.ready()
     y = chunk.samples if chunk is not None else np.empty((0, x.shape[1]), np.float32)
     assert y.shape[0] == x.shape[0], (y.shape, x.shape)

@@ -31,7 +31,7 @@ from pipeline.batching import MicroBatcher
 from pipeline.codec import DecodeError, decode_chunk, encode_chunk
 from pipeline.engine import InferenceEngine
 from pipeline.kafka_io import dead_letter_headers, ensure_topics, make_consumer, make_producer
-from pipeline.metrics import WorkerMetrics, serve
+from pipeline.metrics import WorkerMetrics, observe_many, serve
 from pipeline.settings import Settings
 from pipeline.state import OutputRecord, PartitionState, Segment
 
@@ -147,12 +147,16 @@ class Worker:
         records = self.consumer.poll(timeout_ms=max(timeout_ms, 0))
         self._load_resume_points()
         with self.lock:
+            n_msgs = 0
             for tp, msgs in records.items():
                 part = self.partitions.get(tp)
                 if part is None:  # revoked meanwhile: the next owner replays these
                     continue
+                n_msgs += len(msgs)
                 for msg in msgs:
                     self._handle(tp, part, msg)
+            if n_msgs:
+                self.metrics.messages.inc(n_msgs)
             while self.batcher.due():
                 self._run_batch()
             self._idle_flush()
@@ -208,7 +212,6 @@ class Worker:
     # ---------------------------------------------------------------------------- input
     def _handle(self, tp: TopicPartition, part: PartitionState, msg) -> None:
         part.consumed = msg.offset + 1
-        self.metrics.messages.inc()
         try:
             chunk = decode_chunk(msg.key, msg.value, msg.headers, max_frames=self.s.window.max_chunk_frames)
             if not self.engine.serves_rate(chunk.rate):
@@ -232,16 +235,16 @@ class Worker:
         if kind != "next" and stream.closing:
             self._flush_segments(stream.closing)
         seg.add_input(msg.offset, chunk.index, chunk.end, msg.timestamp)
-        windows = seg.win.feed(chunk.samples)
+        block = seg.win.feed(chunk.samples)
         stream.last_seen = time.monotonic()
-        if windows:
-            self.batcher.extend(seg, windows)
+        if block is not None:
+            self.batcher.add(seg, block, len(block))
 
     def _flush_segments(self, segments: list[Segment]) -> None:
         for seg in segments:
             tail = seg.win.flush()
-            if tail:
-                self.batcher.extend(seg, tail)
+            if tail is not None:
+                self.batcher.add(seg, tail, len(tail))
             else:  # nothing left to denoise: what the flush made final goes out now
                 chunk = seg.win.ready()
                 if chunk is not None:
@@ -280,19 +283,21 @@ class Worker:
         items = self.batcher.take()
         if not items:
             return
-        data = np.stack([w.data for _, w in items])
+        data = items[0][1].data if len(items) == 1 else np.concatenate([b.data for _, b in items])
         t0 = time.perf_counter()
         result = self.engine.infer(data)
         self.metrics.inference_seconds.observe(time.perf_counter() - t0)
-        self.metrics.batch_size.observe(len(items))
+        n = data.shape[0]
+        self.metrics.batch_size.observe(n)
         version = self.engine.version
-        self.metrics.windows.labels(version).inc(len(items))
-        hist = self.metrics.recon_error.labels(version)
-        for e in result.errors:
-            hist.observe(float(e))
+        self.metrics.windows.labels(version).inc(n)
+        observe_many(self.metrics.recon_error.labels(version), result.errors)
         touched: dict[int, Segment] = {}
-        for (seg, w), out in zip(items, result.outputs):
-            seg.win.add_output(w.start, out)
+        i = 0
+        for seg, block in items:
+            k = len(block)
+            seg.win.add_output(block.start, result.outputs[i : i + k])
+            i += k
             touched[id(seg)] = seg
         for seg in touched.values():
             chunk = seg.win.ready()

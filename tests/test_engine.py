@@ -18,7 +18,7 @@ def engine(window=64, seed=0):
 
 def test_output_of_a_window_does_not_depend_on_its_batch():
     e = engine()
-    x = np.random.default_rng(0).normal(size=(300, 64, 1)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(300, 1, 64)).astype(np.float32)
     full = e.infer(x).outputs
     for lo, hi in [(0, 1), (3, 5), (10, 21), (7, 300)]:
         np.testing.assert_array_equal(e.infer(x[lo:hi]).outputs, full[lo:hi])
@@ -28,7 +28,7 @@ def test_output_of_a_window_does_not_depend_on_its_batch():
 def test_scale_and_offset_equivariance(scale, offset):
     """Standardising each window means any scale/offset is denoised alike (and undone)."""
     e = engine()
-    x = np.random.default_rng(1).normal(size=(8, 64, 1)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(8, 1, 64)).astype(np.float32)
     ref = e.infer(x)
     got = e.infer((x * scale + offset).astype(np.float32))
     np.testing.assert_allclose(got.outputs, ref.outputs * scale + offset, rtol=1e-4, atol=1e-4 * scale + 1e-6 * abs(offset))
@@ -37,10 +37,10 @@ def test_scale_and_offset_equivariance(scale, offset):
 
 def test_channels_are_denoised_independently():
     e = engine()
-    x = np.random.default_rng(2).normal(size=(5, 64, 3)).astype(np.float32)
+    x = np.random.default_rng(2).normal(size=(5, 3, 64)).astype(np.float32)
     both = e.infer(x).outputs
     for ch in range(3):
-        np.testing.assert_allclose(both[:, :, ch], e.infer(x[:, :, ch : ch + 1]).outputs[:, :, 0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(both[:, ch], e.infer(x[:, ch : ch + 1]).outputs[:, 0], rtol=1e-6, atol=1e-6)
 
 
 def test_streamed_engine_output_equals_offline_within_1e5():
@@ -55,8 +55,8 @@ def test_streamed_engine_output_equals_offline_within_1e5():
 
 
 def test_rejects_wrong_window_length():
-    with pytest.raises(ValueError, match=r"\(N, 64, C\)"):
-        engine().infer(np.zeros((2, 32, 1), np.float32))
+    with pytest.raises(ValueError, match=r"\(N, C, 64\)"):
+        engine().infer(np.zeros((2, 1, 32), np.float32))
 
 
 def test_serves_rate():

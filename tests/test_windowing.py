@@ -13,9 +13,9 @@ from pipeline.windowing import (
 
 
 def nonlinear(batch: np.ndarray) -> np.ndarray:
-    """A stand-in 'model' that depends on the whole window (so misplaced windows show)."""
-    m = batch.mean(axis=1, keepdims=True)
-    return np.tanh(batch - 0.5 * m) + 0.1 * np.roll(batch, 1, axis=1)
+    """A stand-in 'model' on (N, C, W) that depends on the whole window (misplaced windows show)."""
+    m = batch.mean(axis=-1, keepdims=True)
+    return np.tanh(batch - 0.5 * m) + 0.1 * np.roll(batch, 1, axis=-1)
 
 
 def stream_through(x, chunks, window, hop, fn=nonlinear, batch_every=3, start=0, **kw):
@@ -25,20 +25,26 @@ def stream_through(x, chunks, window, hop, fn=nonlinear, batch_every=3, start=0,
 
     def run():
         if pending:
-            ys = fn(np.stack([w.data for w in pending]))
-            for w, y in zip(pending, ys):
-                stw.add_output(w.start, y)
+            ys = fn(np.concatenate([b.data for b in pending]))
+            i = 0
+            for b in pending:
+                stw.add_output(b.start, ys[i : i + len(b)])
+                i += len(b)
             pending.clear()
         c = stw.ready()
         if c is not None:
             out.append(c)
 
     for i, n in enumerate(chunks):
-        pending.extend(stw.feed(x[pos : pos + n]))
+        block = stw.feed(x[pos : pos + n])
+        if block is not None:
+            pending.append(block)
         pos += n
         if i % batch_every == 0:
             run()
-    pending.extend(stw.flush())
+    tail = stw.flush()
+    if tail is not None:
+        pending.append(tail)
     run()
     return out
 
@@ -138,8 +144,9 @@ def test_resume_reproduces_unpublished_output_exactly(geom, total, cut_at, publi
     first = StreamWindowing(window, hop, 1, 0)
     released = 0
     for s, n in zip(starts[:k], chunks[:k]):
-        for w in first.feed(x[s : s + n]):
-            first.add_output(w.start, nonlinear(w.data[None])[0])
+        b = first.feed(x[s : s + n])
+        if b is not None:
+            first.add_output(b.start, nonlinear(b.data))
         c = first.ready()
         if c is not None:
             released = c.end
@@ -163,6 +170,22 @@ def test_classify_gap_and_rewind():
     assert classify(10, 10) == "next"
     assert classify(10, 12) == "gap"
     assert classify(10, 3) == "rewind"
+
+
+def test_block_windows_sit_on_the_grid():
+    x = np.arange(100, dtype=np.float32)[:, None]
+    stw = StreamWindowing(16, 4, 1, 10)
+    b = stw.feed(x[:50])
+    assert b.start == 10 and len(b) == (50 - 16) // 4 + 1
+    np.testing.assert_array_equal(b.data[3, 0], x[12:28, 0])
+    np.testing.assert_array_equal(b.starts[:3], [10, 14, 18])
+
+
+def test_outputs_out_of_order_are_refused():
+    stw = StreamWindowing(8, 4, 1, 0)
+    b = stw.feed(np.zeros((20, 1), np.float32))
+    with pytest.raises(ValueError, match="in order"):
+        stw.add_output(b.start + 4, b.data[1:])
 
 
 def test_feed_rejects_wrong_channel_count():
