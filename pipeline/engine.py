@@ -39,6 +39,7 @@ def pick_device(name: str) -> torch.device:
 class Inference:
     outputs: np.ndarray  # (N, C, W) float32, input scale
     errors: np.ndarray  # (N,) float32: mean squared error in standardised units, over channels
+    scales: np.ndarray  # (N,) float32: the window's standard deviation (input units), mean over channels
 
 
 class InferenceEngine:
@@ -91,8 +92,8 @@ class InferenceEngine:
         n = host.shape[0]
         if self._pinned_in is None or self._pinned_in.shape[0] < n:
             self._pinned_in = torch.empty((max(n, 64), self.window), dtype=torch.float32, pin_memory=True)
-            # Outputs come back with one extra column: the window's reconstruction error.
-            self._pinned_out = torch.empty((self._pinned_in.shape[0], self.window + 1), pin_memory=True)
+            # Outputs come back with two extra columns: reconstruction error and window scale.
+            self._pinned_out = torch.empty((self._pinned_in.shape[0], self.window + 2), pin_memory=True)
         staged = self._pinned_in[:n]
         staged.copy_(host)
         return staged.to(self.device, non_blocking=True)
@@ -125,9 +126,13 @@ class InferenceEngine:
                 yn = self.model(xn)
             err = ((yn - xn) ** 2).mean(dim=1)
             y = destandardize(yn, mean, scale)
-            both = torch.cat((y, err[:, None]), dim=1)
+            # The true window std (standardize() substitutes 1 for constant windows): a collapsed
+            # scale is how a flat-lined sensor shows.
+            raw_std = torch.where(xn.abs().amax(dim=1, keepdim=True) == 0, torch.zeros_like(scale), scale)
+            both = torch.cat((y, err[:, None], raw_std.reshape(-1, 1).to(y.dtype)), dim=1)
             host = self._to_host(both)
         host = host[: n * c]
         out = host[:, :w].reshape(n, c, w)
         errors = host[:, w].reshape(n, c).mean(axis=1)
-        return Inference(out, errors.astype(np.float32))
+        scales = host[:, w + 1].reshape(n, c).mean(axis=1)
+        return Inference(out, errors.astype(np.float32), scales.astype(np.float32))

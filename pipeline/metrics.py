@@ -59,6 +59,15 @@ class WorkerMetrics:
         self.commits = Counter("dae_offset_commits_total", "Offset commits", registry=r)
         self.rebalances = Counter("dae_rebalances_total", "Partition revocations and assignments", ["kind"], registry=r)
         self.model_info = Info("dae_model", "Model being served", registry=r)
+        self.consumer_lag = Gauge(
+            "dae_consumer_lag_messages", "Messages behind the partition's end offset", ["topic", "partition"], registry=r
+        )
+        self.alerts_raised = Counter("dae_alerts_raised_total", "Anomaly alerts raised", registry=r)
+        self.alerts_resolved = Counter("dae_alerts_resolved_total", "Anomaly alerts resolved", registry=r)
+        self.alerts_active = Gauge("dae_alerts_active", "Streams with an alert raised now", registry=r)
+        self.last_output = Gauge(
+            "dae_last_output_timestamp_seconds", "Unix time of the last acknowledged cleaned output", registry=r
+        )
 
     def set_model(self, version: str, arch: str, window: int, hop: int) -> None:
         self.model_info.info({"version": version, "arch": arch, "window": str(window), "hop": str(hop)})

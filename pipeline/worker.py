@@ -92,6 +92,7 @@ class Worker:
         self.consumer = None
         self.producer = None
         self._last_commit = 0.0
+        self._metrics_server = None
         self._committed: dict[TopicPartition, int] = {}
         self._failed: list[str] = []
         self.latencies: list[float] = []  # seconds; read by `dae bench`
@@ -112,7 +113,7 @@ class Worker:
             time.sleep(0.2)
         self.consumer.subscribe(list(k.raw_topics), listener=_Rebalance(self))
         if self.s.metrics.enabled:
-            serve(self.metrics.registry, self.s.metrics.host, self.s.metrics.port)
+            self._metrics_server = serve(self.metrics.registry, self.s.metrics.host, self.s.metrics.port)
 
     def install_signal_handlers(self) -> None:
         def _stop(signum, _frame):
@@ -196,6 +197,11 @@ class Worker:
         log.info("worker stopped cleanly in %.2f s", time.monotonic() - t0)
 
     def _close(self, commit: bool) -> None:
+        if self._metrics_server is not None:
+            server, _thread = self._metrics_server
+            server.shutdown()
+            server.server_close()
+            self._metrics_server = None
         if self.consumer is not None:
             try:
                 self.consumer.close(autocommit=False)
@@ -314,6 +320,7 @@ class Worker:
         def acked(_md, rec=rec, n=n):
             rec.acked = True
             self.metrics.output_samples.inc(n)
+            self.metrics.last_output.set(time.time())
             if rec.source_ts is not None:
                 lat = max(0.0, time.time() - rec.source_ts / 1000.0)
                 self.metrics.latency.observe(lat)
@@ -349,6 +356,9 @@ class Worker:
             part = self.partitions.get(tp)
             if part is None or part.consumed is None:
                 continue
+            high = self.consumer.highwater(tp) if self.consumer is not None else None
+            if high is not None:  # known from the last fetch response: no extra request
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - part.consumed))
             if not part.loaded:
                 continue
             offset, resume = part.committable()
@@ -408,6 +418,7 @@ class Worker:
             for tp in revoked:
                 self.partitions.pop(tp, None)
                 self._committed.pop(tp, None)
+                self._forget_lag(tp)
         if offsets and self.consumer is not None:
             self.consumer.commit_async(offsets)
             self.metrics.commits.inc()
@@ -421,6 +432,13 @@ class Worker:
             for tp in lost:
                 self.partitions.pop(tp, None)
                 self._committed.pop(tp, None)
+                self._forget_lag(tp)
+
+    def _forget_lag(self, tp) -> None:
+        try:
+            self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        except KeyError:
+            pass
 
     def _on_assigned(self, assigned) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
