@@ -109,8 +109,9 @@ def run_demo(s: Settings, *, streams: int, seconds: float, sample_rate: float, s
     total = sum(expected.values())
     lat = np.array(w.latencies) if w.latencies else np.array([np.nan])
     console.print(
-        f"mean gain {np.nanmean(gains):+.2f} dB | {total} samples in {wall:.2f} s end to end "
-        f"({total / wall:,.0f} samples/s incl. producing and capturing) | latency to ack "
+        f"mean gain {np.nanmean(gains):+.2f} dB | {total} samples published, denoised and captured in "
+        f"{wall:.2f} s wall ({total / wall:,.0f} samples/s; includes the {s.window.idle_flush_s:g} s idle wait "
+        f"before stream tails are released) | latency to ack "
         f"p50 {np.percentile(lat, 50) * 1000:.1f} ms, p99 {np.percentile(lat, 99) * 1000:.1f} ms"
     )
     png = plot_excerpts(sim, rep, out / "demo.png", sample_rate)
