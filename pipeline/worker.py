@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 import signal
 import threading
 import time
@@ -37,6 +39,8 @@ from pipeline.state import OutputRecord, PartitionState, Segment
 
 log = logging.getLogger(__name__)
 
+# Batches in the inference thread's queue: one running, one ready to start.
+MAX_INFLIGHT_BATCHES = 2
 # Kafka's default offset.metadata.max.bytes is 4096; stay under it on any broker.
 COMMIT_METADATA_MAX_BYTES = 4000
 
@@ -93,6 +97,10 @@ class Worker:
         self.producer = None
         self._last_commit = 0.0
         self._metrics_server = None
+        # One inference thread: torch releases the GIL, so the next poll/decode/windowing
+        # overlaps the forward pass; results are applied in order by this (the main) thread.
+        self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dae-infer")
+        self._inflight: deque = deque()
         self._committed: dict[TopicPartition, int] = {}
         self._failed: list[str] = []
         self.latencies: list[float] = []  # seconds; read by `dae bench`
@@ -141,6 +149,8 @@ class Worker:
         timeout_ms = self.s.worker.poll_timeout_ms
         if left is not None:
             timeout_ms = min(timeout_ms, int(left * 1000))
+        if self._inflight:  # come back soon to publish what the inference thread finished
+            timeout_ms = min(timeout_ms, 2)
         if not self.partitions:
             # Nothing assigned (joining or re-joining the group): give the coordinator a whole
             # poll to finish the join; very short polls can keep timing out before it completes.
@@ -158,8 +168,9 @@ class Worker:
                     self._handle(tp, part, msg)
             if n_msgs:
                 self.metrics.messages.inc(n_msgs)
-            while self.batcher.due():
-                self._run_batch()
+            self._apply_done()
+            while self.batcher.due() and len(self._inflight) < MAX_INFLIGHT_BATCHES:
+                self._submit_batch()
             self._idle_flush()
             self._check_failures()
         if time.monotonic() - self._last_commit >= self.s.worker.commit_interval_s:
@@ -187,6 +198,7 @@ class Worker:
     def shutdown(self) -> None:
         t0 = time.monotonic()
         with self.lock:
+            self._apply_done(wait=True)
             while len(self.batcher):
                 self._run_batch()
         self.producer.flush(timeout=self.s.worker.shutdown_timeout_s)
@@ -197,6 +209,7 @@ class Worker:
         log.info("worker stopped cleanly in %.2f s", time.monotonic() - t0)
 
     def _close(self, commit: bool) -> None:
+        self._infer_pool.shutdown(wait=True, cancel_futures=True)
         if self._metrics_server is not None:
             server, _thread = self._metrics_server
             server.shutdown()
@@ -285,30 +298,53 @@ class Worker:
         fut.add_callback(lambda _md, rec=rec: setattr(rec, "acked", True)).add_errback(failed)
 
     # ------------------------------------------------------------------------- inference
-    def _run_batch(self) -> None:
+    def _submit_batch(self) -> None:
+        """Close a batch and hand it to the inference thread (the main thread keeps polling)."""
         items = self.batcher.take()
         if not items:
             return
-        data = items[0][1].data if len(items) == 1 else np.concatenate([b.data for _, b in items])
+        # Group the blocks by segment (order within a segment kept): a segment's blocks in one
+        # batch are consecutive grid windows, so each segment gets one vectorised overlap-add.
+        groups: dict[int, tuple[Segment, list]] = {}
+        for seg, block in items:
+            groups.setdefault(id(seg), (seg, []))[1].append(block)
+        data = np.concatenate([b.data for _, blocks in groups.values() for b in blocks])
+        self._inflight.append((self._infer_pool.submit(self._timed_infer, data), list(groups.values())))
+
+    def _timed_infer(self, data: np.ndarray):
         t0 = time.perf_counter()
         result = self.engine.infer(data)
-        self.metrics.inference_seconds.observe(time.perf_counter() - t0)
-        n = data.shape[0]
-        self.metrics.batch_size.observe(n)
-        version = self.engine.version
-        self.metrics.windows.labels(version).inc(n)
-        observe_many(self.metrics.recon_error.labels(version), result.errors)
-        touched: dict[int, Segment] = {}
-        i = 0
-        for seg, block in items:
-            k = len(block)
-            seg.win.add_output(block.start, result.outputs[i : i + k])
-            i += k
-            touched[id(seg)] = seg
-        for seg in touched.values():
-            chunk = seg.win.ready()
-            if chunk is not None:
-                self._publish(seg, chunk.start, chunk.samples)
+        return result, time.perf_counter() - t0
+
+    def _apply_done(self, wait: bool = False) -> None:
+        """Overlap-add and publish finished batches, strictly in submission order."""
+        while self._inflight and (wait or self._inflight[0][0].done()):
+            future, groups = self._inflight.popleft()
+            result, seconds = future.result()
+            self.metrics.inference_seconds.observe(seconds)
+            n = result.outputs.shape[0]
+            self.metrics.batch_size.observe(n)
+            version = self.engine.version
+            self.metrics.windows.labels(version).inc(n)
+            observe_many(self.metrics.recon_error.labels(version), result.errors)
+            i = 0
+            for seg, blocks in groups:
+                k = sum(len(b) for b in blocks)
+                if self._alive(seg):  # its partition may have been revoked meanwhile
+                    seg.win.add_output(blocks[0].start, result.outputs[i : i + k])
+                    chunk = seg.win.ready()
+                    if chunk is not None:
+                        self._publish(seg, chunk.start, chunk.samples)
+                i += k
+
+    def _alive(self, seg: Segment) -> bool:
+        part = self.partitions.get(seg.stream.tp)
+        return part is not None and part.streams.get(seg.stream.id) is seg.stream
+
+    def _run_batch(self) -> None:
+        """Synchronous variant: submit one batch and apply it."""
+        self._submit_batch()
+        self._apply_done(wait=True)
 
     def _publish(self, seg: Segment, start: int, samples: np.ndarray) -> None:
         stream = seg.stream
