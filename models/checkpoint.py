@@ -121,7 +121,7 @@ def save_checkpoint(directory: Path, model: nn.Module, meta: ModelMeta) -> Model
     """Write weights then JSON (the JSON, carrying the weights' sha256, commits the checkpoint)."""
     directory = Path(directory)
     if meta.arch not in ARCHITECTURES:
-        raise CheckpointError(f"unknown architecture {meta.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+        raise CheckpointError(f"unknown architecture {meta.arch!r}; known: {', '.join(ARCHITECTURES)}")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     blob = st_save(tensors, metadata={"format": "pt", "arch": meta.arch})
@@ -205,7 +205,7 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> tupl
 
     if meta.arch not in ARCHITECTURES:
         raise CheckpointError(
-            f"{mpath}: unknown architecture {meta.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}"
+            f"{mpath}: unknown architecture {meta.arch!r}; known: {', '.join(ARCHITECTURES)}"
         )
     try:
         model = build_model(meta.arch, meta.config)

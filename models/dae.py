@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NORMALISATION = "window_standardize"
@@ -59,11 +60,11 @@ ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
 }
 
 
-def build_model(arch: str, config: dict) -> nn.Module:
-    """Instantiate ``arch`` from a plain config dict (as stored in ``model.json``)."""
+def make_config(arch: str, config: dict):
+    """The config dataclass of ``arch`` from a plain dict, validated (no weights are created)."""
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
-    cfg_cls, model_cls = ARCHITECTURES[arch]
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    cfg_cls, _ = ARCHITECTURES[arch]
     if not isinstance(config, dict):
         raise ValueError(f"config for {arch!r} must be a dict, got {type(config).__name__}")
     known = {f.name for f in fields(cfg_cls)}
@@ -71,10 +72,15 @@ def build_model(arch: str, config: dict) -> nn.Module:
     if unknown:
         raise ValueError(f"unknown config keys for {arch!r}: {unknown}; known: {sorted(known)}")
     try:
-        cfg = cfg_cls(**config)
+        return cfg_cls(**config)
     except TypeError as e:  # e.g. a missing required field
         raise ValueError(f"bad config for {arch!r}: {e}") from None
-    return model_cls(cfg)
+
+
+def build_model(arch: str, config: dict) -> nn.Module:
+    """Instantiate ``arch`` from a plain config dict (as stored in ``model.json``)."""
+    cfg = make_config(arch, config)
+    return ARCHITECTURES[arch][1](cfg)
 
 
 def model_config(model: nn.Module) -> dict:
@@ -103,3 +109,240 @@ def standardize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 def destandardize(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Inverse of ``standardize`` for the model's output rows."""
     return y * scale + mean
+
+
+# ----------------------------------------------------------------------------- overcomplete MLP
+@dataclass(frozen=True)
+class OvercompleteConfig:
+    """MLP whose code is *wider* than the window: window → latent → latent (code) → latent → window.
+
+    An overcomplete autoencoder could learn the identity; the denoising objective is what stops it
+    (the identity scores the full noise energy), as the seed DAE discussion notes.
+    """
+
+    window: int
+    latent: int | None = None  # default 2 * window
+
+    def __post_init__(self) -> None:
+        w = self.window
+        if not isinstance(w, int) or isinstance(w, bool) or w < 2:
+            raise ValueError(f"OvercompleteConfig.window must be an integer >= 2, got {w!r}")
+        if self.latent is None:
+            object.__setattr__(self, "latent", 2 * w)
+        lat = self.latent
+        if not isinstance(lat, int) or isinstance(lat, bool) or lat <= w:
+            raise ValueError(f"OvercompleteConfig.latent must be an integer > window={w}, got {lat!r}")
+
+
+class OvercompleteDAE(nn.Module):
+    def __init__(self, config: OvercompleteConfig):
+        super().__init__()
+        self.config = config
+        w, h = config.window, config.latent
+        self.encoder = nn.Sequential(nn.Linear(w, h), nn.ReLU(), nn.Linear(h, h))
+        self.decoder = nn.Sequential(nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, w))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_rows(x, self.config.window)
+        return self.decode(self.encode(x))
+
+
+# ------------------------------------------------------------------------------------ conv DAE
+@dataclass(frozen=True)
+class ConvConfig:
+    """1-D convolutional DAE (a small U-Net) on single-channel rows.
+
+    ``channels[0]`` is the full-resolution width; each further entry adds a level reached by a
+    stride-2 convolution (so the code has ``window / 2**(len(channels)-1)`` positions of
+    ``channels[-1]`` features); the decoder mirrors it with stride-2 transposed convolutions.
+    ``skip`` adds each encoder level's features to the decoder at the same resolution (U-Net style,
+    additive so widths stay small). ``residual`` makes the net predict the noise (output = x − net(x)).
+    Windows not divisible by ``2**(levels-1)`` are reflect-padded and cropped back.
+    """
+
+    window: int
+    channels: tuple[int, ...] = (16, 32, 64)
+    kernel: int = 9
+    skip: bool = True
+    residual: bool = True  # predict the noise: measured +0.7 dB over predicting the clean window
+
+    def __post_init__(self) -> None:
+        w = self.window
+        if not isinstance(w, int) or isinstance(w, bool) or w < 8:
+            raise ValueError(f"ConvConfig.window must be an integer >= 8, got {w!r}")
+        ch = tuple(self.channels) if isinstance(self.channels, (list, tuple)) else self.channels
+        if not isinstance(ch, tuple) or not ch or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in ch
+        ):
+            raise ValueError(f"ConvConfig.channels must be a non-empty list of positive integers, got {self.channels!r}")
+        object.__setattr__(self, "channels", ch)
+        if 2 ** (len(ch) - 1) > w:
+            raise ValueError(f"ConvConfig: {len(ch)} levels need window >= {2 ** (len(ch) - 1)}, got {w}")
+        k = self.kernel
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
+            raise ValueError(f"ConvConfig.kernel must be an odd positive integer, got {k!r}")
+        for name in ("skip", "residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ConvConfig.{name} must be true or false, got {getattr(self, name)!r}")
+
+
+class ConvDAE(nn.Module):
+    def __init__(self, config: ConvConfig):
+        super().__init__()
+        self.config = config
+        ch, k = config.channels, config.kernel
+        p = k // 2
+        act = nn.GELU
+        self.stem = nn.Sequential(nn.Conv1d(1, ch[0], k, padding=p), act())
+        self.down = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv1d(ch[i - 1], ch[i], k, stride=2, padding=p), act(),
+                nn.Conv1d(ch[i], ch[i], k, padding=p), act(),
+            )
+            for i in range(1, len(ch))
+        )
+        self.up = nn.ModuleList(
+            nn.Sequential(nn.ConvTranspose1d(ch[i], ch[i - 1], 4, stride=2, padding=1), act())
+            for i in range(len(ch) - 1, 0, -1)
+        )
+        self.fuse = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(ch[i - 1], ch[i - 1], k, padding=p), act())
+            for i in range(len(ch) - 1, 0, -1)
+        )
+        self.head = nn.Conv1d(ch[0], 1, k, padding=p)
+        self._multiple = 2 ** (len(ch) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_rows(x, self.config.window)
+        w = x.shape[1]
+        pad = (-w) % self._multiple
+        h = x[:, None, :]
+        if pad:
+            h = F.pad(h, (0, pad), mode="reflect" if pad < w else "replicate")
+        h = self.stem(h)
+        feats = [h]
+        for down in self.down:
+            h = down(h)
+            feats.append(h)
+        feats.pop()  # the code itself
+        for up, fuse in zip(self.up, self.fuse):
+            h = up(h)
+            skip = feats.pop()
+            if self.config.skip:
+                h = h + skip
+            h = fuse(h)
+        y = self.head(h)[:, 0, :w]
+        return x - y if self.config.residual else y
+
+
+def _check_rows(x: torch.Tensor, window: int) -> None:
+    if x.dim() != 2 or x.shape[1] != window:
+        raise ValueError(f"expected input (B, {window}), got {tuple(x.shape)}")
+
+
+# ------------------------------------------------------------------- noisy-target (Noisier2Noise)
+@dataclass(frozen=True)
+class Noisier2NoiseConfig:
+    """A denoiser ``inner`` trained with the Noisier2Noise objective, plus its inference correction.
+
+    Training (``models.train``) corrupts an already-noisy standardised window y again,
+    z = y + sigma·n, and fits f(z) ≈ y. For additive noise of the same law as the data's,
+    E[x|z] = 2·E[y|z] − z, so inference returns the mean over ``draws`` fixed draws z_k = y + sigma·n_k
+    of 2·f(z_k) − z_k. The n_k are a buffer drawn once from ``seed`` and stored with the weights,
+    so the output is a deterministic function of the window (a restarted worker reproduces it).
+    """
+
+    window: int
+    inner_arch: str = "conv"
+    inner: dict | None = None  # the inner architecture's config dict (default: its defaults)
+    sigma: float = 0.3  # added noise std, in units of the standardised window (std 1)
+    draws: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        w = self.window
+        if not isinstance(w, int) or isinstance(w, bool) or w < 2:
+            raise ValueError(f"Noisier2NoiseConfig.window must be an integer >= 2, got {w!r}")
+        if self.inner_arch not in ARCHITECTURES or self.inner_arch == "noisier2noise":
+            raise ValueError(f"Noisier2NoiseConfig.inner_arch: unknown or nested architecture {self.inner_arch!r}")
+        inner = dict(self.inner or {})
+        if inner.get("window", w) != w:
+            raise ValueError(f"Noisier2NoiseConfig: inner window {inner['window']} != window {w}")
+        inner["window"] = w
+        inner = asdict(make_config(self.inner_arch, inner))  # validated, every field explicit
+        object.__setattr__(self, "inner", inner)
+        s = float(self.sigma)
+        if not (s > 0 and s < 10):
+            raise ValueError(f"Noisier2NoiseConfig.sigma must be in (0, 10), got {self.sigma!r}")
+        object.__setattr__(self, "sigma", s)
+        if not isinstance(self.draws, int) or isinstance(self.draws, bool) or self.draws < 1:
+            raise ValueError(f"Noisier2NoiseConfig.draws must be an integer >= 1, got {self.draws!r}")
+
+
+class Noisier2NoiseDAE(nn.Module):
+    """Wrapper: ``forward`` applies the Noisier2Noise correction; ``inner`` is what training fits."""
+
+    def __init__(self, config: Noisier2NoiseConfig):
+        super().__init__()
+        self.config = config
+        self.inner = build_model(config.inner_arch, config.inner)
+        g = torch.Generator().manual_seed(int(config.seed))
+        self.register_buffer("noise", torch.randn((config.draws, config.window), generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_rows(x, self.config.window)
+        b, w = x.shape
+        k = self.noise.shape[0]
+        z = x[:, None, :] + self.config.sigma * self.noise.to(x.dtype)[None]  # (B, K, W)
+        z = z.reshape(b * k, w)
+        zn, mean, scale = standardize(z)
+        fy = self.inner(zn) * scale + mean  # E[y | z] in the window's units
+        return (2.0 * fy - z).reshape(b, k, w).mean(dim=1)
+
+
+ARCHITECTURES.update(
+    {
+        "conv": (ConvConfig, ConvDAE),
+        "mlp_overcomplete": (OvercompleteConfig, OvercompleteDAE),
+        "noisier2noise": (Noisier2NoiseConfig, Noisier2NoiseDAE),
+    }
+)
+
+
+# ------------------------------------------------------------------------- inference on rows
+# Rows per forward pass are padded to at least this many, as pipeline.engine does: small-M GEMM
+# kernels round differently, and a window's output must not depend on its batch-mates.
+MIN_ROWS = 16
+
+
+def denoise_rows(model: nn.Module, rows, batch: int = 4096):
+    """The engine's inference path on a (B, W) numpy array: standardise each row, run the model
+    under ``torch.inference_mode``, map back to the row's scale. Returns float32 (B, W)."""
+    import numpy as np
+
+    x = np.ascontiguousarray(rows, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"denoise_rows: expected (B, W) rows, got shape {x.shape}")
+    out = np.empty_like(x)
+    model.eval()
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch):
+            part = x[i : i + batch]
+            n = part.shape[0]
+            if n < MIN_ROWS:
+                part = np.concatenate((part, np.zeros((MIN_ROWS - n, x.shape[1]), np.float32)))
+            xn, mean, scale = standardize(torch.from_numpy(part))
+            out[i : i + n] = destandardize(model(xn), mean, scale)[:n].numpy()
+    return out
+
+
+def denoise_windows_nc(model: nn.Module, windows):
+    """(N, C, W) windows (``pipeline.windowing``'s layout) → (N, C, W): each channel denoised alone."""
+    n, c, w = windows.shape
+    return denoise_rows(model, windows.reshape(n * c, w)).reshape(n, c, w)

@@ -63,19 +63,23 @@ class Corruption:
 class GaussianNoise(Corruption):
     """Additive white Gaussian noise with std ``sigma`` times each window's RMS.
 
-    ``sigma`` is a float, or a ``(lo, hi)`` range from which each window draws its own σ uniformly.
+    ``sigma`` is a float, or a ``(lo, hi)`` range from which each window draws its own σ uniformly
+    (``log_uniform=True``: uniformly in log σ, so low noise levels get as many windows as high ones).
     A window of zeros stays zeros (its RMS is 0).
     """
 
     kind = "gaussian"
 
-    def __init__(self, sigma: float | tuple[float, float]):
+    def __init__(self, sigma: float | tuple[float, float], log_uniform: bool = False):
+        self.log_uniform = bool(log_uniform)
         if isinstance(sigma, (tuple, list)):
             if len(sigma) != 2:
                 raise ValueError(f"GaussianNoise: sigma range must be (lo, hi), got {sigma!r}")
             lo, hi = float(sigma[0]), float(sigma[1])
             if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
                 raise ValueError(f"GaussianNoise: need finite 0 <= lo <= hi, got sigma={sigma!r}")
+            if self.log_uniform and lo <= 0.0:
+                raise ValueError(f"GaussianNoise: a log-uniform range needs lo > 0, got sigma={sigma!r}")
             self.sigma: float | tuple[float, float] = (lo, hi)
         else:
             s = float(sigma)
@@ -90,7 +94,10 @@ class GaussianNoise(Corruption):
         if isinstance(self.sigma, tuple):
             lo, hi = self.sigma
             u = torch.rand((b, 1), generator=generator, device=x.device, dtype=x.dtype)
-            sig = lo + (hi - lo) * u
+            if self.log_uniform:
+                sig = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
+            else:
+                sig = lo + (hi - lo) * u
         else:
             sig = torch.full((b, 1), self.sigma, device=x.device, dtype=x.dtype)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -98,7 +105,10 @@ class GaussianNoise(Corruption):
 
     def to_dict(self) -> dict:
         s = list(self.sigma) if isinstance(self.sigma, tuple) else self.sigma
-        return {"type": self.kind, "sigma": s}
+        d = {"type": self.kind, "sigma": s}
+        if self.log_uniform and isinstance(self.sigma, tuple):
+            d["log_uniform"] = True
+        return d
 
 
 class MaskingNoise(Corruption):
@@ -175,7 +185,7 @@ def corruption_from_dict(d: dict) -> Corruption:
     try:
         if kind == "gaussian":
             s = d["sigma"]
-            return GaussianNoise(tuple(s) if isinstance(s, list) else s)
+            return GaussianNoise(tuple(s) if isinstance(s, list) else s, bool(d.get("log_uniform", False)))
         if kind == "compose":
             return Compose([corruption_from_dict(i) for i in d["items"]])
         return _KINDS[kind](d["fraction"])

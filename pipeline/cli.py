@@ -15,9 +15,7 @@ from pipeline.settings import Settings, load_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 kafka_app = typer.Typer(no_args_is_help=True, help="The local single-node KRaft broker (deploy/kafka).")
-models_app = typer.Typer(no_args_is_help=True, help="The model registry: versions and the current pointer.")
 app.add_typer(kafka_app, name="kafka")
-app.add_typer(models_app, name="models")
 
 BootstrapOpt = typer.Option(None, "--bootstrap", help="Kafka bootstrap servers [DAE_KAFKA__BOOTSTRAP_SERVERS]")
 RegistryOpt = typer.Option(None, "--registry", help="Model registry directory [DAE_MODEL__REGISTRY]")
@@ -121,6 +119,8 @@ def worker(
 @app.command()
 def train(
     sample_rate: float = typer.Option(..., help="Sample rate (Hz) the model will serve"),
+    arch: str = typer.Option(None, help="mlp | mlp_overcomplete | conv (default: the best, models.train.DEFAULT_ARCH)"),
+    objective: str = typer.Option("clean", help="clean (synthetic clean targets) | noisier2noise"),
     window: int = typer.Option(256, help="Window length W in samples"),
     hop: Optional[int] = typer.Option(None, help="Hop H (default W/2)"),
     steps: Optional[int] = typer.Option(None, help="Training steps (default: the trainer's)"),
@@ -130,12 +130,13 @@ def train(
     promote: bool = typer.Option(True, help="Make the new version current"),
     quiet: bool = False,
 ):
-    """Train the seed MLP DAE on the synthetic generator and publish it to the registry."""
+    """Train a DAE on the synthetic generator and publish it to the registry."""
     from models.registry import ModelRegistry
-    from models.train import TrainConfig, train_synthetic
+    from models.train import DEFAULT_ARCH, TrainConfig, train_synthetic
 
     s = _settings(None, registry)
-    kw = {"sample_rate": sample_rate, "window": window, "hop": hop, "seed": seed}
+    kw = {"sample_rate": sample_rate, "window": window, "hop": hop, "seed": seed,
+          "arch": arch or DEFAULT_ARCH, "objective": objective}
     if steps is not None:
         kw["steps"] = steps
     if max_seconds is not None:
@@ -253,6 +254,11 @@ def bench(
     s = _settings(bootstrap, registry, metrics={"enabled": False})
     run_bench(s, streams=streams, seconds=seconds, sample_rate=sample_rate, chunk=chunk, live_rate=live_rate,
               json_path=json_path)
+
+
+from pipeline.cli_models import register as _register_models  # noqa: E402
+
+_register_models(app)
 
 
 def main() -> None:
