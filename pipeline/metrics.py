@@ -59,6 +59,9 @@ class WorkerMetrics:
         self.commits = Counter("dae_offset_commits_total", "Offset commits", registry=r)
         self.rebalances = Counter("dae_rebalances_total", "Partition revocations and assignments", ["kind"], registry=r)
         self.model_info = Info("dae_model", "Model being served", registry=r)
+        self.model_swaps = Counter(
+            "dae_model_swaps_total", "New model versions seen in the registry, by outcome", ["outcome"], registry=r
+        )
         self.consumer_lag = Gauge(
             "dae_consumer_lag_messages", "Messages behind the partition's end offset", ["topic", "partition"], registry=r
         )

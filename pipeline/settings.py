@@ -100,6 +100,9 @@ class ModelSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # bf16 only applies on CUDA; the CPU always runs float32.
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # How often the worker checks the registry's current pointer for a new version (0: never).
+    # Ignored when `version` pins one.
+    watch_interval_s: float = Field(2.0, ge=0)
 
 
 class MetricsSettings(BaseModel):

@@ -40,6 +40,7 @@ class Segment:
         self.stream = stream
         self.win = win
         self.rate = stream.rate
+        self.version: str | None = None  # model version of the last batch applied to this segment
         self.inputs: deque[InputRecord] = deque()
         self.outputs: deque[OutputRecord] = deque()
 

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry
 from pipeline.batching import MicroBatcher
 from pipeline.codec import DecodeError, decode_chunk, encode_chunk
 from pipeline.engine import InferenceEngine
+from pipeline.hotswap import ModelWatcher
 from pipeline.kafka_io import dead_letter_headers, ensure_topics, make_consumer, make_producer
 from pipeline.metrics import WorkerMetrics, observe_many, serve
 from pipeline.settings import Settings
@@ -97,6 +98,7 @@ class Worker:
         self.producer = None
         self._last_commit = 0.0
         self._metrics_server = None
+        self._watcher: ModelWatcher | None = None
         # One inference thread: torch releases the GIL, so the next poll/decode/windowing
         # overlaps the forward pass; results are applied in order by this (the main) thread.
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dae-infer")
@@ -122,6 +124,12 @@ class Worker:
         self.consumer.subscribe(list(k.raw_topics), listener=_Rebalance(self))
         if self.s.metrics.enabled:
             self._metrics_server = serve(self.metrics.registry, self.s.metrics.host, self.s.metrics.port)
+        if self.s.model.watch_interval_s > 0 and self.s.model.version is None:
+            self._watcher = ModelWatcher(
+                self.s.model.registry, self.engine, interval_s=self.s.model.watch_interval_s,
+                device=self.s.model.device, dtype=self.s.model.dtype,
+                on_refused=lambda version, exc: self.metrics.model_swaps.labels("refused").inc(),
+            ).start()
 
     def install_signal_handlers(self) -> None:
         def _stop(signum, _frame):
@@ -169,6 +177,7 @@ class Worker:
             if n_msgs:
                 self.metrics.messages.inc(n_msgs)
             self._apply_done()
+            self._maybe_swap_model()
             while self.batcher.due() and len(self._inflight) < MAX_INFLIGHT_BATCHES:
                 self._submit_batch()
             self._idle_flush()
@@ -208,7 +217,21 @@ class Worker:
         self._close(commit=False)
         log.info("worker stopped cleanly in %.2f s", time.monotonic() - t0)
 
+    def _maybe_swap_model(self) -> None:
+        """Switch to a validated new model between two batches: every window submitted from now
+        on uses it and every output released by its batches carries its version."""
+        new = self._watcher.take() if self._watcher is not None else None
+        if new is None:
+            return
+        old = self.engine
+        self.engine = new
+        self.metrics.model_swaps.labels("swapped").inc()
+        self.metrics.set_model(new.version, new.meta.arch, new.window, new.hop)
+        log.info("now serving model %s (was %s)", new.version, old.version)
+
     def _close(self, commit: bool) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
         self._infer_pool.shutdown(wait=True, cancel_futures=True)
         if self._metrics_server is not None:
             server, _thread = self._metrics_server
@@ -267,7 +290,7 @@ class Worker:
             else:  # nothing left to denoise: what the flush made final goes out now
                 chunk = seg.win.ready()
                 if chunk is not None:
-                    self._publish(seg, chunk.start, chunk.samples)
+                    self._publish(seg, chunk.start, chunk.samples, seg.version)
         segments.clear()
 
     def _idle_flush(self) -> None:
@@ -309,22 +332,24 @@ class Worker:
         for seg, block in items:
             groups.setdefault(id(seg), (seg, []))[1].append(block)
         data = np.concatenate([b.data for _, blocks in groups.values() for b in blocks])
-        self._inflight.append((self._infer_pool.submit(self._timed_infer, data), list(groups.values())))
+        engine = self.engine  # the batch keeps the model it was submitted with, across a swap
+        self._inflight.append((self._infer_pool.submit(self._timed_infer, engine, data), list(groups.values()), engine))
 
-    def _timed_infer(self, data: np.ndarray):
+    @staticmethod
+    def _timed_infer(engine: InferenceEngine, data: np.ndarray):
         t0 = time.perf_counter()
-        result = self.engine.infer(data)
+        result = engine.infer(data)
         return result, time.perf_counter() - t0
 
     def _apply_done(self, wait: bool = False) -> None:
         """Overlap-add and publish finished batches, strictly in submission order."""
         while self._inflight and (wait or self._inflight[0][0].done()):
-            future, groups = self._inflight.popleft()
+            future, groups, engine = self._inflight.popleft()
             result, seconds = future.result()
             self.metrics.inference_seconds.observe(seconds)
             n = result.outputs.shape[0]
             self.metrics.batch_size.observe(n)
-            version = self.engine.version
+            version = engine.version
             self.metrics.windows.labels(version).inc(n)
             observe_many(self.metrics.recon_error.labels(version), result.errors)
             i = 0
@@ -332,9 +357,10 @@ class Worker:
                 k = sum(len(b) for b in blocks)
                 if self._alive(seg):  # its partition may have been revoked meanwhile
                     seg.win.add_output(blocks[0].start, result.outputs[i : i + k])
+                    seg.version = version
                     chunk = seg.win.ready()
                     if chunk is not None:
-                        self._publish(seg, chunk.start, chunk.samples)
+                        self._publish(seg, chunk.start, chunk.samples, version)
                 i += k
 
     def _alive(self, seg: Segment) -> bool:
@@ -346,9 +372,9 @@ class Worker:
         self._submit_batch()
         self._apply_done(wait=True)
 
-    def _publish(self, seg: Segment, start: int, samples: np.ndarray) -> None:
+    def _publish(self, seg: Segment, start: int, samples: np.ndarray, version: str | None = None) -> None:
         stream = seg.stream
-        key, value, headers = encode_chunk(stream.id, start, seg.rate, samples, model=self.engine.version)
+        key, value, headers = encode_chunk(stream.id, start, seg.rate, samples, model=version or self.engine.version)
         rec = OutputRecord(start, start + samples.shape[0], seg.input_timestamp(start + samples.shape[0] - 1))
         seg.outputs.append(rec)
         n = samples.shape[0]
