@@ -239,7 +239,7 @@ def demo(
 @app.command()
 def bench(
     streams: int = 8,
-    seconds: float = typer.Option(250.0, help="Seconds of signal per stream"),
+    seconds: float = typer.Option(1000.0, help="Seconds of signal per stream"),
     sample_rate: float = typer.Option(1000.0, help="Rate in the headers (the model must serve it)"),
     chunk: int = typer.Option(512, help="Frames per message"),
     live_rate: float = typer.Option(200_000.0, help="Input rate of the latency phase, samples/s in total"),

@@ -120,6 +120,8 @@ class WorkerSettings(BaseModel):
     commit_interval_s: float = Field(1.0, gt=0)
     # SIGTERM: finish the in-flight batch, flush and commit within this many seconds.
     shutdown_timeout_s: float = Field(10.0, gt=0)
+    # Run the forward pass in a second thread so polling/decoding/windowing overlap it.
+    inference_thread: bool = True
     # Longest poll when no batch is waiting (a waiting batch shortens it to its deadline); it
     # bounds how late an idle flush or a commit can be.
     poll_timeout_ms: int = Field(100, ge=1)

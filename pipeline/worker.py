@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 import signal
 import threading
 import time
@@ -178,8 +178,12 @@ class Worker:
                 self.metrics.messages.inc(n_msgs)
             self._apply_done()
             self._maybe_swap_model()
-            while self.batcher.due() and len(self._inflight) < MAX_INFLIGHT_BATCHES:
-                self._submit_batch()
+            if self.s.worker.inference_thread:
+                while self.batcher.due() and len(self._inflight) < MAX_INFLIGHT_BATCHES:
+                    self._submit_batch()
+            else:
+                while self.batcher.due():
+                    self._run_batch()
             self._idle_flush()
             self._check_failures()
         if time.monotonic() - self._last_commit >= self.s.worker.commit_interval_s:
@@ -333,7 +337,12 @@ class Worker:
             groups.setdefault(id(seg), (seg, []))[1].append(block)
         data = np.concatenate([b.data for _, blocks in groups.values() for b in blocks])
         engine = self.engine  # the batch keeps the model it was submitted with, across a swap
-        self._inflight.append((self._infer_pool.submit(self._timed_infer, engine, data), list(groups.values()), engine))
+        if self.s.worker.inference_thread:
+            future = self._infer_pool.submit(self._timed_infer, engine, data)
+        else:
+            future = Future()
+            future.set_result(self._timed_infer(engine, data))
+        self._inflight.append((future, list(groups.values()), engine))
 
     @staticmethod
     def _timed_infer(engine: InferenceEngine, data: np.ndarray):
