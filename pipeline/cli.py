@@ -108,6 +108,11 @@ def worker(
         raise typer.Exit(2)
     w = Worker(s, engine)
     w.install_signal_handlers()
+    try:
+        w.start()
+    except (PermissionError, ConnectionError) as exc:
+        typer.echo(f"cannot start the worker: {exc}", err=True)
+        raise typer.Exit(2)
     logging.getLogger(__name__).info(
         "worker: model %s (window %d, hop %d) on %s, topics %s -> %s",
         engine.version, w.window, w.hop, engine.device, ",".join(s.kafka.raw_topics), s.kafka.clean_topic,

@@ -87,6 +87,51 @@ def wait_for_broker(k: KafkaSettings, timeout_s: float = 60.0) -> None:
     )
 
 
+class KafkaAuthError(PermissionError):
+    """The broker refused the configured credentials."""
+
+
+def verify_connection(k: KafkaSettings, timeout_s: float = 10.0) -> None:
+    """Connect once to the first bootstrap server with the configured security settings.
+
+    kafka-python reports refused SASL credentials only in its log (and then as a misleading
+    version error), so the worker checks up front and stops with a message naming the setting.
+    """
+    import socket
+
+    from kafka.conn import BrokerConnection
+
+    host, _, port = k.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    opts = {key: v for key, v in k.client_options().items() if key != "bootstrap_servers"}
+    seen: list[str] = []
+
+    class _Grab(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    grab = _Grab(level=logging.WARNING)
+    conn_log = logging.getLogger("kafka.conn")
+    conn_log.addHandler(grab)
+    try:
+        conn = BrokerConnection(host, int(port), socket.AF_UNSPEC, api_version=(2, 8), **opts)
+        ok = conn.connect_blocking(timeout=timeout_s)
+        conn.close()
+    finally:
+        conn_log.removeHandler(grab)
+    if ok:
+        return
+    if any("Authentication" in m or "SaslAuthenticate" in m for m in seen):
+        raise KafkaAuthError(
+            f"Kafka at {k.bootstrap_servers} refused the credentials of user {k.sasl_username!r} "
+            f"({k.security_protocol}/{k.sasl_mechanism}; check kafka.sasl_username / kafka.sasl_password, "
+            f"env DAE_KAFKA__SASL_USERNAME / DAE_KAFKA__SASL_PASSWORD)"
+        )
+    raise ConnectionError(
+        f"cannot connect to Kafka at {k.bootstrap_servers} with security_protocol={k.security_protocol}"
+        + (f": {seen[-1]}" if seen else "")
+    )
+
+
 def ensure_topics(k: KafkaSettings, topics: list[str] | tuple[str, ...], partitions: int | None = None) -> None:
     """Create the topics that do not exist yet (idempotent, safe against concurrent creators)."""
     admin = make_admin(k)

@@ -31,7 +31,7 @@ from pipeline.batching import MicroBatcher
 from pipeline.codec import DecodeError, decode_chunk, encode_chunk
 from pipeline.engine import InferenceEngine
 from pipeline.hotswap import ModelWatcher
-from pipeline.kafka_io import dead_letter_headers, ensure_topics, make_consumer, make_producer
+from pipeline.kafka_io import dead_letter_headers, ensure_topics, make_consumer, make_producer, verify_connection
 from pipeline.membership import GroupMembership, Rebalance
 from pipeline.metrics import WorkerMetrics, observe_many, serve
 from pipeline.settings import Settings
@@ -89,6 +89,7 @@ class Worker(GroupMembership):
     # ------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
         k = self.s.kafka
+        verify_connection(k)
         ensure_topics(k, [*k.raw_topics, k.clean_topic, k.dead_letter_topic, k.alerts_topic])
         self.producer = make_producer(k)
         self.consumer = make_consumer(k, group_id=k.group_id, **self._consumer_options)

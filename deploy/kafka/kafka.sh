@@ -10,7 +10,10 @@
 #   DAE_KAFKA_HOME    jar cache (default ~/.cache/dae/kafka-<version>); resolved once with Maven
 #   DAE_KAFKA_DATA    data/log directory (default ${TMPDIR:-/tmp}/dae-kafka-<port>)
 #   DAE_KAFKA_HEAP    JVM heap (default 1g)
-#   DAE_KAFKA_SASL    "scram" to add a SASL_PLAINTEXT/SCRAM-SHA-256 listener on PORT+2 (later use)
+#   DAE_KAFKA_SASL    "scram": add a SASL_PLAINTEXT listener with SCRAM-SHA-256 and SCRAM-SHA-512 on
+#                     PORT+2 (print that address), with the user DAE_KAFKA_SASL_USER (default dae)
+#                     / DAE_KAFKA_SASL_PASSWORD (default dae-secret) created at format time.
+#                     Only applies to a fresh data directory.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,7 +25,10 @@ home="${DAE_KAFKA_HOME:-$HOME/.cache/dae/kafka-$version}"
 data="${DAE_KAFKA_DATA:-${TMPDIR:-/tmp}/dae-kafka-$port}"
 pidfile="$data/kafka.pid"
 logfile="$data/kafka.out"
+sasl="${DAE_KAFKA_SASL:-}"
+sport=$((port + 2))
 bootstrap="127.0.0.1:$port"
+[[ "$sasl" == "scram" ]] && bootstrap="127.0.0.1:$sport"
 
 log() { echo "kafka.sh: $*" >&2; }
 
@@ -47,15 +53,28 @@ resolve_jars() {
 
 write_config() {
   mkdir -p "$data/logs"
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+  local advertised="PLAINTEXT://127.0.0.1:$port"
+  local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  local sasl_props=""
+  if [[ "$sasl" == "scram" ]]; then
+    listeners="$listeners,SASL_PLAINTEXT://127.0.0.1:$sport"
+    advertised="$advertised,SASL_PLAINTEXT://127.0.0.1:$sport"
+    protocols="$protocols,SASL_PLAINTEXT:SASL_PLAINTEXT"
+    sasl_props="sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+  fi
   cat > "$data/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
+$sasl_props
 log.dirs=$data/logs
 num.partitions=4
 auto.create.topics.enable=true
@@ -68,6 +87,8 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 # Tests and demos join groups often: do not wait 3 s for more members before the first rebalance.
 group.initial.rebalance.delay.ms=0
+# Commit metadata carries per-stream resume points: allow more than the 4 KiB default.
+offset.metadata.max.bytes=65536
 # Chunks of up to 8 MiB per message (the codec's default limit is lower).
 message.max.bytes=8388608
 log.retention.hours=24
@@ -90,7 +111,12 @@ start() {
   if [[ ! -f "$data/logs/meta.properties" ]]; then
     local cid
     cid="$("${jvm[@]}" kafka.tools.StorageTool random-uuid)"
-    "${jvm[@]}" kafka.tools.StorageTool format -t "$cid" -c "$data/server.properties" >&2
+    local scram=()
+    if [[ "$sasl" == "scram" ]]; then
+      local user="${DAE_KAFKA_SASL_USER:-dae}" pw="${DAE_KAFKA_SASL_PASSWORD:-dae-secret}"
+      scram=(--add-scram "SCRAM-SHA-256=[name=$user,password=$pw]" --add-scram "SCRAM-SHA-512=[name=$user,password=$pw]")
+    fi
+    "${jvm[@]}" kafka.tools.StorageTool format -t "$cid" -c "$data/server.properties" "${scram[@]}" >&2
   fi
   nohup setsid "${jvm[@]}" kafka.Kafka "$data/server.properties" >"$logfile" 2>&1 < /dev/null &
   echo $! > "$pidfile"
