@@ -220,6 +220,40 @@ def capture(
         raise typer.Exit(1)
 
 
+@app.command()
+def retrain(
+    topic: Optional[str] = typer.Option(None, help="Raw topic to learn from (default: the first raw topic)"),
+    last_seconds: Optional[float] = typer.Option(3600.0, help="Use the data of the last N seconds"),
+    last_samples: Optional[int] = typer.Option(None, help="Or the last N samples per partition"),
+    arch: Optional[str] = typer.Option(None, help="Candidate architecture (default: the current model's)"),
+    steps: Optional[int] = typer.Option(None, help="Training steps (default: the trainer's)"),
+    max_seconds: float = typer.Option(240.0, help="Training time budget"),
+    margin_db: float = typer.Option(0.0, help="Promote unless the candidate's gain is this much below the current"),
+    every: Optional[str] = typer.Option(None, help="Run periodically (e.g. 6h), in this process, never overlapping"),
+    bootstrap: Optional[str] = BootstrapOpt,
+    registry: Optional[Path] = RegistryOpt,
+):
+    """Train a candidate on recent raw data; promote it only if it beats the current model.
+    Exit code: 0 promoted, 10 rejected, 1 failed; one summary line on stdout."""
+    _logging(False)
+    from pipeline.retrain import parse_duration, retrain_once, run_every
+
+    s = _settings(bootstrap, registry)
+    kw = dict(topic=topic, last_seconds=None if last_samples else last_seconds, last_samples=last_samples,
+              arch=arch, steps=steps, max_seconds=max_seconds, margin_db=margin_db)
+    if every:
+        try:
+            interval = parse_duration(every)
+        except ValueError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2)
+        run_every(s, interval, **kw)
+        return
+    r = retrain_once(s, **kw)
+    typer.echo(r.summary())
+    raise typer.Exit(r.exit_code)
+
+
 # ------------------------------------------------------------------------ demo / bench
 @app.command()
 def demo(
