@@ -296,8 +296,10 @@ def bench(
 
 
 from pipeline.cli_models import register as _register_models  # noqa: E402
+from pipeline.cli_alerts import register as _register_alerts  # noqa: E402
 
 _register_models(app)
+_register_alerts(app)
 
 
 def main() -> None:
