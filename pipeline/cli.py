@@ -230,26 +230,41 @@ def retrain(
     max_seconds: float = typer.Option(240.0, help="Training time budget"),
     margin_db: float = typer.Option(0.0, help="Promote unless the candidate's gain is this much below the current"),
     every: Optional[str] = typer.Option(None, help="Run periodically (e.g. 6h), in this process, never overlapping"),
+    drift: bool = typer.Option(True, "--drift/--no-drift", help="With --every: also run early when the worker "
+                               "publishes a drift event for the serving model"),
+    min_gap: str = typer.Option("10m", help="With --every: never start a drift-triggered run sooner than this "
+                                "after the previous run"),
+    metrics_file: Optional[Path] = typer.Option(None, help="Write the run's metrics as a Prometheus textfile "
+                                                "(node-exporter textfile collector); --every serves them instead"),
     bootstrap: Optional[str] = BootstrapOpt,
     registry: Optional[Path] = RegistryOpt,
 ):
     """Train a candidate on recent raw data; promote it only if it beats the current model.
     Exit code: 0 promoted, 10 rejected, 1 failed; one summary line on stdout."""
     _logging(False)
-    from pipeline.retrain import parse_duration, retrain_once, run_every
+    from pipeline.retrain import parse_duration, retrain_once
+    from pipeline.retrain_schedule import RetrainMetrics, run_every
 
     s = _settings(bootstrap, registry)
     kw = dict(topic=topic, last_seconds=None if last_samples else last_seconds, last_samples=last_samples,
               arch=arch, steps=steps, max_seconds=max_seconds, margin_db=margin_db)
+    metrics = RetrainMetrics()
     if every:
         try:
-            interval = parse_duration(every)
+            interval, gap = parse_duration(every), parse_duration(min_gap)
         except ValueError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(2)
-        run_every(s, interval, **kw)
+        if s.metrics.enabled:
+            from pipeline.metrics import serve
+
+            serve(metrics.registry, s.metrics.host, s.metrics.port)
+        run_every(s, interval, drift=drift, min_gap_s=gap, metrics=metrics, **kw)
         return
     r = retrain_once(s, **kw)
+    metrics.record(r)
+    if metrics_file is not None:
+        metrics.write_textfile(metrics_file)
     typer.echo(r.summary())
     raise typer.Exit(r.exit_code)
 

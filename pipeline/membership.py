@@ -129,7 +129,7 @@ class GroupMembership:
             self.producer.flush(timeout=min(5.0, self.s.worker.shutdown_timeout_s))
             offsets = self._offsets(revoked)
             for tp in revoked:
-                self.partitions.pop(tp, None)
+                self._forget_partition_alerts(self.partitions.pop(tp, None))
                 self._committed.pop(tp, None)
                 self._forget_lag(tp)
         if offsets and self.consumer is not None:
@@ -143,7 +143,7 @@ class GroupMembership:
             gone = set(lost)
             self.batcher.drop(lambda seg: seg.stream.tp in gone)
             for tp in lost:
-                self.partitions.pop(tp, None)
+                self._forget_partition_alerts(self.partitions.pop(tp, None))
                 self._committed.pop(tp, None)
                 self._forget_lag(tp)
 

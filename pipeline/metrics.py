@@ -68,6 +68,14 @@ class WorkerMetrics:
         self.alerts_raised = Counter("dae_alerts_raised_total", "Anomaly alerts raised", registry=r)
         self.alerts_resolved = Counter("dae_alerts_resolved_total", "Anomaly alerts resolved", registry=r)
         self.alerts_active = Gauge("dae_alerts_active", "Streams with an alert raised now", registry=r)
+        self.drift_events = Counter(
+            "dae_drift_events_total", "Drift events: the live error median left its reference band", registry=r
+        )
+        self.drift_ratio = Gauge(
+            "dae_error_median_ratio",
+            "Live reconstruction-error median over the drift window, relative to the model's reference",
+            registry=r,
+        )
         self.last_output = Gauge(
             "dae_last_output_timestamp_seconds", "Unix time of the last acknowledged cleaned output", registry=r
         )

@@ -169,6 +169,7 @@ def retrain_once(
                           "margin_db": margin_db, "eval_sigma": eval_sigma}
         result.data = {"topic": topic, "streams": len(streams), "train_samples": int(sum(len(p) for p in train)),
                        "held_out_samples": int(sum(len(h) for h in held_out)), "excluded_windows": excluded,
+                       "span_seconds": max(len(x) for x in streams.values()) / rate,
                        "last_seconds": last_seconds, "last_samples": last_samples}
         better = cand_gain >= cur_gain - margin_db
         meta.training["retrain"] = {"replaces": current, "decision": "promoted" if better else "rejected",
@@ -201,17 +202,3 @@ def parse_duration(text: str) -> float:
         return float(text)
     except (ValueError, IndexError):
         raise ValueError(f"duration {text!r}: use a number with s, m, h or d (e.g. 6h)") from None
-
-
-def run_every(s: Settings, interval_s: float, jitter: float = 0.1, stop=None, **kw) -> None:
-    """Run retrain_once every ``interval_s`` (± jitter), never two at once (runs are sequential)."""
-    rng = np.random.default_rng()
-    while stop is None or not stop.is_set():
-        r = retrain_once(s, **kw)
-        print(r.summary(), flush=True)
-        wait = interval_s * (1 + rng.uniform(-jitter, jitter))
-        if stop is not None:
-            if stop.wait(wait):
-                return
-        else:
-            time.sleep(wait)

@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.alerts import AlertSettings
+from pipeline.drift import DriftSettings
+
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -143,6 +146,9 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     metrics: MetricsSettings = MetricsSettings()
     worker: WorkerSettings = WorkerSettings()
+    # Anomaly alerts per stream (pipeline/alerts.py) and drift of the error distribution (pipeline/drift.py).
+    alerts: AlertSettings = AlertSettings()
+    drift: DriftSettings = DriftSettings()
 
 
 def load_settings(**overrides) -> Settings:

@@ -104,6 +104,8 @@ class PartitionState:
     streams: dict[str, StreamState] = field(default_factory=dict)
     dead_letters: dict[int, OutputRecord] = field(default_factory=dict)
     reported: set[int] = field(default_factory=set)
+    # Alert events sent but not yet acknowledged, each with the offset the commit must not pass.
+    events: list[tuple[int, OutputRecord]] = field(default_factory=list)
 
     def stream(self, stream_id: str) -> StreamState:
         st = self.streams.get(stream_id)
@@ -185,6 +187,8 @@ class PartitionState:
                 del self.dead_letters[off]
             else:
                 candidates.append(off)
+        self.events = [(off, rec) for off, rec in self.events if not rec.acked]
+        candidates.extend(off for off, _ in self.events)
         if not candidates:
             raise ValueError(f"{self.tp}: nothing consumed yet, nothing to commit")
         return min(candidates), meta

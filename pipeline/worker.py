@@ -34,6 +34,7 @@ from pipeline.hotswap import ModelWatcher
 from pipeline.kafka_io import dead_letter_headers, ensure_topics, make_consumer, make_producer, verify_connection
 from pipeline.membership import GroupMembership, Rebalance
 from pipeline.metrics import WorkerMetrics, observe_many, serve
+from pipeline.monitoring import Monitoring
 from pipeline.settings import Settings
 from pipeline.state import OutputRecord, PartitionState, Segment
 
@@ -47,7 +48,7 @@ class FatalWorkerError(RuntimeError):
     pass
 
 
-class Worker(GroupMembership):
+class Worker(GroupMembership, Monitoring):
     def __init__(
         self,
         settings: Settings,
@@ -85,6 +86,7 @@ class Worker(GroupMembership):
         self._failed: list[str] = []
         self.latencies: list[float] = []  # seconds; read by `dae bench`
         self.keep_latencies = False
+        self._init_monitoring()
 
     # ------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -268,6 +270,7 @@ class Worker(GroupMembership):
                     stream.open = None
                     self._flush_segments([seg])
             part.forget_finished()
+        self._expire_alert_state()
         self.metrics.active_streams.set(sum(len(p.streams) for p in self.partitions.values()))
 
     def _dead_letter(self, tp: TopicPartition, part: PartitionState, msg, err: DecodeError) -> None:
@@ -302,7 +305,7 @@ class Worker(GroupMembership):
         else:
             future = Future()
             future.set_result(self._timed_infer(engine, data))
-        self._inflight.append((future, list(groups.values()), engine))
+        self._inflight.append((future, list(groups.values()), engine, data))
 
     @staticmethod
     def _timed_infer(engine: InferenceEngine, data: np.ndarray):
@@ -313,7 +316,7 @@ class Worker(GroupMembership):
     def _apply_done(self, wait: bool = False) -> None:
         """Overlap-add and publish finished batches, strictly in submission order."""
         while self._inflight and (wait or self._inflight[0][0].done()):
-            future, groups, engine = self._inflight.popleft()
+            future, groups, engine, data = self._inflight.popleft()
             result, seconds = future.result()
             self.metrics.inference_seconds.observe(seconds)
             n = result.outputs.shape[0]
@@ -321,15 +324,22 @@ class Worker(GroupMembership):
             version = engine.version
             self.metrics.windows.labels(version).inc(n)
             observe_many(self.metrics.recon_error.labels(version), result.errors)
+            self._monitor_model(engine)
+            self._observe_drift(result.errors)
             i = 0
             for seg, blocks in groups:
                 k = sum(len(b) for b in blocks)
+                part = self.partitions.get(seg.stream.tp)
                 if self._alive(seg):  # its partition may have been revoked meanwhile
-                    seg.win.add_output(blocks[0].start, result.outputs[i : i + k])
+                    outputs = result.outputs[i : i + k]
+                    seg.win.add_output(blocks[0].start, outputs)
                     seg.version = version
                     chunk = seg.win.ready()
                     if chunk is not None:
                         self._publish(seg, chunk.start, chunk.samples, version)
+                    starts = np.concatenate([b.starts for b in blocks])
+                    self._score(part, seg, starts, result.errors[i : i + k], result.scales[i : i + k],
+                                data[i : i + k], outputs)
                 i += k
 
     def _alive(self, seg: Segment) -> bool:
@@ -366,6 +376,8 @@ class Worker(GroupMembership):
         ).add_errback(failed)
 
     def _check_failures(self) -> None:
+        if self._event_failures:
+            raise FatalWorkerError(self._event_failures[0])
         for tp, part in self.partitions.items():
             for stream in part.streams.values():
                 for seg in stream.segments():
