@@ -73,6 +73,9 @@ def test_injected_anomalies_raise_then_resolve_with_their_ranges(make_settings, 
         producer.close()
         wait_for(lambda: w.metrics.output_samples._value.get() >= total, 180, 0.5, "all cleaned output acknowledged")
         assert w.metrics.alerts_raised._value.get() >= len(anomalies)
+        # However many streams flowed, none of their ids became a label value.
+        values = {v for m in w.metrics.registry.collect() for smp in m.samples for v in smp.labels.values()}
+        assert values and not values & set(streams), values & set(streams)
     events = _events(s)
     by_stream: dict[str, list[dict]] = {}
     for ev in events:

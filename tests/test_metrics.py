@@ -33,3 +33,64 @@ def test_worker_metric_names_and_no_stream_label():
     for metric in reg.collect():
         for s in metric.samples:
             assert "stream" not in s.labels
+
+
+# name -> (type, label names): the public contract of the worker's /metrics (dashboards and rules
+# depend on it). Counters are listed without the _total suffix, as prometheus_client names them.
+SPEC = {
+    "dae_input_messages": ("counter", set()),
+    "dae_input_samples": ("counter", set()),
+    "dae_output_samples": ("counter", set()),
+    "dae_windows": ("counter", {"model_version"}),
+    "dae_batch_windows": ("histogram", set()),
+    "dae_inference_seconds": ("histogram", set()),
+    "dae_end_to_end_latency_seconds": ("histogram", set()),
+    "dae_reconstruction_error": ("histogram", {"model_version"}),
+    "dae_dead_letter_messages": ("counter", {"reason"}),
+    "dae_dead_letter_write_failures": ("counter", set()),
+    "dae_stream_discontinuities": ("counter", {"kind"}),
+    "dae_idle_flushes": ("counter", set()),
+    "dae_active_streams": ("gauge", set()),
+    "dae_offset_commits": ("counter", set()),
+    "dae_rebalances": ("counter", {"kind"}),
+    "dae_model": ("info", {"version", "arch", "window", "hop"}),
+    "dae_model_swaps": ("counter", {"outcome"}),
+    "dae_consumer_lag_messages": ("gauge", {"topic", "partition"}),
+    "dae_alerts_raised": ("counter", set()),
+    "dae_alerts_resolved": ("counter", set()),
+    "dae_alerts_active": ("gauge", set()),
+    "dae_drift_events": ("counter", set()),
+    "dae_error_median_ratio": ("gauge", set()),
+    "dae_last_output_timestamp_seconds": ("gauge", set()),
+}
+
+
+def _touch_every_metric(m: WorkerMetrics) -> None:
+    m.windows.labels("v1").inc()
+    m.recon_error.labels("v1").observe(0.1)
+    m.dead_letters.labels("bad_length").inc()
+    m.discontinuities.labels("gap").inc()
+    m.rebalances.labels("assigned").inc()
+    m.model_swaps.labels("swapped").inc()
+    m.consumer_lag.labels("dae.raw", "0").set(3)
+    m.set_model("v1", "mlp", 256, 128)
+
+
+def test_worker_metrics_names_types_labels_and_units():
+    reg = CollectorRegistry()
+    _touch_every_metric(WorkerMetrics(reg))
+    got = {}
+    for metric in reg.collect():
+        labels = set()
+        for s in metric.samples:
+            labels |= set(s.labels) - {"le"}
+        got[metric.name] = (metric.type, labels)
+    assert got == SPEC
+    for name, (kind, _) in SPEC.items():
+        if kind == "histogram":  # base units in the name, or a dimensionless count/ratio
+            assert name.endswith(("_seconds", "_windows", "_error")), name
+    # Counters are exposed with _total; the registry is the one passed in (the default one is untouched).
+    text = __import__("prometheus_client").generate_latest(reg).decode()
+    assert "dae_alerts_raised_total 0.0" in text and "dae_drift_events_total 0.0" in text
+    from prometheus_client import REGISTRY
+    assert not any(m.name.startswith("dae_") for m in REGISTRY.collect())
