@@ -5,6 +5,8 @@ Imports of torch and the evaluation code stay inside the command so that ``dae -
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +30,9 @@ def register(app: typer.Typer) -> None:
                                                "(default ../shared/data/nab)"),
         quick: bool = typer.Option(False, help="Short streams, one per family and kind (smoke test, "
                                    "figures not meaningful)"),
+        seed: Optional[int] = typer.Option(None, help="Root seed of the synthetic streams (default: the "
+                                           "held-out one the figures in docs/alerts.md use)"),
+        threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
     ):
         """Alert quality: injected anomalies in held-out synthetic streams (~10 dB SNR) and NAB."""
         from models.checkpoint import CheckpointError
@@ -44,10 +49,16 @@ def register(app: typer.Typer) -> None:
         except (CheckpointError, RegistryError, FileNotFoundError, ValueError) as exc:
             typer.echo(f"cannot load model: {exc}", err=True)
             raise typer.Exit(2)
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
         synthetic = SyntheticConfig()
         if quick:
             synthetic = SyntheticConfig(anomaly_streams_per_family=1, clean_streams_per_family=1,
                                         anomaly_seconds=60.0, clean_seconds=60.0, anomalies_per_stream=2)
+        if seed is not None:
+            synthetic = dataclasses.replace(synthetic, seed=seed)
         try:
             settings = _alert_settings()
         except ValueError as exc:

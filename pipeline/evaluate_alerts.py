@@ -623,8 +623,7 @@ def evaluate_nab(engine, settings: AlertSettings, nab_dir: Path, chunk: int = 25
     sweep_rows = []
     for thr in sweep:
         lo = min(settings.resolve_threshold, thr / 2)
-        cfg = settings.model_copy(update={"raise_threshold": thr, "resolve_threshold": lo,
-                                          "sustained_threshold": min(max(settings.sustained_threshold, lo), thr)})
+        cfg = settings.model_copy(update={"raise_threshold": thr, "resolve_threshold": lo})
         r = run_all(cfg)
         sweep_rows.append({"raise_threshold": thr, **{k: v for k, v in r.items() if k != "per_file"}})
     best = max(sweep_rows, key=lambda r: r["nab_score_standard"] or -1e9)

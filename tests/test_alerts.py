@@ -24,7 +24,7 @@ def starts(n, first=0):
 
 
 def engine(**kw):
-    base = dict(sustained_k=0, min_windows=8, warmup_windows=16, stats_windows=128, refresh_every=4,
+    base = dict(min_windows=8, warmup_windows=16, stats_windows=128, refresh_every=4, slow_terms=(),
                 cooldown_windows=0, resolve_windows=3)
     base.update(kw)
     return AlertEngine(AlertSettings(**base), CAL, "v7")
@@ -150,7 +150,7 @@ def test_the_optional_terms_see_level_shift_spike_and_clipping():
     x[250:253] += 5.0  # level shift
     x[280, 0] = np.clip(x[280, 0], -0.3, 0.3)  # clipped
     f = window_features(x, y)
-    assert set(f) == {"level", "clip", "peak", "noise"}
+    assert set(f) == {"level", "clip", "peak", "noise", "freq"}
     ev, sc = eng.update_scored("s", starts(n), W, e, s, now=0.0, windows=x, outputs=y)
     raised = [v.start // H for v in ev if v.kind == "raised"]
     assert 200 in raised and 250 in raised and 280 in raised
@@ -227,11 +227,53 @@ def test_settings_validate_and_are_frozen():
     with pytest.raises(ValidationError):
         AlertSettings(k=3, n=2)
     with pytest.raises(ValidationError):
-        AlertSettings(sustained_threshold=8.0)
-    with pytest.raises(ValidationError):
         AlertSettings(bogus=1)
     with pytest.raises(ValidationError):
         AlertSettings(terms=("scale",))
     s = AlertSettings()
     with pytest.raises(ValidationError):
         s.k = 5
+
+
+def test_a_loud_window_is_not_an_anomaly_unless_the_relative_error_agrees():
+    rng = np.random.default_rng(12)
+    eng = engine(k=1, n=1, terms=("residual",))  # (the scale term would see the loud window: not tested here)
+    n0 = warm(eng, "s", rng)
+    e, s = normal(6, rng)
+    # Window 1: 4x louder with the same standardised error -> residual power x16, relative error normal.
+    s[1] *= 4.0
+    # Window 4: the model's misfit: residual and standardised error both x30.
+    e[4] *= 30.0
+    ev, sc = eng.update_scored("s", starts(6, H * n0), W, e, s, now=0.0)
+    assert sc.terms["residual"][1] >= 6.0 and sc.score[1] < 6.0  # residual alone does not vote
+    assert [x.kind for x in ev] == ["raised"] and ev[0].start == H * n0 + 4 * H
+
+
+def test_a_small_lasting_level_shift_raises_through_the_slow_term():
+    rng = np.random.default_rng(13)
+    eng = engine(k=1, n=1, slow_terms=("level",), slow_windows=16)
+    n = 400
+    x = rng.standard_normal((n, 1, W))
+    e, s = np.full(n, 0.1), x.std(axis=(1, 2))
+    x[300:] += 0.6  # ~4.8 sigma of one window's mean (std 1/8 over 64 samples): never hot alone
+    ev, sc = eng.update_scored("s", starts(n), W, e, s, now=0.0, windows=x)
+    assert np.abs(sc.terms["level"][300:]).max() < 6.0
+    raised = [v for v in ev if v.kind == "raised"]
+    assert len(raised) == 1 and 300 * H <= raised[0].start <= 316 * H
+    assert sc.terms["level_slow"][316] >= 6.0
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(raise_threshold=3.0, resolve_threshold=3.0), "resolve_threshold"),
+    (dict(k=3, n=2), "k (3) must not exceed n"),
+    (dict(min_windows=100, warmup_windows=50), "warmup_windows"),
+    (dict(terms=("scale",)), "terms"),
+    (dict(slow_terms=("bogus",)), "slow_terms"),
+    (dict(k=0), "k"),
+    (dict(stats_windows=4), "stats_windows"),
+    (dict(bogus=1), "bogus"),
+])
+def test_settings_errors_name_the_field(kw, field):
+    with pytest.raises(ValidationError) as exc:
+        AlertSettings(**kw)
+    assert field in str(exc.value)
