@@ -30,159 +30,31 @@ of the window that completed the k-of-n rule), 0 if an alert was already up. A r
 alarms per stream-hour are counted over the clean streams and over the stretches of the anomaly
 streams outside ``[a - W, b + W)``.
 
-NAB
----
-Every ``data/<category>/*.csv`` of the Numenta Anomaly Benchmark is one stream (values through
-``pipeline.fileio.read_signal``, rows as sample indices). NAB series are 1-22 k rows of ~5-minute
-samples; the 1000 Hz model's 256-sample window would cover ~21 hours and leave the shortest series
-with 7 windows, so the evaluator trains (once, cached under ``OUT/nab-model``) a small MLP with a
-64-sample window on the same synthetic families — a denoiser is defined per sample (cycles per
-sample), not per second, so no resampling is needed, only a window the series can hold (hop 32: a
-detection resolution of 32 rows). Alert settings for NAB keep the synthetic defaults except the
-warm-up and statistics lengths, scaled to the short series (see ``NAB_OVERRIDES``).
-
-Reported: per-window-hit precision/recall/F1 (a label window is hit when an alert is raised inside
-it; an alert is true when raised inside a window), and NAB's standard-profile score
-(TP 1.0, FP 0.11, FN 1.0; scaled-sigmoid position weights; 15 % probationary period; normalised
-``100·(raw − null)/(perfect − null)``), re-implemented here from NAB's documented rules. Our
-detections are the raise events (the row at which each alert could be published), binary — NAB's
-published scores instead use the threshold that maximises each detector's score on the corpus; we
-report the score at the default ``raise_threshold`` and, as the analogue, a sweep of it.
+NAB: see :mod:`pipeline.alert_nab`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
-from pipeline.alerts import TERMS, AlertEngine, AlertEvent, AlertSettings, window_features
+from pipeline.alert_replay import StreamRun, alert_intervals, run_streams
+from pipeline.alerts import AlertEngine, AlertSettings
 from pipeline.signals import FAMILIES, add_noise, generate
-from pipeline.windowing import StreamWindowing
 
 KINDS = ("spike", "level_shift", "frequency_change", "flatline", "noise_burst", "saturation")
 # Done-when of issue 4 (synthetic, ~10 dB input SNR).
 TARGET_RECALL = 0.9
 TARGET_FA_PER_HOUR = 1.0
-# Published NAB v1.1 scoreboard, standard profile (data README). These are NAB *scores*, not recall.
-NAB_PUBLISHED = {"numenta_htm": 70.0, "windowed_gaussian": 39.6, "random": 11.0}
-# NAB standard profile cost matrix.
-NAB_STANDARD = {"tpWeight": 1.0, "fpWeight": 0.11, "fnWeight": 1.0}
-NAB_PROBATION = 0.15
-# NAB series are short (1-22 k rows): shorter warm-up and statistics than the 1 kHz defaults.
-NAB_OVERRIDES = {"min_windows": 4, "warmup_windows": 16, "stats_windows": 128, "cooldown_windows": 4}
-NAB_WINDOW = 64
 
 
 # ============================================================================ running streams
-@dataclass
-class StreamRun:
-    name: str
-    n: int  # samples
-    starts: np.ndarray  # (windows,) first sample index of each window
-    score: np.ndarray  # (windows,) alert score
-    terms: dict[str, np.ndarray]  # term -> (windows,) signed z
-    active: np.ndarray  # (windows,) alert up after the window
-    events: list[AlertEvent]
-    inputs: dict[str, np.ndarray]  # errors, scales and window features: replay with other settings
-
-
-def run_streams(
-    engine, alerts: AlertEngine, signals: dict[str, np.ndarray], chunk: int, sample_rate: float = 1.0,
-    hop: int | None = None, t0: float = 1.7e9, max_batch: int = 4096,
-) -> dict[str, StreamRun]:
-    """Streams through the worker's path: chunks → StreamWindowing → one batched ``engine.infer``
-    per round across all streams (the micro-batcher) → overlap-add → :class:`AlertEngine`.
-
-    Every stream gets its next ``chunk`` samples per round; a stream that runs out is flushed
-    (its padded tail window, as on idle) in that round. The raw windows and the model's outputs go
-    to the alert engine too (level, clip and peak terms). ``now`` is the stream time of the last
-    complete window, so the run is deterministic.
-    """
-    W = engine.window
-    H = hop or engine.hop
-    xs = {k: (np.asarray(v, np.float32)[:, None] if np.ndim(v) == 1 else np.asarray(v, np.float32))
-          for k, v in signals.items()}
-    wins = {k: StreamWindowing(W, H, x.shape[1], 0) for k, x in xs.items()}
-    parts: dict[str, list] = {k: [] for k in xs}
-    events: dict[str, list] = {k: [] for k in xs}
-    pos = 0
-    longest = max((x.shape[0] for x in xs.values()), default=0)
-    while pos < longest:
-        blocks = []
-        for k, x in xs.items():
-            if pos >= x.shape[0]:
-                continue
-            st = wins[k]
-            b = st.feed(x[pos : pos + chunk])
-            if b is not None:
-                blocks.append((k, b))
-            if pos + chunk >= x.shape[0]:
-                b = st.flush()
-                if b is not None:
-                    blocks.append((k, b))
-        pos += chunk
-        for i in range(0, len(blocks), max_batch):
-            group = blocks[i : i + max_batch]
-            if not group:
-                continue
-            inf = engine.infer(np.concatenate([b.data for _, b in group]))
-            j = 0
-            for k, b in group:
-                sl = slice(j, j + len(b))
-                j += len(b)
-                wins[k].add_output(b.start, inf.outputs[sl])
-                wins[k].ready()
-                starts = b.starts
-                now = t0 + float(starts[-1] + W) / sample_rate
-                feats = window_features(b.data, inf.outputs[sl])
-                ev, sc = alerts.update_scored(k, starts, W, inf.errors[sl], inf.scales[sl], now=now, features=feats)
-                events[k].extend(ev)
-                parts[k].append((sc, {"errors": inf.errors[sl], "scales": inf.scales[sl], **feats}))
-    out = {}
-    for k, x in xs.items():
-        alerts.forget(k)
-        p = parts[k]
-        cat = (lambda arrs, dt=np.float64: np.concatenate(arrs) if arrs else np.zeros(0, dt))
-        terms = {t: cat([q[0].terms[t] for q in p]) for t in TERMS}
-        inputs = {name: cat([q[1][name] for q in p]) for name in (p[0][1] if p else {})}
-        out[k] = StreamRun(k, x.shape[0], cat([q[0].starts for q in p], np.int64), cat([q[0].score for q in p]),
-                           terms, cat([q[0].active for q in p], bool), events[k], inputs)
-    return out
-
-
-def replay(alerts: AlertEngine, run: StreamRun, window: int) -> StreamRun:
-    """The same stream's recorded engine outputs through ``alerts`` (other settings), one update."""
-    feats = {k: v for k, v in run.inputs.items() if k not in ("errors", "scales")}
-    ev, sc = alerts.update_scored(run.name, run.starts, window, run.inputs["errors"], run.inputs["scales"],
-                                  now=0.0, features=feats)
-    alerts.forget(run.name)
-    return StreamRun(run.name, run.n, run.starts, sc.score, sc.terms, sc.active, ev, run.inputs)
-
-
-def alert_intervals(events: Sequence[AlertEvent], n: int) -> list[dict]:
-    """Pair raised/resolved events of one stream: [{raised_at, start, end, trigger:(s, e), peak}]."""
-    out, cur = [], None
-    for e in events:
-        if e.kind == "raised":
-            cur = {"raised_at": e.end, "trigger": (e.start, e.end), "start": e.start, "end": e.end,
-                   "peak": e.peak_score, "resolved": False}
-            out.append(cur)
-        elif e.kind == "resolved" and cur is not None:
-            cur.update(start=min(cur["start"], e.start), end=max(cur["end"], e.end), peak=e.peak_score,
-                       resolved=True)
-            cur = None
-    if cur is not None:  # still up at the end of the stream
-        cur["end"] = max(cur["end"], n)
-    return out
-
-
 # ============================================================================ synthetic streams
 @dataclass
 class Anomaly:
@@ -427,240 +299,6 @@ def format_synthetic(res: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_timeline(res: dict, runs: dict, path: Path, W: int, fs: float) -> None:
-    """One panel pair per kind (around its first anomaly) + a clean excerpt: signal; score/thresholds/alerts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    picks = []
-    for k in res["config"]["kinds"]:
-        name = next((nm for nm, (s, _) in runs.items() if s["kind"] == k), None)
-        if name is not None:
-            s, run = runs[name]
-            a = s["anomalies"][0]
-            picks.append((name, a.start - int(8 * fs), a.end + int(12 * fs)))
-    name = next((nm for nm, (s, _) in runs.items() if s["kind"] is None), None)
-    if name is not None:
-        picks.append((name, int(30 * fs), int(70 * fs)))
-    if not picks:
-        return
-    st = res["settings"]
-    fig, axes = plt.subplots(2 * len(picks), 1, figsize=(13, 2.3 * 2 * len(picks)), squeeze=False)
-    for p, (name, lo, hi) in enumerate(picks):
-        s, run = runs[name]
-        lo, hi = max(0, lo), min(run.n, hi)
-        ax1, ax2 = axes[2 * p, 0], axes[2 * p + 1, 0]
-        t = np.arange(lo, hi) / fs
-        ax1.plot(t, s["y"][lo:hi], lw=0.4, color="0.2")
-        for an in s["anomalies"]:
-            if _overlaps(an.start, an.end, lo, hi):
-                ax1.axvspan(max(an.start, lo) / fs, max(min(an.end, hi), an.start + 1) / fs, color="tab:orange",
-                            alpha=0.3, lw=0)
-        ax1.set_ylabel("signal")
-        ax1.set_title(f"{name}  (orange: injected anomaly, red: alert raised→resolved)", fontsize=9, loc="left")
-        sel = (run.starts + W > lo) & (run.starts < hi)
-        centre = (run.starts[sel] + W / 2) / fs
-        ax2.semilogy(centre, np.clip(run.score[sel], 0.05, None), ".-", ms=2, lw=0.6, label="score")
-        ax2.axhline(st["raise_threshold"], color="tab:red", ls="--", lw=0.8, label="raise")
-        ax2.axhline(st["resolve_threshold"], color="tab:green", ls=":", lw=0.8, label="resolve")
-        for al in alert_intervals(run.events, run.n):
-            if _overlaps(al["start"], al["end"], lo, hi):
-                for ax in (ax1, ax2):
-                    ax.axvspan(max(al["start"], lo) / fs, min(al["end"], hi) / fs, color="tab:red", alpha=0.12, lw=0)
-                ax2.axvline(al["raised_at"] / fs, color="tab:red", lw=0.8)
-        ax2.set_ylabel("score")
-        ax2.set_xlabel("s")
-        ax2.legend(loc="upper right", fontsize=7)
-        ax1.set_xlim(lo / fs, hi / fs)
-        ax2.set_xlim(lo / fs, hi / fs)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-# ===================================================================================== NAB
-def _read_timestamps(path: Path) -> np.ndarray:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
-    return np.array([r[0].strip() for r in rows[1:] if r], dtype="datetime64[s]")
-
-
-def nab_windows(ts: np.ndarray, limits: list[list[str]]) -> list[tuple[int, int]]:
-    """Label windows (timestamp pairs) as inclusive row ranges (left, right)."""
-    out = []
-    for t1, t2 in limits:
-        a = np.datetime64(t1.split(".")[0].replace(" ", "T"), "s")
-        b = np.datetime64(t2.split(".")[0].replace(" ", "T"), "s")
-        left = int(np.searchsorted(ts, a, side="left"))
-        right = int(np.searchsorted(ts, b, side="right")) - 1
-        if right >= left:
-            out.append((left, right))
-    return out
-
-
-def _scaled_sigmoid(pos: float) -> float:
-    if pos > 3.0:
-        return -1.0
-    if pos < -3.0:
-        return 1.0
-    return 2.0 / (1.0 + math.exp(5.0 * pos)) - 1.0
-
-
-def nab_score_file(n: int, detections: Sequence[int], windows: list[tuple[int, int]],
-                   cost: dict = NAB_STANDARD, probation: float = NAB_PROBATION) -> dict:
-    """Raw NAB score of one file for binary detections (row indices), per NAB's documented rules.
-
-    Rows before the probationary length are ignored; in each window the earliest detection scores
-    ``tpWeight * sigmoid-position`` (1.0 at the window's first row, 0 at its end), a window without
-    one costs ``fnWeight``; a detection outside every window costs ``fpWeight`` scaled by its
-    distance past the preceding window (the full cost when none precedes it).
-    """
-    prob = min(math.floor(probation * n), probation * 5000)
-    max_tp = _scaled_sigmoid(-1.0)
-    dets = sorted(d for d in set(int(d) for d in detections) if prob <= d < n)
-    scored_windows = [(l, r) for l, r in windows if r >= prob]
-    tp_score, fn_score, fp_score = 0.0, 0.0, 0.0
-    tp = fn = fp = 0
-    used = set()
-    for (l, r) in scored_windows:
-        width = r - l + 1
-        inside = [d for d in dets if l <= d <= r]
-        if inside:
-            d = inside[0]
-            used.update(inside)
-            tp_score += _scaled_sigmoid(-(r - d + 1) / width) * cost["tpWeight"] / max_tp
-            tp += 1
-        else:
-            fn_score -= cost["fnWeight"]
-            fn += 1
-    for d in dets:
-        if d in used:
-            continue
-        prev = [(l, r) for l, r in windows if r < d]
-        if not prev:
-            fp_score -= cost["fpWeight"]
-        else:
-            l, r = max(prev, key=lambda w: w[1])
-            width = r - l + 1
-            fp_score += _scaled_sigmoid(abs(r - d) / float(max(width - 1, 1))) * cost["fpWeight"]
-        fp += 1
-    return {"raw": tp_score + fn_score + fp_score, "windows": len(scored_windows), "tp_windows": tp,
-            "fn_windows": fn, "fp_detections": fp, "tp_detections": len(used)}
-
-
-def nab_model(out: Path, window: int = NAB_WINDOW, log: Callable[[str], None] = lambda s: None):
-    """The small NAB model, trained once into ``out`` (a registry) and reused."""
-    from models.registry import ModelRegistry
-    from models.train import TrainConfig, train_synthetic
-    from pipeline.engine import InferenceEngine
-
-    reg = ModelRegistry(out)
-    cur = reg.current()
-    if cur is not None and reg.meta(cur).window == window:
-        return InferenceEngine.from_source(out, None, device="cpu")
-    log(f"nab: training a window-{window} MLP on the synthetic families into {out} (once, ~1 min)")
-    model, meta = train_synthetic(TrainConfig(sample_rate=1000.0, window=window, hidden=128, steps=2000,
-                                              max_seconds=60.0, seed=0), progress=False)
-    reg.publish(model, meta, promote=True)
-    return InferenceEngine.from_source(out, None, device="cpu")
-
-
-def nab_settings(base: AlertSettings) -> AlertSettings:
-    return base.model_copy(update=NAB_OVERRIDES)
-
-
-def evaluate_nab(engine, settings: AlertSettings, nab_dir: Path, chunk: int = 256,
-                 sweep: Sequence[float] = (4.0, 5.0, 6.0, 8.0, 10.0, 15.0),
-                 log: Callable[[str], None] = lambda s: None) -> dict:
-    from pipeline.fileio import read_signal
-
-    labels = json.loads((nab_dir / "labels" / "combined_windows.json").read_text())
-    files = sorted((nab_dir / "data").glob("*/*.csv"))
-    t0 = time.perf_counter()
-    data = []
-    for p in files:
-        rel = f"{p.parent.name}/{p.name}"
-        x, _ = read_signal(p)
-        ts = _read_timestamps(p)
-        if ts.shape[0] != x.shape[0]:
-            raise ValueError(f"{p}: {ts.shape[0]} timestamps vs {x.shape[0]} values")
-        wins = nab_windows(ts, labels.get(rel, []))
-        data.append((rel, x[:, 0], wins))
-
-    # The worker's path once (inference included); the threshold sweep replays the recorded outputs.
-    base = run_streams(engine, AlertEngine(settings, engine.meta.error_quantiles, engine.version),
-                       {rel: x for rel, x, _ in data}, chunk, 1.0 / 300.0)
-
-    def run_all(cfg: AlertSettings) -> dict:
-        alerts = AlertEngine(cfg, engine.meta.error_quantiles, engine.version)
-        per_file = []
-        tot = {"raw": 0.0, "windows": 0, "tp_windows": 0, "fn_windows": 0, "fp_detections": 0, "tp_detections": 0}
-        null_raw = 0.0
-        for rel, x, wins in data:
-            run = base[rel] if cfg == settings else replay(alerts, base[rel], engine.window)
-            n = x.shape[0]
-            dets = [min(e.end, n) - 1 for e in run.events if e.kind == "raised"]
-            s = nab_score_file(n, dets, wins)
-            null_raw += nab_score_file(n, [], wins)["raw"]
-            per_file.append({"file": rel, "rows": n, "windows": len(wins), "detections": dets, **s})
-            for k in tot:
-                tot[k] += s[k]
-        perfect = tot["windows"] * NAB_STANDARD["tpWeight"]
-        score = 100.0 * (tot["raw"] - null_raw) / (perfect - null_raw) if perfect != null_raw else None
-        dets_n = tot["tp_detections"] + tot["fp_detections"]
-        prec = tot["tp_detections"] / dets_n if dets_n else None
-        rec = tot["tp_windows"] / tot["windows"] if tot["windows"] else None
-        f1 = 2 * prec * rec / (prec + rec) if prec and rec else 0.0
-        return {"nab_score_standard": score, "raw": tot["raw"], "null_raw": null_raw, "perfect_raw": perfect,
-                "window_recall": rec, "detection_precision": prec, "f1": f1, "windows": tot["windows"],
-                "windows_hit": tot["tp_windows"], "detections": dets_n, "false_detections": tot["fp_detections"],
-                "per_file": per_file}
-
-    main = run_all(settings)
-    sweep_rows = []
-    for thr in sweep:
-        lo = min(settings.resolve_threshold, thr / 2)
-        cfg = settings.model_copy(update={"raise_threshold": thr, "resolve_threshold": lo})
-        r = run_all(cfg)
-        sweep_rows.append({"raise_threshold": thr, **{k: v for k, v in r.items() if k != "per_file"}})
-    best = max(sweep_rows, key=lambda r: r["nab_score_standard"] or -1e9)
-    log(f"nab: {len(files)} files in {time.perf_counter() - t0:.1f} s")
-    return {
-        "files": len(files),
-        "model": {"version": engine.version, "window": engine.window, "hop": engine.hop},
-        "settings": settings.model_dump(),
-        **{k: v for k, v in main.items() if k != "per_file"},
-        "threshold_sweep": sweep_rows,
-        "best_threshold": best["raise_threshold"],
-        "best_nab_score_standard": best["nab_score_standard"],
-        "published_nab_scores_standard": NAB_PUBLISHED,
-        "note": ("NAB scores (ours and the published ones) are normalised standard-profile scores, "
-                 "not precision/recall; window_recall/detection_precision/f1 are per label window / per "
-                 "raise event. best_* uses a threshold picked on the corpus itself, as NAB's optimiser does."),
-        "per_file": main["per_file"],
-    }
-
-
-def format_nab(res: dict) -> str:
-    def f(v, fmt="6.3f"):
-        return "-" if v is None else format(v, fmt)
-
-    lines = [
-        f"NAB ({res['files']} files, {res['windows']} label windows; model window {res['model']['window']}, "
-        f"hop {res['model']['hop']})",
-        f"  window recall {f(res['window_recall'])}  detection precision {f(res['detection_precision'])}  "
-        f"F1 {f(res['f1'])}  ({res['windows_hit']} windows hit, {res['detections']} raises, "
-        f"{res['false_detections']} outside windows)",
-        f"  NAB standard score {f(res['nab_score_standard'], '.1f')} at the default raise threshold; "
-        f"{f(res['best_nab_score_standard'], '.1f')} at the corpus-optimised threshold {res['best_threshold']:g}",
-        "  published NAB standard scores: " + ", ".join(f"{k} {v:g}" for k, v in res["published_nab_scores_standard"].items()),
-    ]
-    return "\n".join(lines)
-
-
 # ================================================================================ entry point
 def run(
     out: Path,
@@ -685,6 +323,8 @@ def run(
     syn, runs = evaluate_synthetic(engine, settings, synthetic, log=log)
     log(format_synthetic(syn))
     png = out / "alerts_timeline.png"
+    from pipeline.alert_plot import plot_timeline
+
     plot_timeline(syn, runs, png, engine.window, synthetic.sample_rate)
     result = {"synthetic": syn, "timeline_png": str(png)}
     if nab:
@@ -693,6 +333,8 @@ def run(
             log(f"nab: {nab_dir} has no labels/combined_windows.json; skipped")
             result["nab"] = None
         else:
+            from pipeline.alert_nab import evaluate_nab, format_nab, nab_model, nab_settings
+
             eng = nab_model(out / "nab-model", log=log)
             result["nab"] = evaluate_nab(eng, nab_settings(settings), nab_dir, log=log)
             log(format_nab(result["nab"]))

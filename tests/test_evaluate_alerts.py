@@ -10,9 +10,8 @@ from models.checkpoint import meta_for
 from models.dae import DenoisingAutoencoder, MLPConfig
 from pipeline.alerts import AlertEvent, AlertSettings
 from pipeline.engine import InferenceEngine
-from pipeline.evaluate_alerts import (
-    KINDS, Anomaly, StreamRun, SyntheticConfig, inject, nab_score_file, nab_windows, run, score_stream,
-)
+from pipeline.alert_nab import nab_score_file, nab_windows
+from pipeline.evaluate_alerts import KINDS, Anomaly, StreamRun, SyntheticConfig, inject, run, score_stream
 
 
 @pytest.mark.parametrize("kind", KINDS)
