@@ -27,7 +27,9 @@ Alert state machine (per stream). ``hot`` = score >= ``raise_threshold``. Raise 
 of the last ``n`` windows are hot, unless the stream is in cooldown; the raised event's range covers
 the hot windows. While raised, windows scoring >= ``resolve_threshold`` extend the alert; after
 ``resolve_windows`` consecutive windows below it the alert resolves (hysteresis) with the whole
-alert's range, and for ``cooldown_windows`` windows no new alert may be raised. Ranges are
+alert's range, and for ``cooldown_windows`` windows no new alert may be raised. A slow term keeps
+an alert up, but only per-window terms extend its range: the slow mean still holds the anomaly for
+up to ``slow_windows`` windows after it ended, so the resolve comes that much later than the range. Ranges are
 ``[start, end)`` sample indices: first sample of the first window to one past the last window's last.
 """
 
@@ -183,8 +185,8 @@ class AlertEngine:
         self._streams: dict[str, _Stream] = {}
         floors = {f: getattr(cfg, f"{f}_floor") for f in FEATURES}
         self._floors = {**floors, **{f + "_slow": _SLOW_FLOOR * floors[f] for f in SLOWABLE}}
-        self._votes = tuple(t for t in cfg.terms if t not in ("residual", "noise")) + tuple(
-            f + "_slow" for f in cfg.slow_terms)
+        self._fast = tuple(t for t in cfg.terms if t not in ("residual", "noise"))
+        self._slow = tuple(f + "_slow" for f in cfg.slow_terms)
         self.set_model(calibration, model_version)
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -287,7 +289,7 @@ class AlertEngine:
             st.last_start = s
             ready = stats["residual"].count >= min_w
             x_now: dict[str, float] = {}
-            sc = 0.0
+            sc = fast = 0.0
             if finite[i]:
                 for t, arr in values.items():
                     x = float(arr[i])
@@ -320,7 +322,8 @@ class AlertEngine:
                 zr = zs["residual"][i]
                 if zr > 0:  # a loud window's larger misfit is not an anomaly: the relative error must agree
                     zr = min(zr, max(zs["error"][i], 0.0)) if ready else zr
-                sc = max([abs(zr)] + [abs(zs[t][i]) for t in model_votes] + [abs(zs[t][i]) for t in self._votes])
+                fast = max([abs(zr)] + [abs(zs[t][i]) for t in model_votes] + [abs(zs[t][i]) for t in self._fast])
+                sc = max([fast] + [abs(zs[t][i]) for t in self._slow])
             sc = min(sc, cap)
             score[i] = sc
             hot = ready and sc >= thr_raise
@@ -333,12 +336,13 @@ class AlertEngine:
                 st.in_alert += 1
                 if sc >= thr_resolve:
                     st.below = 0
-                    st.alert_end = max(st.alert_end, s + window)
                     st.alert_peak = max(st.alert_peak, sc)
+                    if fast >= thr_resolve:  # a slow term's mean lags the anomaly by up to slow_windows
+                        st.alert_end = max(st.alert_end, s + window)
                 else:
                     st.below += 1
                     if st.below >= cfg.resolve_windows:
-                        events.append(AlertEvent("resolved", stream, st.alert_start, st.alert_end, st.alert_peak,
+                        events.append(AlertEvent("resolved", stream, st.alert_start, st.alert_end, float(st.alert_peak),
                                                  thr_resolve, self.model_version, ts))
                         st.active = False
                         st.cooldown = cfg.cooldown_windows
@@ -353,7 +357,7 @@ class AlertEngine:
                     st.alert_end = trig[-1][0] + window
                     st.alert_peak = max(r[1] for r in trig)
                     st.below = st.in_alert = 0
-                    events.append(AlertEvent("raised", stream, st.alert_start, st.alert_end, st.alert_peak,
+                    events.append(AlertEvent("raised", stream, st.alert_start, st.alert_end, float(st.alert_peak),
                                              thr_raise, self.model_version, ts))
             act[i] = st.active
 
