@@ -277,3 +277,18 @@ def test_settings_errors_name_the_field(kw, field):
     with pytest.raises(ValidationError) as exc:
         AlertSettings(**kw)
     assert field in str(exc.value)
+
+
+def test_a_slow_term_keeps_the_alert_up_but_does_not_stretch_its_range():
+    rng = np.random.default_rng(14)
+    eng = engine(k=1, n=1, slow_terms=("level",), slow_windows=16, resolve_windows=2)
+    n = 450
+    x = rng.standard_normal((n, 1, W))
+    e, s = np.full(n, 0.1), x.std(axis=(1, 2))
+    x[300:350] += 0.6  # 50 windows of a small level shift, then back to normal
+    ev, sc = eng.update_scored("s", starts(n), W, e, s, now=0.0, windows=x)
+    assert [v.kind for v in ev] == ["raised", "resolved"]
+    i_res = int(np.flatnonzero(sc.active)[-1]) + 1  # the window that resolved it
+    assert i_res > 352  # held up past the shift by the lagging slow mean ...
+    assert ev[1].end <= 352 * H + W  # ... but the range ends where the per-window evidence does
+    assert ev[1].end >= 340 * H + W
