@@ -156,14 +156,27 @@ class OvercompleteDAE(nn.Module):
 # ------------------------------------------------------------------------------------ conv DAE
 @dataclass(frozen=True)
 class ConvConfig:
-    """1-D convolutional DAE (a small U-Net) on single-channel rows.
+    """1-D convolutional DAE (a U-Net) on single-channel rows.
 
     ``channels[0]`` is the full-resolution width; each further entry adds a level reached by a
     stride-2 convolution (so the code has ``window / 2**(len(channels)-1)`` positions of
     ``channels[-1]`` features); the decoder mirrors it with stride-2 transposed convolutions.
-    ``skip`` adds each encoder level's features to the decoder at the same resolution (U-Net style,
-    additive so widths stay small). ``residual`` makes the net predict the noise (output = x − net(x)).
+    ``skip`` feeds each encoder level's features to the decoder at the same resolution: added
+    (``concat=False``, the v1 layout) or concatenated and fused (``concat=True``, U-Net proper).
+    ``residual`` makes the net predict the noise (output = x − net(x)).
     Windows not divisible by ``2**(levels-1)`` are reflect-padded and cropped back.
+
+    Depth knobs (their defaults are the v1 layout, so v1 checkpoints — whose JSON lacks these keys —
+    rebuild exactly): ``stem_convs`` convolutions at full resolution before the first
+    down-sampling, ``level_convs`` convolutions per encoder level (the first one strided),
+    ``fuse_convs`` convolutions per decoder level after the skip merge, and ``dilations``: one
+    kernel-3 convolution per entry at the code's resolution with that dilation (widens the
+    receptive field cheaply). ``models.train.CONV_BEST`` is the configuration `dae train` uses.
+
+    ``self_ensemble`` (1, 2 or 4): average the net over symmetric copies of the window — 2: x and
+    −x (sign flip, output negated back); 4: also the time-reversed window (output reversed back). A
+    fixed, deterministic average (no randomness): the output stays a function of the window alone,
+    at 2× or 4× the inference cost; training is unchanged (the copies are just more inputs).
     """
 
     window: int
@@ -171,11 +184,19 @@ class ConvConfig:
     kernel: int = 9
     skip: bool = True
     residual: bool = True  # predict the noise: measured +0.7 dB over predicting the clean window
+    concat: bool = False
+    stem_convs: int = 1
+    level_convs: int = 2
+    fuse_convs: int = 1
+    dilations: tuple[int, ...] = ()
+    self_ensemble: int = 1
 
     def __post_init__(self) -> None:
         w = self.window
         if not isinstance(w, int) or isinstance(w, bool) or w < 8:
             raise ValueError(f"ConvConfig.window must be an integer >= 8, got {w!r}")
+        if self.self_ensemble not in (1, 2, 4) or isinstance(self.self_ensemble, bool):
+            raise ValueError(f"ConvConfig.self_ensemble must be 1, 2 or 4, got {self.self_ensemble!r}")
         ch = tuple(self.channels) if isinstance(self.channels, (list, tuple)) else self.channels
         if not isinstance(ch, tuple) or not ch or not all(
             isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in ch
@@ -187,9 +208,17 @@ class ConvConfig:
         k = self.kernel
         if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
             raise ValueError(f"ConvConfig.kernel must be an odd positive integer, got {k!r}")
-        for name in ("skip", "residual"):
+        for name in ("skip", "residual", "concat"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ConvConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        for name, lo in (("stem_convs", 1), ("level_convs", 1), ("fuse_convs", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= 8:
+                raise ValueError(f"ConvConfig.{name} must be an integer in [{lo}, 8], got {v!r}")
+        d = tuple(self.dilations) if isinstance(self.dilations, (list, tuple)) else self.dilations
+        if not isinstance(d, tuple) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in d):
+            raise ValueError(f"ConvConfig.dilations must be a list of positive integers, got {self.dilations!r}")
+        object.__setattr__(self, "dilations", d)
 
 
 class ConvDAE(nn.Module):
@@ -199,27 +228,46 @@ class ConvDAE(nn.Module):
         ch, k = config.channels, config.kernel
         p = k // 2
         act = nn.GELU
-        self.stem = nn.Sequential(nn.Conv1d(1, ch[0], k, padding=p), act())
+
+        def convs(c_in: int, c_out: int, n: int, stride: int = 1) -> list[nn.Module]:
+            out = [nn.Conv1d(c_in, c_out, k, stride=stride, padding=p), act()]
+            for _ in range(n - 1):
+                out += [nn.Conv1d(c_out, c_out, k, padding=p), act()]
+            return out
+
+        self.stem = nn.Sequential(*convs(1, ch[0], config.stem_convs))
         self.down = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv1d(ch[i - 1], ch[i], k, stride=2, padding=p), act(),
-                nn.Conv1d(ch[i], ch[i], k, padding=p), act(),
-            )
-            for i in range(1, len(ch))
+            nn.Sequential(*convs(ch[i - 1], ch[i], config.level_convs, stride=2)) for i in range(1, len(ch))
         )
+        mid: list[nn.Module] = []
+        for d in config.dilations:
+            mid += [nn.Conv1d(ch[-1], ch[-1], 3, padding=d, dilation=d), act()]
+        self.mid = nn.Sequential(*mid)
         self.up = nn.ModuleList(
             nn.Sequential(nn.ConvTranspose1d(ch[i], ch[i - 1], 4, stride=2, padding=1), act())
             for i in range(len(ch) - 1, 0, -1)
         )
+        widen = 2 if (config.skip and config.concat) else 1
         self.fuse = nn.ModuleList(
-            nn.Sequential(nn.Conv1d(ch[i - 1], ch[i - 1], k, padding=p), act())
-            for i in range(len(ch) - 1, 0, -1)
+            nn.Sequential(*convs(widen * ch[i - 1], ch[i - 1], config.fuse_convs)) for i in range(len(ch) - 1, 0, -1)
         )
         self.head = nn.Conv1d(ch[0], 1, k, padding=p)
         self._multiple = 2 ** (len(ch) - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_rows(x, self.config.window)
+        k = self.config.self_ensemble
+        if k == 1 or self.training:
+            return self._net(x)
+        b = x.shape[0]
+        xs = [x, -x] if k == 2 else [x, -x, x.flip(1), -x.flip(1)]
+        y = self._net(torch.cat(xs)).reshape(k, b, -1)
+        out = y[0] - y[1]
+        if k == 4:
+            out = out + (y[2] - y[3]).flip(1)
+        return out / k
+
+    def _net(self, x: torch.Tensor) -> torch.Tensor:
         w = x.shape[1]
         pad = (-w) % self._multiple
         h = x[:, None, :]
@@ -231,11 +279,12 @@ class ConvDAE(nn.Module):
             h = down(h)
             feats.append(h)
         feats.pop()  # the code itself
+        h = self.mid(h)
         for up, fuse in zip(self.up, self.fuse):
             h = up(h)
             skip = feats.pop()
             if self.config.skip:
-                h = h + skip
+                h = torch.cat((h, skip), dim=1) if self.config.concat else h + skip
             h = fuse(h)
         y = self.head(h)[:, 0, :w]
         return x - y if self.config.residual else y

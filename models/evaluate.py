@@ -1,8 +1,10 @@
 """Evaluation: SNR gain of each model and each tuned classical baseline, per signal family and noise level.
 
-Signals: the four training families (``pipeline.signals``) with seeds never used in training, and
-the held-out families of ``models.heldout`` that no model saw in clean-target training; or the
-user's files (``--data``), treated as clean references. White Gaussian noise is added at
+Signals: the four ``pipeline.signals`` families with seeds never used in training ("seen"), and
+the held-out families of ``models.heldout`` ("heldout"), whose generators no training code imports;
+or the user's files (``--data``), treated as clean references. (The suite's conv model also trains on
+the generic families of ``models.train.GENERIC_FAMILIES`` — random steps/ramps, periodic shapes,
+FM tones, transients — so its held-out families are unseen *generators*, not unseen shapes.) White Gaussian noise is added at
 σ ∈ {0.05, 0.316 (≈10 dB input SNR), 0.5} × the signal's RMS.
 
 Models run through ``pipeline.windowing.denoise_offline`` with their own window and hop — the
@@ -68,11 +70,41 @@ def make_signal(family: str, n: int, sample_rate: float, rng: np.random.Generato
     return generate(family, n, sample_rate, rng)
 
 
+ALL_FAMILIES = FAMILIES + HELDOUT_FAMILIES
+FAMILY_GROUPS = {"seen": FAMILIES, "heldout": HELDOUT_FAMILIES, "all": ALL_FAMILIES}
+
+
+def family_index(family: str, families: Sequence[str]) -> int:
+    """A family's seed index: its place in ``ALL_FAMILIES`` (so evaluating a subset, e.g. only the
+    held-out families, draws exactly the signals and noise the full evaluation draws), else its place
+    in ``families`` after them (other names)."""
+    if family in ALL_FAMILIES:
+        return ALL_FAMILIES.index(family)
+    return len(ALL_FAMILIES) + list(families).index(family)
+
+
+def parse_families(spec: str) -> tuple[str, ...]:
+    """``"heldout"``, ``"seen"``, ``"all"`` or a comma-separated list of family names (groups allowed)."""
+    out: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        names = FAMILY_GROUPS.get(part, (part,))
+        for name in names:
+            if name not in ALL_FAMILIES:
+                raise ValueError(f"unknown family {name!r}; valid: {', '.join(FAMILY_GROUPS)}, {', '.join(ALL_FAMILIES)}")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise ValueError("no families given")
+    return tuple(out)
+
+
 def signal_set(families: Sequence[str], per_family: int, n: int, sample_rate: float, seed: int) -> dict:
-    """family → list of clean signals, one independent child seed per family."""
+    """family → list of clean signals, one independent child seed per family (``family_index``)."""
+    idx = [family_index(f, families) for f in families]
+    seeds = np.random.SeedSequence(seed).spawn(max(idx) + 1)
     out = {}
-    for family, ss in zip(families, np.random.SeedSequence(seed).spawn(len(families))):
-        rng = np.random.default_rng(ss)
+    for family, i in zip(families, idx):
+        rng = np.random.default_rng(seeds[i])
         out[family] = [make_signal(family, n, sample_rate, rng) for _ in range(per_family)]
     return out
 
@@ -115,9 +147,10 @@ def _suite_config(name: str, sample_rate: float, quick: bool):
     if name == "mlp_overcomplete":
         return TrainConfig(sample_rate=sample_rate, **{"arch": "mlp_overcomplete", "lr": 1e-3, "max_seconds": 60.0, **q})
     conv = dict(arch="conv", batch_size=64, lr=2e-3, steps=2000, max_seconds=180.0)
-    conv_clean = dict(conv, steps=5000, max_seconds=280.0, sigma=(0.03, 0.6), sigma_log_uniform=True)
-    if name == "conv":
-        return TrainConfig(sample_rate=sample_rate, **{**conv_clean, **q})
+    if name == "conv":  # exactly what `dae train` trains by default (models.train.best_config)
+        from models.train import best_config
+
+        return best_config(sample_rate, **q)
     if name == "conv_n2n":
         return TrainConfig(sample_rate=sample_rate, objective="noisier2noise", n2n_sigma=0.3, n2n_draws=8,
                            **{**conv, **q})
@@ -183,6 +216,7 @@ def _evaluate(models, cfg: EvalConfig, data, log, measure_throughput) -> tuple[d
         test = signal_set(families, cfg.signals_per_family, cfg.length, cfg.sample_rate, cfg.seed)
         val = signal_set(families, cfg.val_signals_per_family, cfg.val_length, cfg.sample_rate, VAL_SEED)
         groups = {"seen": [f for f in families if f in FAMILIES], "heldout": [f for f in families if f in HELDOUT_FAMILIES]}
+        groups = {g: fams for g, fams in groups.items() if fams}
         source = "synthetic"
     else:
         # Files are clean references: tune the baselines on each file's first third, test on the rest.
@@ -206,8 +240,8 @@ def _evaluate(models, cfg: EvalConfig, data, log, measure_throughput) -> tuple[d
         "models": {},
         "baseline_params": {},
     }
-    noisy = {(f, li, i): noisy_copy(c, s, (cfg.seed, fi, li, i))
-             for fi, f in enumerate(families) for li, s in enumerate(cfg.levels) for i, c in enumerate(test[f])}
+    noisy = {(f, li, i): noisy_copy(c, s, (cfg.seed, family_index(f, families), li, i))
+             for f in families for li, s in enumerate(cfg.levels) for i, c in enumerate(test[f])}
     examples: dict = {}
     ex_family = next((f for f in ("square", "chirp") if f in families), families[0])
     ex_level = 1 if len(cfg.levels) > 1 else 0
@@ -225,8 +259,8 @@ def _evaluate(models, cfg: EvalConfig, data, log, measure_throughput) -> tuple[d
     t0 = time.perf_counter()
     tuned: dict = {}
     for li, s in enumerate(cfg.levels):
-        for fi, f in enumerate(families):
-            vn = [noisy_copy(c, s, (VAL_SEED, fi, li, i)) for i, c in enumerate(val[f])]
+        for f in families:
+            vn = [noisy_copy(c, s, (VAL_SEED, family_index(f, families), li, i)) for i, c in enumerate(val[f])]
             tuned[(f, li)] = baselines.tune_all(val[f], vn)
     log(f"baselines tuned in {time.perf_counter() - t0:.1f} s")
     for name in baselines.FILTERS:
@@ -281,7 +315,8 @@ def _evaluate(models, cfg: EvalConfig, data, log, measure_throughput) -> tuple[d
 
 # --------------------------------------------------------------------------------------- output
 def format_table(results: dict) -> str:
-    """Mean SNR gain (dB) per method: one column per (level, group), then per family at ≈10 dB."""
+    """Mean SNR gain (dB) per method: one column per (level, group); then per family at every noise
+    level; then each model's margin over the best tuned baseline."""
     levels = [lv["key"] for lv in results["levels"]]
     groups = [g for g in results["groups"] if g != "all"] + ["all"]
     cols = [(lk, g) for lk in levels for g in groups]
@@ -290,11 +325,15 @@ def format_table(results: dict) -> str:
     for name, m in results["methods"].items():
         rows.append([name] + [f"{m['summary'][lk][g]:+.2f}" for lk, g in cols])
     out = [_grid(rows)]
-    mid = levels[len(levels) // 2]
-    fam_rows = [["method"] + list(results["families"])]
-    for name, m in results["methods"].items():
-        fam_rows.append([name] + [f"{m['gain_db'][mid][f]:+.2f}" for f in results["families"]])
-    out.append(f"\nper family at σ={mid}:\n" + _grid(fam_rows))
+    for lk in levels:
+        snr = next(lv["input_snr_db"] for lv in results["levels"] if lv["key"] == lk)
+        fam_rows = [["method"] + list(results["families"])]
+        for name, m in results["methods"].items():
+            fam_rows.append([name] + [f"{m['gain_db'][lk][f]:+.2f}" for f in results["families"]])
+        out.append(f"\nper family at σ={lk} ({snr:g} dB input SNR):\n" + _grid(fam_rows))
+    margins = margin_table(results)
+    if margins:
+        out.append("\nmodel minus best_baseline (dB), group means:\n" + margins)
     if results["models"]:
         mrows = [["model", "arch", "objective", "params", "train s", "samples/s @512"]]
         for name, info in results["models"].items():
@@ -304,6 +343,26 @@ def format_table(results: dict) -> str:
                           f"{tp / 1e6:.2f} M" if tp else "-"])
         out.append("\n" + _grid(mrows))
     return "\n".join(out)
+
+
+def margins(results: dict, method: str, against: str = "best_baseline") -> dict:
+    """level → group → mean gain of ``method`` minus that of ``against`` (dB)."""
+    a, b = results["methods"][method]["summary"], results["methods"][against]["summary"]
+    return {lk: {g: a[lk][g] - b[lk][g] for g in a[lk]} for lk in a}
+
+
+def margin_table(results: dict) -> str:
+    if "best_baseline" not in results["methods"]:
+        return ""
+    levels = [lv["key"] for lv in results["levels"]]
+    groups = [g for g in results["groups"] if g != "all"] + ["all"]
+    cols = [(lk, g) for lk in levels for g in groups]
+    rows = [["model"] + [f"σ={lk} {g}" for lk, g in cols]]
+    for name, m in results["methods"].items():
+        if m["kind"] == "model":
+            d = margins(results, name)
+            rows.append([name] + [f"{d[lk][g]:+.2f}" for lk, g in cols])
+    return _grid(rows) if len(rows) > 1 else ""
 
 
 def _grid(rows: list[list[str]]) -> str:

@@ -61,16 +61,25 @@ class Corruption:
 
 
 class GaussianNoise(Corruption):
-    """Additive white Gaussian noise with std ``sigma`` times each window's RMS.
+    """Additive white Gaussian noise with std ``sigma`` times a reference RMS.
 
     ``sigma`` is a float, or a ``(lo, hi)`` range from which each window draws its own σ uniformly
     (``log_uniform=True``: uniformly in log σ, so low noise levels get as many windows as high ones).
-    A window of zeros stays zeros (its RMS is 0).
+
+    ``reference="window"`` (the default): σ is relative to each window's own RMS, so every window
+    has the same SNR and a window of zeros stays zeros. ``reference="stream"``: σ is relative to
+    the RMS of the *stream* the window was cut from, passed as ``ref_rms`` (B, 1) — a sensor's noise
+    floor does not follow the signal's envelope, so quiet stretches (silences between bursts) get
+    the same absolute noise as loud ones, which is what the evaluation (and a real sensor) does.
     """
 
     kind = "gaussian"
+    REFERENCES = ("window", "stream")
 
-    def __init__(self, sigma: float | tuple[float, float], log_uniform: bool = False):
+    def __init__(self, sigma: float | tuple[float, float], log_uniform: bool = False, reference: str = "window"):
+        if reference not in self.REFERENCES:
+            raise ValueError(f"GaussianNoise: reference must be one of {self.REFERENCES}, got {reference!r}")
+        self.reference = reference
         self.log_uniform = bool(log_uniform)
         if isinstance(sigma, (tuple, list)):
             if len(sigma) != 2:
@@ -87,10 +96,21 @@ class GaussianNoise(Corruption):
                 raise ValueError(f"GaussianNoise: sigma must be finite and >= 0, got {sigma!r}")
             self.sigma = s
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None,
+                 ref_rms: torch.Tensor | None = None) -> torch.Tensor:
+        return self.sample(x, generator, ref_rms)[0]
+
+    def sample(self, x: torch.Tensor, generator: torch.Generator | None = None,
+               ref_rms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(noisy copy, the (B, 1) noise std used for each row, in x's units)."""
         _check_batch(x, "GaussianNoise")
         b = x.shape[0]
-        rms = x.pow(2).mean(dim=1, keepdim=True).sqrt()
+        if self.reference == "stream":
+            if ref_rms is None:
+                raise ValueError("GaussianNoise(reference='stream') needs each window's stream RMS (ref_rms)")
+            rms = torch.as_tensor(ref_rms, device=x.device, dtype=x.dtype).reshape(b, 1)
+        else:
+            rms = x.pow(2).mean(dim=1, keepdim=True).sqrt()
         if isinstance(self.sigma, tuple):
             lo, hi = self.sigma
             u = torch.rand((b, 1), generator=generator, device=x.device, dtype=x.dtype)
@@ -101,13 +121,16 @@ class GaussianNoise(Corruption):
         else:
             sig = torch.full((b, 1), self.sigma, device=x.device, dtype=x.dtype)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return x + noise * (sig * rms)
+        std = sig * rms
+        return x + noise * std, std
 
     def to_dict(self) -> dict:
         s = list(self.sigma) if isinstance(self.sigma, tuple) else self.sigma
         d = {"type": self.kind, "sigma": s}
         if self.log_uniform and isinstance(self.sigma, tuple):
             d["log_uniform"] = True
+        if self.reference != "window":
+            d["reference"] = self.reference
         return d
 
 
@@ -185,7 +208,8 @@ def corruption_from_dict(d: dict) -> Corruption:
     try:
         if kind == "gaussian":
             s = d["sigma"]
-            return GaussianNoise(tuple(s) if isinstance(s, list) else s, bool(d.get("log_uniform", False)))
+            return GaussianNoise(tuple(s) if isinstance(s, list) else s, bool(d.get("log_uniform", False)),
+                                 d.get("reference", "window"))
         if kind == "compose":
             return Compose([corruption_from_dict(i) for i in d["items"]])
         return _KINDS[kind](d["fraction"])

@@ -137,16 +137,19 @@ def train(
 ):
     """Train a DAE on the synthetic generator and publish it to the registry."""
     from models.registry import ModelRegistry
-    from models.train import DEFAULT_ARCH, TrainConfig, train_synthetic
+    from models.train import DEFAULT_ARCH, TrainConfig, best_config, train_synthetic
 
     s = _settings(None, registry)
-    kw = {"sample_rate": sample_rate, "window": window, "hop": hop, "seed": seed,
-          "arch": arch or DEFAULT_ARCH, "objective": objective}
+    kw = {"window": window, "hop": hop, "seed": seed, "objective": objective}
     if steps is not None:
         kw["steps"] = steps
     if max_seconds is not None:
         kw["max_seconds"] = max_seconds
-    model, meta = train_synthetic(TrainConfig(**kw), progress=not quiet)
+    if arch is None or arch == DEFAULT_ARCH:  # the recommended recipe (docs/models.md), not bare defaults
+        cfg = best_config(sample_rate, **kw)
+    else:
+        cfg = TrainConfig(sample_rate=sample_rate, arch=arch, **kw)
+    model, meta = train_synthetic(cfg, progress=not quiet)
     version = ModelRegistry(s.model.registry).publish(model, meta, promote=promote)
     gain = meta.metrics.get("snr_gain_db")
     typer.echo(f"{version}: window {meta.window}, hop {meta.hop}, {sample_rate:g} Hz"

@@ -64,10 +64,26 @@ def register(app: typer.Typer) -> None:
         retrain: bool = typer.Option(False, help="Retrain the suite even if OUT/models has it"),
         quick: bool = typer.Option(False, help="A few training steps only (smoke test, meaningless numbers)"),
         throughput: bool = typer.Option(True, help="Measure CPU samples/s at 512 windows per model"),
+        families: str = typer.Option("all", help="Synthetic families to score: all | seen | heldout (never "
+                                     "used in training) | a comma-separated list; each family's test signals "
+                                     "are the same whatever else is selected"),
+        suite: Optional[str] = typer.Option(None, help="Comma-separated subset of the standard suite to "
+                                            "train/load (default: all of mlp, mlp_overcomplete, conv, conv_n2n)"),
     ):
         """SNR gain of each model and each tuned classical filter, per family and noise level."""
-        from models.evaluate import EvalConfig, evaluate as run, format_table, plot, train_suite, write_json
+        from models.evaluate import SUITE, EvalConfig, evaluate as run, format_table, parse_families, plot, train_suite, write_json
         from models.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            fams = parse_families(families)
+        except ValueError as exc:
+            _fail(f"--families: {exc}")
+        names = SUITE
+        if suite:
+            names = tuple(n.strip() for n in suite.split(",") if n.strip())
+            bad = [n for n in names if n not in SUITE]
+            if bad or not names:
+                _fail(f"--suite: unknown {bad or 'empty'}; valid: {', '.join(SUITE)}")
 
         if model:
             models = {}
@@ -80,7 +96,7 @@ def register(app: typer.Typer) -> None:
                 except CheckpointError as exc:
                     _fail(f"--model {spec}: {exc}")
         else:
-            models = train_suite(out / "models", sample_rate=sample_rate, retrain=retrain, quick=quick,
+            models = train_suite(out / "models", sample_rate=sample_rate, names=names, retrain=retrain, quick=quick,
                                  log=typer.echo)
         files = None
         if data:
@@ -95,7 +111,7 @@ def register(app: typer.Typer) -> None:
                     x = sigs[0]
                     for c in range(x.shape[1]):
                         files[f.stem if x.shape[1] == 1 else f"{f.stem}:{c}"] = x[:, c]
-        cfg = EvalConfig(sample_rate=sample_rate, signals_per_family=signals, length=length)
+        cfg = EvalConfig(sample_rate=sample_rate, signals_per_family=signals, length=length, families=fams)
         results, examples = run(models, cfg, data=files, log=typer.echo, measure_throughput=throughput)
         typer.echo(format_table(results))
         json_path = json_path or out / "evaluate.json"

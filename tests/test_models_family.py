@@ -2,6 +2,7 @@
 the Noisier2Noise wrapper's determinism and correction, training from arrays."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -214,3 +215,293 @@ def test_log_uniform_sigma_range():
     assert "log_uniform" not in GaussianNoise((0.1, 0.2)).to_dict()
     with pytest.raises(ValueError, match="lo > 0"):
         GaussianNoise((0.0, 0.5), log_uniform=True)
+
+
+# ----------------------------------------------------------- v2: U-Net knobs, training distribution
+def test_conv_v1_config_rebuilds_the_v1_layout():
+    """A v1 checkpoint's config (no concat/depth keys) must rebuild the very same parameters."""
+    v1 = build_model("conv", {"channels": [16, 32, 64], "kernel": 9, "residual": True, "skip": True, "window": 256})
+    names = {k: tuple(v.shape) for k, v in v1.state_dict().items()}
+    assert names == {
+        "stem.0.weight": (16, 1, 9), "stem.0.bias": (16,),
+        "down.0.0.weight": (32, 16, 9), "down.0.0.bias": (32,), "down.0.2.weight": (32, 32, 9), "down.0.2.bias": (32,),
+        "down.1.0.weight": (64, 32, 9), "down.1.0.bias": (64,), "down.1.2.weight": (64, 64, 9), "down.1.2.bias": (64,),
+        "up.0.0.weight": (64, 32, 4), "up.0.0.bias": (32,), "up.1.0.weight": (32, 16, 4), "up.1.0.bias": (16,),
+        "fuse.0.0.weight": (32, 32, 9), "fuse.0.0.bias": (32,), "fuse.1.0.weight": (16, 16, 9), "fuse.1.0.bias": (16,),
+        "head.weight": (1, 16, 9), "head.bias": (1,),
+    }
+
+
+@pytest.mark.parametrize("window", [64, 100, 256])
+def test_conv_unet_variants(window):
+    cfg = {"window": window, "channels": [8, 16, 32, 32], "kernel": 5, "concat": True, "stem_convs": 2,
+           "level_convs": 3, "fuse_convs": 2, "dilations": [2, 4]}
+    m = build_model("conv", cfg).eval()
+    assert m.config.dilations == (2, 4) and m.fuse[0][0].in_channels == 2 * 32
+    x = torch.randn(5, window)
+    with torch.no_grad():
+        y = m(x)
+        assert y.shape == (5, window)
+        # each row is processed alone: a row's output does not depend on its batch-mates
+        torch.testing.assert_close(m(x[2:3]), y[2:3], rtol=1e-5, atol=1e-5)
+    for bad in ({"concat": 1}, {"fuse_convs": 0}, {"dilations": [0]}, {"level_convs": 9}):
+        with pytest.raises(ValueError):
+            build_model("conv", {"window": 64, **bad})
+
+
+def test_stream_referenced_noise_has_the_claimed_std():
+    from models.noise import GaussianNoise, corruption_from_dict
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 256) * torch.linspace(0.01, 3.0, 3000)[:, None]  # windows of very different RMS
+    ref = torch.full((3000, 1), 2.0)
+    c = GaussianNoise(0.1, reference="stream")
+    y, std = c.sample(x, g, ref)
+    assert torch.allclose(std, torch.full((3000, 1), 0.2))
+    noise_std = (y - x).std(dim=1)
+    assert float(noise_std.mean()) == pytest.approx(0.2, rel=0.01)  # same absolute noise everywhere
+    assert float(noise_std[:100].mean()) == pytest.approx(float(noise_std[-100:].mean()), rel=0.05)
+    assert c.to_dict() == {"type": "gaussian", "sigma": 0.1, "reference": "stream"}
+    assert corruption_from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="ref_rms"):
+        c(x, g)
+    with pytest.raises(ValueError, match="reference"):
+        GaussianNoise(0.1, reference="global")
+    w = GaussianNoise(0.1)  # window-relative: the default, unchanged
+    ratio = (w(x, g) - x).std(dim=1) / x.pow(2).mean(dim=1).sqrt()
+    assert float(ratio.mean()) == pytest.approx(0.1, rel=0.02)
+
+
+def test_nmse_loss_targets_the_clean_window_per_noise_level():
+    from models.noise import GaussianNoise
+    from models.train import training_loss
+
+    torch.manual_seed(0)
+    model = build_model("conv", {"window": 64, "channels": [4, 8]})
+    clean = torch.randn(16, 64)
+    ref = torch.ones(16, 1)
+    c = GaussianNoise((0.05, 0.5), log_uniform=True, reference="stream")
+    loss = training_loss(model, clean, c, torch.Generator().manual_seed(3), ref, normalise=True)
+    noisy, std = c.sample(clean, torch.Generator().manual_seed(3), ref)  # the same draw
+    xn, mean, scale = standardize(noisy)
+    pred = model(xn)
+    per_window = (pred - (clean - mean) / scale).pow(2).mean(dim=1, keepdim=True)
+    expected = (per_window / (std / scale).pow(2)).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    vs_noisy = ((pred - xn).pow(2).mean(dim=1, keepdim=True) / (std / scale).pow(2)).mean()
+    assert abs(loss.item() - vs_noisy.item()) > 1e-3 * loss.item()
+    # An identity denoiser scores ~1 (its error is the noise itself) at every noise level.
+    ident = training_loss(torch.nn.Identity(), clean, c, torch.Generator().manual_seed(3), ref, normalise=True)
+    assert ident.item() == pytest.approx(1.0, rel=0.15)
+
+
+def test_generic_training_families():
+    from models.heldout import HELDOUT_FAMILIES
+    from models.train import GENERIC_FAMILIES, TRAIN_FAMILIES, generate_training
+
+    assert not set(TRAIN_FAMILIES) & set(HELDOUT_FAMILIES)
+    for fam in GENERIC_FAMILIES:
+        a = generate_training(fam, 5000, 1000.0, np.random.default_rng(1))
+        b = generate_training(fam, 5000, 1000.0, np.random.default_rng(1))
+        assert a.dtype == np.float32 and a.shape == (5000,) and np.isfinite(a).all()
+        assert np.array_equal(a, b)  # seeded
+        assert np.sqrt(np.mean(a.astype(np.float64) ** 2)) == pytest.approx(1.0, rel=1e-3)
+        if fam != "events":
+            assert abs(float(a.mean())) < 1e-3
+    cfg = TrainConfig(sample_rate=1000.0, families=TRAIN_FAMILIES)
+    assert cfg.families == TRAIN_FAMILIES
+    with pytest.raises(ValueError, match="chirp"):
+        TrainConfig(sample_rate=1000.0, families=("chirp",))  # a held-out family is no training family
+
+
+def test_window_sampler_reports_streams_and_their_std():
+    streams = [np.full(100, 1.0, np.float32) + np.arange(100) % 2, 3.0 * np.arange(50, dtype=np.float32)]
+    s = WindowSampler(streams, 16)
+    w, idx = s.sample(np.random.default_rng(0), 200)
+    assert w.shape == (200, 16) and idx.shape == (200,)
+    for row, i in zip(w.numpy(), idx):  # stream 0 holds only 1s and 2s, stream 1 multiples of 3
+        assert set(row.tolist()) <= {1.0, 2.0} if i == 0 else np.all(row % 3 == 0)
+    np.testing.assert_allclose(s.stream_std, [np.std(streams[0]), np.std(streams[1])], rtol=1e-6)
+    assert torch.equal(s(np.random.default_rng(0), 200), w)  # __call__ draws the same windows
+    assert s.ref_rms(idx).shape == (200, 1)
+
+
+def test_short_run_with_the_v2_training_options():
+    from models.train import GENERIC_FAMILIES, train_synthetic
+
+    cfg = TrainConfig(sample_rate=1000.0, window=64, arch="conv", families=("ecg",) + GENERIC_FAMILIES,
+                      arch_config={"channels": [4, 8], "concat": True}, steps=30, batch_size=32, val_streams=1,
+                      sigma=(0.03, 0.6), sigma_log_uniform=True, noise_reference="stream", loss="nmse",
+                      eval_every=10, anneal_by_time=True, max_seconds=60.0, cpu_threads="auto")
+    threads = torch.get_num_threads()
+    model, meta = train_synthetic(cfg, progress=False)
+    assert torch.get_num_threads() == threads  # the caller's setting is restored
+    assert meta.corruption == {"type": "gaussian", "sigma": [0.03, 0.6], "log_uniform": True, "reference": "stream"}
+    assert meta.training["loss"] == "nmse" and meta.training["anneal_by_time"] is True
+    assert set(meta.metrics["snr_gain_db_by_family"]) == {"ecg", *GENERIC_FAMILIES}
+    assert math.isfinite(meta.metrics["val_loss"])
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(sample_rate=1000.0, loss="l1")
+    with pytest.raises(ValueError, match="cpu_threads"):
+        TrainConfig(sample_rate=1000.0, cpu_threads=0)
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_conv_self_ensemble_is_a_deterministic_symmetric_average(k):
+    torch.manual_seed(0)
+    m = build_model("conv", {"window": 64, "channels": [4, 8], "self_ensemble": k}).eval()
+    plain = build_model("conv", {"window": 64, "channels": [4, 8]}).eval()
+    plain.load_state_dict(m.state_dict())  # same weights: the ensemble adds no parameters
+    x = torch.randn(6, 64)
+    with torch.no_grad():
+        y = m(x)
+        torch.testing.assert_close(m(-x), -y, rtol=1e-5, atol=1e-5)  # odd in the input
+        if k == 4:
+            torch.testing.assert_close(m(x.flip(1)), y.flip(1), rtol=1e-5, atol=1e-5)  # time-reversal equivariant
+            expected = (plain(x) - plain(-x) + plain(x.flip(1)).flip(1) - plain(-x.flip(1)).flip(1)) / 4
+        else:
+            expected = (plain(x) - plain(-x)) / 2
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+        assert torch.equal(m(x), y)
+    m.train()  # training fits the plain net
+    torch.testing.assert_close(m(x), plain.train()(x))
+    with pytest.raises(ValueError, match="self_ensemble"):
+        build_model("conv", {"window": 64, "self_ensemble": 3})
+
+
+# ------------------------------------------------- bf16 CPU steps, evaluation subsets, `dae train`
+def test_cpu_bf16_training_runs_and_is_recorded():
+    from models.train import train_arrays
+
+    t = np.arange(4000)
+    sigs = [np.sin(2 * np.pi * t / p).astype(np.float32) for p in (17.0, 23.0, 31.0, 41.0, 53.0)]
+    cfg = TrainConfig(sample_rate=1000.0, window=64, arch="conv", steps=20, batch_size=16,
+                      arch_config={"channels": [4, 8]}, eval_every=10, cpu_bf16=True)
+    model, meta = train_arrays(cfg, sigs, progress=False)
+    assert meta.training["bf16_autocast"] is True
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+    assert math.isfinite(meta.metrics["val_loss"])
+    assert TrainConfig(sample_rate=1000.0).cpu_bf16 is False  # opt-in (the recommended recipe turns it on)
+
+
+def test_evaluating_a_family_subset_draws_the_same_signals():
+    from models.evaluate import ALL_FAMILIES, parse_families, signal_set
+
+    assert parse_families("heldout") == ("chirp", "square", "impacts")
+    assert parse_families("seen,impacts") == ("vibration", "drift", "ecg", "audio", "impacts")
+    assert parse_families("all") == ALL_FAMILIES
+    with pytest.raises(ValueError, match="unknown family"):
+        parse_families("sine")
+    full = signal_set(ALL_FAMILIES, 2, 512, 1000.0, 11)
+    sub = signal_set(("impacts", "chirp"), 2, 512, 1000.0, 11)
+    for f in ("impacts", "chirp"):
+        for a, b in zip(full[f], sub[f]):
+            np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(full["chirp"][0][:100], full["square"][0][:100])
+
+
+def test_heldout_only_evaluation_reports_margins_at_every_level(tmp_path):
+    from models.evaluate import EvalConfig, evaluate, format_table, margins
+
+    model = build_model("conv", {"window": 64, "channels": [4, 8]}).eval()
+    from models.checkpoint import meta_for
+
+    meta = meta_for(model, "conv", window=64, hop=32, sample_rates=[1000.0], normalisation="window_standardize",
+                    corruption={}, training={"seconds": 1.0, "objective": "clean"}, metrics={},
+                    error_quantiles={}, created="2024-01-01T00:00:00+00:00")
+    cfg = EvalConfig(length=1024, signals_per_family=1, val_signals_per_family=1, val_length=1024,
+                     families=("square", "impacts"), excerpt=100)
+    res, _ = evaluate({"conv": (model, meta)}, cfg, log=lambda s: None, measure_throughput=False)
+    assert res["groups"] == {"heldout": ["square", "impacts"], "all": ["square", "impacts"]}
+    d = margins(res, "conv")
+    for lk in ("0.05", "0.3162", "0.5"):
+        want = res["methods"]["conv"]["summary"][lk]["heldout"] - res["methods"]["best_baseline"]["summary"][lk]["heldout"]
+        assert d[lk]["heldout"] == pytest.approx(want)
+    table = format_table(res)
+    for lk in ("0.05", "0.3162", "0.5"):
+        assert f"per family at σ={lk}" in table
+    assert "model minus best_baseline" in table
+
+
+def test_dae_train_without_arch_uses_the_recommended_recipe(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import models.train as mt
+    from pipeline.cli import app
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(cfg, progress=True):
+        seen["cfg"] = cfg
+        raise Stop
+
+    monkeypatch.setattr(mt, "train_synthetic", fake)
+    r = CliRunner().invoke(app, ["train", "--sample-rate", "1000", "--registry", str(tmp_path), "--max-seconds", "120"])
+    assert isinstance(r.exception, Stop), r.output
+    cfg = seen["cfg"]
+    want = mt.best_config(1000.0)
+    assert cfg.arch == mt.DEFAULT_ARCH and cfg.arch_config == want.arch_config
+    assert (cfg.batch_size, cfg.loss, cfg.families, cfg.cpu_bf16) == (want.batch_size, want.loss, want.families, want.cpu_bf16)
+    assert cfg.max_seconds == 120.0  # an explicit option still wins
+    r = CliRunner().invoke(app, ["train", "--sample-rate", "1000", "--registry", str(tmp_path), "--arch", "mlp"])
+    assert isinstance(r.exception, Stop), r.output
+    assert seen["cfg"].arch == "mlp" and seen["cfg"].batch_size == TrainConfig(sample_rate=1.0).batch_size
+
+
+def test_weight_ema_is_the_exponential_average():
+    from models.train import WeightEMA
+
+    net = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        net.weight.zero_()
+    ema = WeightEMA(net, 0.9)
+    with torch.no_grad():
+        net.weight.fill_(1.0)  # a step change of the live weights
+    for s in range(100, 110):  # late steps: d = 0.9
+        ema.update(s)
+    torch.testing.assert_close(ema.net.weight, torch.full((2, 3), 1 - 0.9 ** 10))
+    assert not ema.net.weight.requires_grad and net.weight.requires_grad
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(sample_rate=1000.0, ema=1.0)
+    # Training with the EMA: the same seed gives the same trajectory, but another (averaged) model.
+    from models.train import train_arrays
+
+    t = np.arange(4000)
+    sigs = [np.sin(2 * np.pi * t / p).astype(np.float32) for p in (17.0, 23.0, 31.0, 41.0, 53.0)]
+    kw = dict(sample_rate=1000.0, window=64, arch="conv", steps=12, batch_size=8,
+              arch_config={"channels": [4, 8]}, eval_every=100, patience=50)
+    plain, _ = train_arrays(TrainConfig(**kw), sigs, progress=False)
+    avg, meta = train_arrays(TrainConfig(ema=0.5, **kw), sigs, progress=False)
+    assert meta.training["ema"] == 0.5
+    diffs = [float((a - b).detach().abs().max()) for a, b in zip(plain.parameters(), avg.parameters())]
+    assert max(diffs) > 0
+
+
+def test_thread_tuner_backs_off_while_one_thread_keeps_winning(monkeypatch):
+    from models import train as mt
+
+    clock = [0.0]
+    monkeypatch.setattr(mt.time, "perf_counter", lambda: clock[0])
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        t = mt._ThreadTuner("auto", torch.device("cpu"), period=10, probe=4, max_period=80)
+        used = []
+        for step in range(1, 400):
+            t.before(step)
+            n = torch.get_num_threads()
+            used.append(n)
+            clock[0] += 0.001 if n == 1 else 0.005  # a 2-thread step is 5x slower (a busy second core)
+            t.after()
+        assert set(t.choices) == {1}
+        # probes at steps 1, 19 (+10), 47 (+20), 95 (+40), 183 (+80), 271 (+80), 359 (+80): 7 probes, 4 steps
+        # each at 2 threads, instead of ~40 probes at a fixed period of 10
+        assert len(t.choices) == 7 and used.count(2) == 7 * 4
+        assert t.summary() == {"setting": "auto", "threads_chosen": {"1": 7}}
+        t.restore()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
