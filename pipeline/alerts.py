@@ -20,7 +20,9 @@ window is not hot (winsorised at the raise threshold); during an alert every
 Warm-up. A stream raises nothing until ``min_windows`` windows are admitted; until then its residual
 z is the calibration z of ``log(error)`` (the checkpoint's q50/q999), and until ``warmup_windows``
 the residual's high side is the smaller of the calibration z and its own. Slow terms vote once they
-have ``warmup_windows`` admitted values. :meth:`AlertEngine.set_model` restarts the model-dependent
+have ``max(warmup_windows, 2 * slow_windows)`` admitted values; a slow value is admitted only when
+the ``slow_windows`` windows it averages were all quiet (no alert, not hot), or once an alert has
+outlasted two slow windows (a new regime to learn). :meth:`AlertEngine.set_model` restarts the model-dependent
 statistics (residual, error, noise, peak, freq) and keeps the signal's own (scale, level, clip).
 
 Alert state machine (per stream). ``hot`` = score >= ``raise_threshold``. Raise when at least ``k``
@@ -83,7 +85,7 @@ class AlertSettings(BaseModel):
     # Admitted windows before a stream may raise (32 windows = 4 s at 1 kHz, hop 128): younger
     # statistics raised most of the measured false alarms.
     min_windows: int = Field(32, ge=2)
-    # Admitted windows until the stream's statistics are trusted alone; slow terms vote from here.
+    # Admitted windows until the stream's statistics are trusted alone.
     warmup_windows: int = Field(64, ge=2)
     # During an alert admit every this-many-th window anyway, so a lasting new regime is learnt (0: never).
     alert_admit_every: int = Field(4, ge=0)
@@ -175,6 +177,9 @@ class _Stream:
     below: int = 0  # consecutive windows below resolve_threshold while active
     cooldown: int = 0  # windows left in which no alert may be raised
     in_alert: int = 0  # windows seen during the current alert (for alert_admit_every)
+    quiet: int = 0  # consecutive windows neither hot nor in an alert
+    fast_below: int = 0  # consecutive windows whose per-window score is below resolve_threshold
+    range_done: bool = False  # the per-window evidence of the current alert has resolved
 
 
 class AlertEngine:
@@ -281,6 +286,8 @@ class AlertEngine:
         cap, thr_raise, thr_resolve = cfg.max_score, cfg.raise_threshold, cfg.resolve_threshold
         min_w, warm_n, every = cfg.min_windows, cfg.warmup_windows, cfg.refresh_every
         model_votes = ("noise",) if "noise" in cfg.terms else ()
+        # Slow statistics need about two slow windows of history before their spread means anything.
+        slow_min = max(warm_n, 2 * cfg.slow_windows)
 
         for i in range(m):
             s = int(starts[i])
@@ -317,7 +324,7 @@ class AlertEngine:
                     if len(q) == cfg.slow_windows:
                         t = f + "_slow"
                         x_now[t] = x = sum(q) / len(q)
-                        if stats[t].count >= warm_n:
+                        if stats[t].count >= slow_min:
                             zs[t][i] = min(max(stats[t].z(x), -cap), cap)
                 zr = zs["residual"][i]
                 if zr > 0:  # a loud window's larger misfit is not an anomaly: the relative error must agree
@@ -334,11 +341,17 @@ class AlertEngine:
                 st.recent.popleft()
             if st.active:
                 st.in_alert += 1
+                # The range follows the per-window evidence until it has resolved by the same rule
+                # (resolve_windows windows below the resolve threshold); a slow term's mean lags the
+                # anomaly by up to slow_windows and only keeps the alert up.
+                st.fast_below = 0 if fast >= thr_resolve else st.fast_below + 1
+                if st.fast_below == 0 and not st.range_done:
+                    st.alert_end = max(st.alert_end, s + window)
+                elif st.fast_below >= cfg.resolve_windows:
+                    st.range_done = True
                 if sc >= thr_resolve:
                     st.below = 0
                     st.alert_peak = max(st.alert_peak, sc)
-                    if fast >= thr_resolve:  # a slow term's mean lags the anomaly by up to slow_windows
-                        st.alert_end = max(st.alert_end, s + window)
                 else:
                     st.below += 1
                     if st.below >= cfg.resolve_windows:
@@ -356,7 +369,8 @@ class AlertEngine:
                     st.alert_start = trig[0][0]
                     st.alert_end = trig[-1][0] + window
                     st.alert_peak = max(r[1] for r in trig)
-                    st.below = st.in_alert = 0
+                    st.below = st.in_alert = st.fast_below = 0
+                    st.range_done = False
                     events.append(AlertEvent("raised", stream, st.alert_start, st.alert_end, float(st.alert_peak),
                                              thr_raise, self.model_version, ts))
             act[i] = st.active
@@ -367,8 +381,15 @@ class AlertEngine:
                     admit = bool(cfg.alert_admit_every) and st.in_alert > 0 and st.in_alert % cfg.alert_admit_every == 0
                 else:
                     admit = not hot
+                st.quiet = 0 if (st.active or hot) else st.quiet + 1
                 if admit:
+                    # A slow value averages the last slow_windows windows: admit it only when none of
+                    # them was anomalous (else the tail of each anomaly teaches the statistics that the
+                    # anomaly is normal), or once an alert has outlasted two slow windows (a new regime).
+                    slow_ok = st.quiet >= cfg.slow_windows or (st.active and st.in_alert >= 2 * cfg.slow_windows)
                     for t, x in x_now.items():
+                        if not slow_ok and t.endswith("_slow"):
+                            continue
                         r = stats[t]
                         r.add(x, every, warm_n, r.count >= min_w)
 

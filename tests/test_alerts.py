@@ -292,3 +292,15 @@ def test_a_slow_term_keeps_the_alert_up_but_does_not_stretch_its_range():
     assert i_res > 352  # held up past the shift by the lagging slow mean ...
     assert ev[1].end <= 352 * H + W  # ... but the range ends where the per-window evidence does
     assert ev[1].end >= 340 * H + W
+
+
+def test_a_lasting_level_shift_is_learnt_by_the_slow_term_too():
+    rng = np.random.default_rng(15)
+    eng = engine(k=1, n=1, slow_terms=("level",), slow_windows=16, alert_admit_every=2)
+    n = 1500
+    x = rng.standard_normal((n, 1, W))
+    e, s = np.full(n, 0.1), x.std(axis=(1, 2))
+    x[300:] += 0.6  # for good: a new regime, not an anomaly to alarm about for ever
+    ev, sc = eng.update_scored("s", starts(n), W, e, s, now=0.0, windows=x)
+    assert [v.kind for v in ev][:2] == ["raised", "resolved"]
+    assert not sc.active[-300:].any()
