@@ -697,12 +697,15 @@ def train_synthetic(cfg: TrainConfig, progress: bool = True) -> tuple[nn.Module,
 
 
 def train_arrays(
-    cfg: TrainConfig, signals: Sequence[np.ndarray], progress: bool = True, source: str = "arrays"
+    cfg: TrainConfig, signals: Sequence[np.ndarray], progress: bool = True, source: str = "arrays",
+    init_from: nn.Module | None = None, init_version: str | None = None,
 ) -> tuple[nn.Module, ModelMeta]:
     """Train on recorded signals ((n,) or (n, C) float arrays; channels become separate streams).
 
     ``objective="clean"`` treats the signals as clean and corrupts them with ``cfg.sigma``;
     ``objective="noisier2noise"`` treats them as noisy and needs no clean version.
+    ``init_from`` warm-starts from a model of the same network (for a noisier2noise model its
+    inner net is used, on either side): its weights are copied before the first step.
     """
     t0 = time.perf_counter()
     root = np.random.SeedSequence(cfg.seed)
@@ -721,8 +724,11 @@ def train_arrays(
         "val_samples": val_s.samples,
         "val_windows": int(val_windows.shape[0]),
     }
+    if init_from is not None:
+        data["init_from"] = init_version or "a model"
     fam = np.zeros(val_windows.shape[0], dtype=int)
-    return _fit(cfg, train_s, val_windows, fam, (source,), s_batches, data, progress, t0, val_s.ref_rms(val_stream))
+    return _fit(cfg, train_s, val_windows, fam, (source,), s_batches, data, progress, t0, val_s.ref_rms(val_stream),
+                init_from=init_from)
 
 
 def train_files(cfg: TrainConfig, paths: Sequence[Path], progress: bool = True) -> tuple[nn.Module, ModelMeta]:
@@ -735,9 +741,20 @@ def train_files(cfg: TrainConfig, paths: Sequence[Path], progress: bool = True) 
     return model, meta
 
 
+def warm_start(net: nn.Module, source: nn.Module) -> None:
+    """Copy ``source``'s weights into ``net`` (the inner nets of noisier2noise wrappers), refusing a
+    different architecture or shape with a message that says which."""
+    src = getattr(source, "inner", source)
+    src_cfg, dst_cfg = getattr(src, "config", None), getattr(net, "config", None)
+    if type(src) is not type(net) or src_cfg != dst_cfg:
+        raise ValueError(f"cannot warm-start a {type(net).__name__}({dst_cfg}) from a "
+                         f"{type(src).__name__}({src_cfg}): architecture or hyper-parameters differ")
+    net.load_state_dict(src.state_dict(), strict=True)
+
+
 def _fit(cfg: TrainConfig, sampler: WindowSampler, val_windows: torch.Tensor, val_fam: np.ndarray,
          families, s_batches, data: dict, progress: bool, t0: float,
-         val_ref: torch.Tensor) -> tuple[nn.Module, ModelMeta]:
+         val_ref: torch.Tensor, init_from: nn.Module | None = None) -> tuple[nn.Module, ModelMeta]:
     dev = _device(cfg.device)
     autocast = dev.type == "cuda"
     step_autocast = autocast or (dev.type == "cpu" and cfg.cpu_bf16)
@@ -760,6 +777,8 @@ def _fit(cfg: TrainConfig, sampler: WindowSampler, val_windows: torch.Tensor, va
             net = wrapper.inner
         else:
             wrapper = net = build_model(arch, inner_cfg)
+    if init_from is not None:
+        warm_start(net, init_from)
     wrapper.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     # Cosine decay to 5 % of lr over cfg.steps: late steps refine instead of bouncing.

@@ -228,7 +228,9 @@ def retrain(
     topic: Optional[str] = typer.Option(None, help="Raw topic to learn from (default: the first raw topic)"),
     last_seconds: Optional[float] = typer.Option(3600.0, help="Use the data of the last N seconds"),
     last_samples: Optional[int] = typer.Option(None, help="Or the last N samples per partition"),
-    arch: Optional[str] = typer.Option(None, help="Candidate architecture (default: the current model's)"),
+    arch: Optional[str] = typer.Option(None, help="Candidate architecture (default: the recommended one, conv)"),
+    warm_start: bool = typer.Option(True, "--warm-start/--from-scratch", help="Start the candidate from the "
+                                    "serving model's weights (same architecture) or from a fresh init"),
     steps: Optional[int] = typer.Option(None, help="Training steps (default: the trainer's)"),
     max_seconds: float = typer.Option(240.0, help="Training time budget"),
     margin_db: float = typer.Option(0.0, help="Promote unless the candidate's gain is this much below the current"),
@@ -250,7 +252,7 @@ def retrain(
 
     s = _settings(bootstrap, registry)
     kw = dict(topic=topic, last_seconds=None if last_samples else last_seconds, last_samples=last_samples,
-              arch=arch, steps=steps, max_seconds=max_seconds, margin_db=margin_db)
+              arch=arch, warm_start=warm_start, steps=steps, max_seconds=max_seconds, margin_db=margin_db)
     metrics = RetrainMetrics()
     if every:
         try:

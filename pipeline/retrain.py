@@ -118,6 +118,7 @@ def retrain_once(
     last_seconds: float | None = 3600.0,
     last_samples: int | None = None,
     arch: str | None = None,
+    warm_start: bool = True,
     steps: int | None = None,
     max_seconds: float = 240.0,
     margin_db: float = 0.0,
@@ -128,7 +129,7 @@ def retrain_once(
 ) -> RetrainResult:
     from models.kafka_data import read_topic_report
     from models.registry import ModelRegistry
-    from models.train import TrainConfig, train_arrays
+    from models.train import DEFAULT_ARCH, TrainConfig, train_arrays
     from pipeline.engine import InferenceEngine
 
     t0 = time.monotonic()
@@ -155,19 +156,27 @@ def retrain_once(
             train += pieces
             excluded += n_bad
             held_out.append(x[cut:])
-        base_arch = engine.meta.config.get("inner_arch", engine.meta.arch) if engine.meta.arch == "noisier2noise" \
-            else engine.meta.arch
-        cfg = TrainConfig(sample_rate=rate, window=engine.window, hop=engine.hop, arch=arch or base_arch,
+        n2n = engine.meta.arch == "noisier2noise"
+        base_arch = engine.meta.config.get("inner_arch") if n2n else engine.meta.arch
+        base_cfg = dict(engine.meta.config.get("inner") or {}) if n2n else dict(engine.meta.config)
+        # The candidate is the recommended network (models.train.DEFAULT_ARCH, its default layout) unless
+        # --arch names another; it starts from the serving model's weights when that has the same network.
+        arch = arch or DEFAULT_ARCH
+        warm = warm_start and arch == base_arch
+        extra = {"hidden": base_cfg.get("hidden", 256), "arch_config": {k: v for k, v in base_cfg.items()
+                 if k not in ("window", "hidden")}} if warm else {}
+        cfg = TrainConfig(sample_rate=rate, window=engine.window, hop=engine.hop, arch=arch,
                           objective="noisier2noise", seed=seed, max_seconds=max_seconds,
-                          **({"steps": steps} if steps is not None else {}))
-        model, meta = train_arrays(cfg, train, progress=progress, source=f"kafka:{topic}")
+                          **extra, **({"steps": steps} if steps is not None else {}))
+        model, meta = train_arrays(cfg, train, progress=progress, source=f"kafka:{topic}",
+                                   init_from=engine.model if warm else None, init_version=current if warm else None)
         candidate = InferenceEngine(model, meta, device=s.model.device, version="candidate")
         cand_gain, cand_err = _gain_db(candidate, held_out, eval_sigma, seed)
         cur_gain, cur_err = _gain_db(engine, held_out, eval_sigma, seed)
         result.figures = {"candidate_gain_db": cand_gain, "current_gain_db": cur_gain,
                           "candidate_median_error": cand_err, "current_median_error": cur_err,
                           "margin_db": margin_db, "eval_sigma": eval_sigma}
-        result.data = {"topic": topic, "streams": len(streams), "train_samples": int(sum(len(p) for p in train)),
+        result.data = {"topic": topic, "warm_start_from": current if warm else None, "streams": len(streams), "train_samples": int(sum(len(p) for p in train)),
                        "held_out_samples": int(sum(len(h) for h in held_out)), "excluded_windows": excluded,
                        "span_seconds": max(len(x) for x in streams.values()) / rate,
                        "last_seconds": last_seconds, "last_samples": last_samples}

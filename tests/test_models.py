@@ -194,3 +194,25 @@ def test_train_config_validation():
         TrainConfig(sample_rate=100.0, families=("seismic",))
     with pytest.raises(ValueError, match="hop"):
         TrainConfig(sample_rate=100.0, window=64, hop=65)
+
+
+def test_warm_start_copies_the_same_network_and_refuses_another():
+    import pytest
+    import torch
+
+    from models.dae import build_model
+    from models.train import warm_start
+
+    src = build_model("mlp", {"window": 64, "hidden": 32})
+    dst = build_model("mlp", {"window": 64, "hidden": 32})
+    assert not all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    warm_start(dst, src)
+    for (k, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert torch.equal(a, b), k
+    n2n = build_model("noisier2noise", {"window": 64, "inner_arch": "mlp", "inner": {"window": 64, "hidden": 32}})
+    warm_start(n2n.inner, src)  # a plain model seeds a noisier2noise wrapper's inner net
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), n2n.inner.state_dict().values()))
+    with pytest.raises(ValueError, match="hyper-parameters differ"):
+        warm_start(build_model("mlp", {"window": 64, "hidden": 16}), src)
+    with pytest.raises(ValueError, match="ConvDAE"):
+        warm_start(build_model("conv", {"window": 64}), src)
