@@ -38,7 +38,6 @@ up to ``slow_windows`` windows after it ended, so the resolve comes that much la
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -46,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.alert_batch import batch_run
+from pipeline.alert_steps import Batch, fast_run, scalar_step
 from pipeline.alert_terms import FEATURES, TINY, Robust, calibration_prior, window_features
 
 EVENT_TYPE = "dae.alert"
@@ -185,6 +186,11 @@ class _Stream:
 class AlertEngine:
     """Per-stream scores and alert state for many streams (one instance per worker process)."""
 
+    # Runs of ordinary windows take the vectorised paths (pipeline.alert_batch, pipeline.alert_steps);
+    # tests turn them off to compare with the scalar reference step.
+    _fastpath = True
+    _batchpath = True
+
     def __init__(self, cfg: AlertSettings, calibration: dict[str, float] | None, model_version: str):
         self.cfg = cfg
         self._streams: dict[str, _Stream] = {}
@@ -192,6 +198,7 @@ class AlertEngine:
         self._floors = {**floors, **{f + "_slow": _SLOW_FLOOR * floors[f] for f in SLOWABLE}}
         self._fast = tuple(t for t in cfg.terms if t not in ("residual", "noise"))
         self._slow = tuple(f + "_slow" for f in cfg.slow_terms)
+        self._votes = (("noise",) if "noise" in cfg.terms else ()) + self._fast
         self.set_model(calibration, model_version)
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -282,118 +289,16 @@ class AlertEngine:
         log_scale = np.log(np.maximum(np.where(finite, scales, 1.0), TINY))
         values = {"residual": log_err + 2.0 * log_scale, "error": log_err, "scale": log_scale, **extra}
         st = self._stream(stream)
-        stats, prior = st.stats, self._prior
-        cap, thr_raise, thr_resolve = cfg.max_score, cfg.raise_threshold, cfg.resolve_threshold
-        min_w, warm_n, every = cfg.min_windows, cfg.warmup_windows, cfg.refresh_every
-        model_votes = ("noise",) if "noise" in cfg.terms else ()
-        # Slow statistics need about two slow windows of history before their spread means anything.
-        slow_min = max(warm_n, 2 * cfg.slow_windows)
-
-        for i in range(m):
-            s = int(starts[i])
-            if st.last_start is not None and s <= st.last_start:
-                st.recent.clear()  # rewind: a new segment, a new debounce history
-            st.last_start = s
-            ready = stats["residual"].count >= min_w
-            x_now: dict[str, float] = {}
-            sc = fast = 0.0
-            if finite[i]:
-                for t, arr in values.items():
-                    x = float(arr[i])
-                    if t == "level":  # in units of the stream's median scale
-                        if stats["scale"].count < min_w:
-                            continue
-                        x /= max(math.exp(stats["scale"].med), TINY)
-                    x_now[t] = x
-                    r = stats[t]
-                    prior_z = max(0.0, (log_err[i] - prior[0]) / prior[1]) if prior is not None else 0.0
-                    if t == "residual" and not ready:
-                        z = prior_z
-                    elif r.count < min_w:
-                        continue
-                    else:
-                        z = r.z(x)
-                        if t == "residual" and r.count < warm_n and z > 0 and prior is not None:
-                            z = min(z, prior_z)
-                    zs[t][i] = min(max(z, -cap), cap)
-                for f in cfg.slow_terms:
-                    if f not in x_now:
-                        continue
-                    q = st.slow.setdefault(f, deque(maxlen=cfg.slow_windows))
-                    q.append(x_now[f])
-                    if len(q) == cfg.slow_windows:
-                        t = f + "_slow"
-                        x_now[t] = x = sum(q) / len(q)
-                        if stats[t].count >= slow_min:
-                            zs[t][i] = min(max(stats[t].z(x), -cap), cap)
-                zr = zs["residual"][i]
-                if zr > 0:  # a loud window's larger misfit is not an anomaly: the relative error must agree
-                    zr = min(zr, max(zs["error"][i], 0.0)) if ready else zr
-                fast = max([abs(zr)] + [abs(zs[t][i]) for t in model_votes] + [abs(zs[t][i]) for t in self._fast])
-                sc = max([fast] + [abs(zs[t][i]) for t in self._slow])
-            sc = min(sc, cap)
-            score[i] = sc
-            hot = ready and sc >= thr_raise
-
-            # ---- raise (k of n hot) / resolve (hysteresis) / cooldown
-            st.recent.append((s, sc, hot))
-            if len(st.recent) > cfg.n:
-                st.recent.popleft()
-            if st.active:
-                st.in_alert += 1
-                # The range follows the per-window evidence until it has resolved by the same rule
-                # (resolve_windows windows below the resolve threshold); a slow term's mean lags the
-                # anomaly by up to slow_windows and only keeps the alert up.
-                st.fast_below = 0 if fast >= thr_resolve else st.fast_below + 1
-                if st.fast_below == 0 and not st.range_done:
-                    st.alert_end = max(st.alert_end, s + window)
-                elif st.fast_below >= cfg.resolve_windows:
-                    st.range_done = True
-                if sc >= thr_resolve:
-                    st.below = 0
-                    st.alert_peak = max(st.alert_peak, sc)
-                else:
-                    st.below += 1
-                    if st.below >= cfg.resolve_windows:
-                        events.append(AlertEvent("resolved", stream, st.alert_start, st.alert_end, float(st.alert_peak),
-                                                 thr_resolve, self.model_version, ts))
-                        st.active = False
-                        st.cooldown = cfg.cooldown_windows
-                        st.recent.clear()
-            elif st.cooldown > 0:
-                st.cooldown -= 1
-            elif hot:
-                trig = [r for r in st.recent if r[2]]
-                if len(trig) >= cfg.k:
-                    st.active = True
-                    st.alert_start = trig[0][0]
-                    st.alert_end = trig[-1][0] + window
-                    st.alert_peak = max(r[1] for r in trig)
-                    st.below = st.in_alert = st.fast_below = 0
-                    st.range_done = False
-                    events.append(AlertEvent("raised", stream, st.alert_start, st.alert_end, float(st.alert_peak),
-                                             thr_raise, self.model_version, ts))
-            act[i] = st.active
-
-            # ---- adaptation: windows outside alerts that are not hot, and a trickle during alerts
-            if finite[i]:
-                if st.active:
-                    admit = bool(cfg.alert_admit_every) and st.in_alert > 0 and st.in_alert % cfg.alert_admit_every == 0
-                else:
-                    admit = not hot
-                st.quiet = 0 if (st.active or hot) else st.quiet + 1
-                if admit:
-                    # A slow value averages the last slow_windows windows: admit it only when none of
-                    # them was anomalous (else the tail of each anomaly teaches the statistics that the
-                    # anomaly is normal), or once an alert has outlasted two slow windows (a new regime).
-                    slow_ok = st.quiet >= cfg.slow_windows or (st.active and st.in_alert >= 2 * cfg.slow_windows)
-                    for t, x in x_now.items():
-                        if not slow_ok and t.endswith("_slow"):
-                            continue
-                        r = stats[t]
-                        r.add(x, every, warm_n, r.count >= min_w)
-
-        return events, WindowScores(starts, score, zs, act, thr_raise, thr_resolve)
+        b = Batch(stream, starts, window, finite, values, log_err, score, zs, act, events, ts)
+        i = 0
+        while i < m:
+            n = ((self._batchpath and batch_run(self, st, b, i)) or fast_run(self, st, b, i)) if self._fastpath else 0
+            if n:
+                i += n
+            else:
+                scalar_step(self, st, b, i)
+                i += 1
+        return events, WindowScores(starts, score, zs, act, cfg.raise_threshold, cfg.resolve_threshold)
 
 
 __all__ = ["AlertEngine", "AlertEvent", "AlertSettings", "WindowScores", "TERMS", "EVENT_TYPE", "window_features"]
