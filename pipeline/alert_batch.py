@@ -65,22 +65,23 @@ def batch_run(eng, st, b: Batch, a: int) -> int:
     lv = names.index("level") if "level" in names else -1
     si = names.index("scale")
     raw_level = xm[lv].copy() if lv >= 0 else None
-    idx = np.arange(sw)[:, None] + np.arange(1, L + 1)[None, :]
+    idx = np.arange(1, L + 1)[:, None] + np.arange(sw)[None, :]  # window j's deque: hist[j + 1 : j + 1 + sw]
     hists = [np.fromiter(st.slow[f], float, sw) for f in slow_f]
 
-    def slow_means(j: int) -> None:
+    def slow_means(j: int, first: int = 0) -> None:
         hist = np.concatenate((hists[j], xm[names.index(slow_f[j])]))
-        # sum(q) / len(q) of each window's deque: the same left-to-right additions, one column each
-        xm[P + j] = np.add.accumulate(hist[idx], axis=0)[-1] / sw
+        # sum(q) / len(q) of each window's deque: the same left-to-right additions, one row each
+        xm[P + j, first:] = np.add.accumulate(hist[idx[first:]], axis=1)[:, -1] / sw
 
     scale_segs = [(0, robs[si].med)]  # (first window, scale median in effect from it)
 
-    def level_values() -> None:
-        for (s0, m), (s1, _) in zip(scale_segs, scale_segs[1:] + [(L, 0.0)]):
-            xm[lv, s0:s1] = raw_level[s0:s1] / max(math.exp(m), TINY)
-        for j, f in enumerate(slow_f):
-            if f == "level":
-                slow_means(j)
+    def level_values() -> None:  # from the latest scale segment on (the earlier ones are done)
+        s0, m = scale_segs[-1]
+        if s0 < L:
+            xm[lv, s0:] = raw_level[s0:] / max(math.exp(m), TINY)
+            for j, f in enumerate(slow_f):
+                if f == "level":
+                    slow_means(j, s0)
 
     if lv >= 0:
         level_values()
@@ -124,7 +125,7 @@ def batch_run(eng, st, b: Batch, a: int) -> int:
                 groups.setdefault(min(held[t] + i, size), []).append((t, i, w))
             for nv, gev in groups.items():
                 ts = np.array([e[0] for e in gev])
-                view = np.lib.stride_tricks.as_strided(ext, (T, size + L - nv + 1, nv), (ext.strides[0], 8, 8))
+                view = np.ndarray((T, size + L - nv + 1, nv), ext.dtype, ext, 0, (ext.strides[0], 8, 8))
                 v = view[ts, np.array([size + e[1] - nv for e in gev])]
                 new = np.stack(robust_stats(v, cfg.tail_quantile, floors[ts], margins[ts], thr))
                 later = cols[None, :] > np.array([e[2] for e in gev])[:, None]

@@ -146,11 +146,15 @@ def scalar_step(eng, st, b: Batch, i: int) -> None:
             # them was anomalous (else the tail of each anomaly teaches the statistics that the
             # anomaly is normal), or once an alert has outlasted two slow windows (a new regime).
             slow_ok = st.quiet >= cfg.slow_windows or (st.active and st.in_alert >= 2 * cfg.slow_windows)
+            due = []
             for t, x in x_now.items():
                 if not slow_ok and t.endswith("_slow"):
                     continue
                 r = stats[t]
-                r.add(x, every, warm_n, r.count >= min_w)
+                if r.push(x, every, warm_n, r.count >= min_w):
+                    due.append(r)
+            if due:  # each statistic refreshes from its own values: one stacked call for all
+                refresh_many(due)
 
 
 def _push(r, x: np.ndarray) -> None:

@@ -109,14 +109,19 @@ class Robust:
         self.floor, self.p, self.margin, self.thr = floor, p, margin, thr
 
     def add(self, x: float, refresh_every: int, warm: int, clip: bool) -> None:
+        if self.push(x, refresh_every, warm, clip):
+            self.refresh()
+
+    def push(self, x: float, refresh_every: int, warm: int, clip: bool) -> bool:
+        """:meth:`add` without the refresh; returns whether it is due (refresh several at once with
+        :func:`refresh_many`)."""
         if clip:  # winsorise at the raise threshold: one extreme value cannot stretch the tails
             x = min(max(x, self.med - self.thr * self.lo), self.med + self.thr * self.hi)
         self.buf[self.pos] = x
         self.pos = (self.pos + 1) % self.buf.size
         self.count += 1
         self.pending += 1
-        if self.count <= warm or self.pending >= refresh_every:
-            self.refresh()
+        return self.count <= warm or self.pending >= refresh_every
 
     def refresh(self) -> None:
         refresh_many((self,))

@@ -33,6 +33,12 @@ alert's range, and for ``cooldown_windows`` windows no new alert may be raised. 
 an alert up, but only per-window terms extend its range: the slow mean still holds the anomaly for
 up to ``slow_windows`` windows after it ended, so the resolve comes that much later than the range. Ranges are
 ``[start, end)`` sample indices: first sample of the first window to one past the last window's last.
+
+Cost. :func:`pipeline.alert_steps.scalar_step` is the reference, one window at a time. Ordinary
+windows (finite, increasing, stream past warm-up, no alert up, not hot) take the vectorised paths:
+whole runs at once (:mod:`pipeline.alert_batch`) or runs up to the next refresh
+(:func:`pipeline.alert_steps.fast_run`), with the same arithmetic value for value
+(``tests/test_alerts_fastpath.py``).
 """
 
 from __future__ import annotations

@@ -118,3 +118,20 @@ def test_refresh_matches_numpy_quantile_and_median_bit_for_bit():
                 assert r.med == med
                 assert r.hi == max(sigma, (q_hi - med + r.margin * sigma) / r.thr)
                 assert r.lo == max(sigma, (med - q_lo + r.margin * sigma) / r.thr)
+
+
+@pytest.mark.parametrize("shape", [(64, 1, 256), (50, 3, 64), (7, 1, 3000), (3, 2, 1), (1, 1, 2)])
+def test_window_features_in_chunks_equal_the_whole_batch_at_once(shape, monkeypatch):
+    from pipeline import alert_terms
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[:, :, :1] = x.max()  # pinned samples for the clip feature
+    y = (0.9 * x).astype(np.float32)
+    chunked = [window_features(x, y), window_features(x, None)]
+    monkeypatch.setattr(alert_terms, "_CHUNK_SAMPLES", 10**12)
+    whole = [window_features(x, y), window_features(x, None)]
+    for a, b in zip(chunked, whole):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
