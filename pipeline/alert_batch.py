@@ -2,9 +2,9 @@
 
 :func:`~pipeline.alert_steps.fast_run` stops at every refresh of any statistic, and with ten terms
 on different refresh phases that is a few windows per stop. :func:`batch_run` takes the whole run
-(up to the next non-finite or rewound window) at once, for a stream whose statistics are all full
-(``stats_windows`` values) and that has no alert up. Assuming no window of the run is hot, every
-term evolves on its own: its admitted values are its own winsorised values, and its statistics
+(up to the next non-finite or rewound window) at once, for a stream past warm-up (every statistic
+refreshes only every ``refresh_every`` values, the slow ones vote) that has no alert up.
+Assuming no window of the run is hot, every term evolves on its own: its admitted values are its own winsorised values, and its statistics
 change only at its own refreshes. So the refreshes are computed in rounds — round ``k`` holds the
 ``k``-th refresh of every term, stacked into one :func:`~pipeline.alert_terms.robust_stats` call —
 and each term's median and spreads in effect at each window are kept as ``(terms, windows)``

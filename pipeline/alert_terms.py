@@ -30,6 +30,7 @@ faster ECG) that no single window shows.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -131,22 +132,29 @@ class Robust:
         return d / self.hi if d >= 0 else d / self.lo
 
 
-def _quantiles(part: np.ndarray, n: int, qs: tuple[float, ...]) -> list[np.ndarray]:
-    """``np.quantile(v, q)`` (method "linear") of each row, bit for bit: the same virtual index,
-    neighbours and two-sided lerp as numpy's ``_quantile``/``_lerp``. ``part`` holds the rows
-    sorted (or partitioned at the ranks read here)."""
-    out = []
+@functools.lru_cache(maxsize=64)
+def _lerp_plan(n: int, qs: tuple[float, ...]) -> tuple[np.ndarray, ...]:
+    """Neighbours, weights and side of each quantile of :func:`_quantiles` for ``n`` values."""
+    ka, kb, ts, up = [], [], [], []
     for q in qs:
         v = (n - 1) * q
-        if v >= n - 1:
-            out.append(part[:, n - 1])
-            continue
-        k = math.floor(v)
-        t = v - k
-        a, b = part[:, k], part[:, k + 1]
-        d = b - a
-        out.append(b - d * (1 - t) if t >= 0.5 else a + d * t)
-    return out
+        k = n - 1 if v >= n - 1 else math.floor(v)
+        t = 0.0 if v >= n - 1 else v - k
+        ka.append(k)
+        kb.append(min(k + 1, n - 1))
+        ts.append(t)
+        up.append(t >= 0.5)
+    return np.array(ka), np.array(kb), np.array(ts), np.array([1 - t for t in ts]), np.array(up)
+
+
+def _quantiles(srt: np.ndarray, n: int, qs: tuple[float, ...]) -> np.ndarray:
+    """``np.quantile(v, q)`` (method "linear") of each row of the row-sorted ``srt``, bit for bit:
+    the same virtual index, neighbours and two-sided lerp as numpy's ``_quantile``/``_lerp``
+    (a past-the-end index reads the last value: ``a + 0 * 0``). Returns ``(len(qs), rows)``."""
+    ka, kb, t, t1, up = _lerp_plan(n, qs)
+    a, b = srt[:, ka], srt[:, kb]
+    d = b - a
+    return np.where(up, b - d * t1, a + d * t).T
 
 
 def robust_stats(v: np.ndarray, p: float, floor, margin, thr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
