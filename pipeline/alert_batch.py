@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from pipeline.alert_steps import Batch, _push
+from pipeline.alert_steps import Batch, _push, record_quiet_run
 from pipeline.alert_terms import TINY, robust_stats
 
 
@@ -158,18 +158,7 @@ def batch_run(eng, st, b: Batch, a: int) -> int:
         return 0
 
     # ---- commit windows [a, a + n)
-    end = a + n
-    b.score[a:end] = sc[:n]
-    for t, zz in zt.items():
-        b.zs[t][a:end] = zz[:n]
-    starts = b.starts
-    for i in range(max(0, n - cfg.n), n):
-        st.recent.append((int(starts[a + i]), float(sc[i]), False))
-    while len(st.recent) > cfg.n:
-        st.recent.popleft()
-    st.last_start = int(starts[end - 1])
-    st.cooldown = max(0, st.cooldown - n)
-    st.quiet += n
+    record_quiet_run(st, b, a, n, sc, zt, cfg.n)
     for f in slow_f:
         st.slow[f].extend(xm[names.index(f), :n].tolist())
     wins = np.clip(xm[:, :n], med[:, :n] - thr * lo[:, :n], med[:, :n] + thr * hi[:, :n])

@@ -175,6 +175,24 @@ def _z(d: np.ndarray, hi, lo, cap: float) -> np.ndarray:
     return np.clip(z, -cap, cap, out=z)
 
 
+def record_quiet_run(st, b: Batch, a: int, n: int, sc: np.ndarray, zs: dict, n_recent: int) -> None:
+    """Record windows ``[a, a + n)`` of a run none of which is hot and no alert is up: scores and
+    terms into the batch's outputs, the debounce history, last start, cooldown and quiet counters
+    (what :func:`scalar_step` does window by window for such windows)."""
+    end = a + n
+    b.score[a:end] = sc[:n]
+    for t, zz in zs.items():
+        b.zs[t][a:end] = zz[:n]
+    starts = b.starts
+    for i in range(max(0, n - n_recent), n):
+        st.recent.append((int(starts[a + i]), float(sc[i]), False))
+    while len(st.recent) > n_recent:
+        st.recent.popleft()
+    st.last_start = int(starts[end - 1])
+    st.cooldown = max(0, st.cooldown - n)
+    st.quiet += n
+
+
 def fast_run(eng, st, b: Batch, a: int) -> int:
     """Process windows ``a, a+1, ...`` on the common path; returns how many (0: take the scalar step)."""
     cfg, stats = eng.cfg, st.stats
@@ -240,20 +258,7 @@ def fast_run(eng, st, b: Batch, a: int) -> int:
         return 0
 
     # ---- outputs
-    end = a + n
-    b.score[a:end] = sc[:n]
-    for t, zz in zt.items():
-        b.zs[t][a:end] = zz[:n]
-    for t, zz in zslow.items():
-        b.zs[t][a:end] = zz[:n]
-    starts = b.starts
-    for i in range(max(0, n - cfg.n), n):
-        st.recent.append((int(starts[a + i]), float(sc[i]), False))
-    while len(st.recent) > cfg.n:
-        st.recent.popleft()
-    st.last_start = int(starts[end - 1])
-    st.cooldown = max(0, st.cooldown - n)
-    st.quiet += n
+    record_quiet_run(st, b, a, n, sc, {**zt, **zslow}, cfg.n)
 
     # ---- adaptation: every window is admitted, winsorised at the raise threshold
     due = []

@@ -102,6 +102,7 @@ class DriftMonitor:
         self.reference_median: float | None = None
         self._buckets: deque[tuple[float, np.ndarray]] = deque()
         self._last_event = -math.inf
+        self._ratio: float | None = None  # sliding median / reference, as of the last update
 
     @staticmethod
     def _hist(errors: np.ndarray) -> np.ndarray:
@@ -133,15 +134,15 @@ class DriftMonitor:
             self._buckets.append((key, self._hist(e)))
         while self._buckets and self._buckets[0][0] <= now - cfg.window_s:
             self._buckets.popleft()
-        if self.reference_median is None or now - self._last_event < cfg.cooldown_s:
+        if self.reference_median is None:
             return None
         hist = np.sum([h for _, h in self._buckets], axis=0)
         n = int(hist.sum())
-        if n < cfg.min_windows:
-            return None
         med = _median(hist)
-        ref = max(self.reference_median, _EDGES[0])
-        r = med / ref
+        r = med / max(self.reference_median, _EDGES[0])
+        self._ratio = r if n else None
+        if now - self._last_event < cfg.cooldown_s or n < cfg.min_windows:
+            return None
         if 1.0 / cfg.ratio <= r <= cfg.ratio:
             return None
         self._last_event = now
@@ -150,12 +151,7 @@ class DriftMonitor:
 
     def current_ratio(self) -> float | None:
         """Median of the sliding window over the reference (None before both exist)."""
-        if self.reference_median is None or not self._buckets:
-            return None
-        hist = np.sum([h for _, h in self._buckets], axis=0)
-        if hist.sum() == 0:
-            return None
-        return _median(hist) / max(self.reference_median, _EDGES[0])
+        return self._ratio
 
 
 __all__ = ["DriftEvent", "DriftMonitor", "DriftSettings", "EVENT_TYPE"]

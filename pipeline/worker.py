@@ -329,8 +329,8 @@ class Worker(GroupMembership, Monitoring):
             i = 0
             for seg, blocks in groups:
                 k = sum(len(b) for b in blocks)
-                part = self.partitions.get(seg.stream.tp)
-                if self._alive(seg):  # its partition may have been revoked meanwhile
+                part = self._alive(seg)
+                if part is not None:  # its partition may have been revoked meanwhile
                     outputs = result.outputs[i : i + k]
                     seg.win.add_output(blocks[0].start, outputs)
                     seg.version = version
@@ -342,9 +342,10 @@ class Worker(GroupMembership, Monitoring):
                                 data[i : i + k], outputs)
                 i += k
 
-    def _alive(self, seg: Segment) -> bool:
+    def _alive(self, seg: Segment) -> PartitionState | None:
+        """The partition state still holding ``seg``'s stream, or None (revoked or forgotten)."""
         part = self.partitions.get(seg.stream.tp)
-        return part is not None and part.streams.get(seg.stream.id) is seg.stream
+        return part if part is not None and part.streams.get(seg.stream.id) is seg.stream else None
 
     def _run_batch(self) -> None:
         """Synchronous variant: submit one batch and apply it."""
