@@ -22,7 +22,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from models.dae import ARCHITECTURES, build_model, model_config
+from models.archs import ARCHITECTURES, build_model, model_config
 
 WEIGHTS = "model.safetensors"
 META = "model.json"

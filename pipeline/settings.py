@@ -13,8 +13,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.alerts import AlertSettings
-from pipeline.drift import DriftSettings
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -134,6 +132,110 @@ class WorkerSettings(BaseModel):
     poll_timeout_ms: int = Field(100, ge=1)
 
 
+# The alert engine's window features (pipeline/monitor/alerts/terms.py computes them); named here
+# because settings choose among them.
+ALERT_FEATURES = ("residual", "error", "noise", "scale", "level", "peak", "clip", "freq")
+# Per-window terms that may vote (``error`` only gates the residual; ``freq`` only votes slow).
+VOTING = ("residual", "noise", "scale", "level", "peak", "clip")
+ALERT_SLOWABLE = tuple(f for f in ALERT_FEATURES if f != "error")
+SLOWABLE = ALERT_SLOWABLE
+
+
+class AlertSettings(BaseModel):
+    """Alerting on reconstruction error (mounted as ``Settings.alerts``, env ``DAE_ALERTS__...``)."""
+
+    model_config = _FROZEN
+
+    # Compute scores and emit alert events at all.
+    enabled: bool = True
+    # A window is "hot" when its score (largest robust |z| over the terms) reaches this.
+    raise_threshold: float = Field(6.0, gt=0)
+    # Hysteresis: an active alert continues while windows score at or above this (< raise_threshold).
+    resolve_threshold: float = Field(3.0, gt=0)
+    # Raise after k hot windows among the last n. 2 of 3: every sample lies in two windows at hop
+    # W/2, so a one-sample spike still raises, while one-window flukes (x7 fewer measured) do not.
+    k: int = Field(2, ge=1)
+    n: int = Field(3, ge=1)
+    # Consecutive windows below resolve_threshold that resolve an alert.
+    resolve_windows: int = Field(4, ge=1)
+    # Windows after a resolve during which no new alert is raised on that stream.
+    cooldown_windows: int = Field(8, ge=0)
+    # Running statistics over the last this many admitted windows per stream and term.
+    stats_windows: int = Field(512, ge=8)
+    # After warm-up, recompute the statistics every this many admitted windows (cost vs. lag).
+    refresh_every: int = Field(16, ge=1)
+    # Admitted windows before a stream may raise (32 windows = 4 s at 1 kHz, hop 128): younger
+    # statistics raised most of the measured false alarms.
+    min_windows: int = Field(32, ge=2)
+    # Admitted windows until the stream's statistics are trusted alone.
+    warmup_windows: int = Field(64, ge=2)
+    # During an alert admit every this-many-th window anyway, so a lasting new regime is learnt (0: never).
+    alert_admit_every: int = Field(4, ge=0)
+    # Tail probability whose quantile the raise threshold must clear (per side, per term).
+    tail_quantile: float = Field(0.01, gt=0, lt=0.5)
+    # How many sigmas beyond that quantile the raise threshold must lie at least.
+    tail_margin: float = Field(3.0, ge=0)
+    # The same for residual and noise, the terms that carry the model's misfit (heavier tails).
+    model_tail_margin: float = Field(4.0, ge=0)
+    # Smallest sigmas (log units unless noted): a noise-free stream would otherwise alarm on rounding.
+    residual_floor: float = Field(0.1, gt=0)
+    error_floor: float = Field(0.1, gt=0)
+    noise_floor: float = Field(0.1, gt=0)
+    scale_floor: float = Field(0.05, gt=0)
+    # Level is in units of the stream's median scale: shifts below ~1/10 of it are not worth an alert.
+    level_floor: float = Field(0.1, gt=0)
+    peak_floor: float = Field(0.05, gt=0)
+    # Share of samples at the window's extremes (0.01 = 2.6 of 256).
+    clip_floor: float = Field(0.01, gt=0)
+    freq_floor: float = Field(0.05, gt=0)
+    # Per-window terms that vote (those needing windows/outputs only when the caller passes them).
+    terms: tuple[str, ...] = VOTING
+    # Features whose mean over the last slow_windows windows also votes, with statistics of its own.
+    slow_terms: tuple[str, ...] = ("level", "freq")
+    # 64 windows = 8 s at 1 kHz, hop 128: lasting shifts (a level step on a drifting sensor, a faster
+    # process) too small for any single window.
+    slow_windows: int = Field(64, ge=2)
+    # Scores are capped here (a flat window has log scale = -inf; JSON has no infinity).
+    max_score: float = Field(1000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AlertSettings":
+        if self.resolve_threshold >= self.raise_threshold:
+            raise ValueError(f"resolve_threshold ({self.resolve_threshold}) must be below raise_threshold "
+                             f"({self.raise_threshold})")
+        if self.k > self.n:
+            raise ValueError(f"k ({self.k}) must not exceed n ({self.n})")
+        if self.warmup_windows < self.min_windows:
+            raise ValueError(f"warmup_windows ({self.warmup_windows}) must be >= min_windows ({self.min_windows})")
+        if self.warmup_windows > self.stats_windows:
+            raise ValueError(f"warmup_windows ({self.warmup_windows}) must be <= stats_windows ({self.stats_windows})")
+        if any(t not in VOTING for t in self.terms) or "residual" not in self.terms:
+            raise ValueError(f"terms must include 'residual' and be among {VOTING}, got {self.terms}")
+        if any(t not in SLOWABLE for t in self.slow_terms):
+            raise ValueError(f"slow_terms must be among {SLOWABLE}, got {self.slow_terms}")
+        return self
+
+
+class DriftSettings(BaseModel):
+    """Drift trigger (mounted as ``Settings.drift``, env ``DAE_DRIFT__...``)."""
+
+    model_config = _FROZEN
+
+    enabled: bool = True
+    # The median is taken over the errors of the last this many seconds.
+    window_s: float = Field(3600.0, gt=0)
+    # Time buckets of the sliding window (the window slides by this much).
+    bucket_s: float = Field(60.0, gt=0)
+    # Drift when the median moves beyond ratio x (or below 1/ratio x) the reference.
+    ratio: float = Field(3.0, gt=1)
+    # Windows whose errors form the reference (the first ones the model serves).
+    reference_windows: int = Field(10_000, ge=1)
+    # No decision with fewer windows than this in the sliding window.
+    min_windows: int = Field(1_000, ge=1)
+    # At most one drift event per model and this many seconds.
+    cooldown_s: float = Field(3600.0, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DAE_",
@@ -150,7 +252,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     metrics: MetricsSettings = MetricsSettings()
     worker: WorkerSettings = WorkerSettings()
-    # Anomaly alerts per stream (pipeline/alerts.py) and drift of the error distribution (pipeline/drift.py).
+    # Anomaly alerts per stream (pipeline/monitor/alerts/) and drift of the error distribution (pipeline/monitor/drift.py).
     alerts: AlertSettings = AlertSettings()
     drift: DriftSettings = DriftSettings()
 

@@ -11,7 +11,7 @@ Delivery (at-least-once, deterministic sample indices):
 - on revoke: publish and commit what is done, then drop the partitions' state; on lost: drop only;
 - SIGTERM/SIGINT: finish the queued windows, wait for acknowledgments, commit, exit.
 
-The state per stream lives in :class:`pipeline.state.StreamTable` (pure bookkeeping).
+The state per stream lives in :class:`pipeline.stream.state.StreamTable` (pure bookkeeping).
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ import numpy as np
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from pipeline.batching import MicroBatcher
-from pipeline.codec import DecodeError, decode_chunk, encode_chunk
-from pipeline.engine import InferenceEngine
-from pipeline.hotswap import ModelWatcher
-from pipeline.kafka_io import dead_letter_headers, ensure_topics, make_consumer, make_producer, verify_connection
-from pipeline.membership import GroupMembership, Rebalance
-from pipeline.metrics import WorkerMetrics, observe_many, serve
-from pipeline.monitoring import Monitoring
+from pipeline.stream.batching import MicroBatcher
+from pipeline.wire.codec import DecodeError, decode_chunk, encode_chunk
+from pipeline.inference.engine import InferenceEngine
+from pipeline.inference.hotswap import ModelWatcher
+from pipeline.kafka.clients import dead_letter_headers, ensure_topics, make_consumer, make_producer, verify_connection
+from pipeline.kafka.commits import GroupMembership, Rebalance
+from pipeline.monitor.metrics import WorkerMetrics, observe_many, serve
+from pipeline.monitor.monitor import Monitoring
 from pipeline.settings import Settings
-from pipeline.state import OutputRecord, PartitionState, Segment
+from pipeline.stream.state import OutputRecord, PartitionState, Segment
 
 log = logging.getLogger(__name__)
 

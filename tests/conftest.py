@@ -40,7 +40,7 @@ def kafka_bootstrap():
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from pipeline import kafka_local
+    from pipeline.tools import kafka_local
 
     started_here = kafka_local.status(TEST_PORT) is None
     bootstrap = kafka_local.start(TEST_PORT)
@@ -88,7 +88,7 @@ def make_settings(kafka_bootstrap, topics, tmp_path):
 def model_registry(tmp_path_factory):
     """A registry holding one seed-MLP model for 1 kHz, trained once per test session."""
     from models.registry import ModelRegistry
-    from models.train import TrainConfig, train_synthetic
+    from models.training.train import TrainConfig, train_synthetic
 
     root = tmp_path_factory.mktemp("registry")
     model, meta = train_synthetic(TrainConfig(sample_rate=1000.0, seed=1), progress=False)

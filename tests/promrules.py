@@ -5,7 +5,7 @@ names ``dae_reconstruction_errors_bucket`` or ``{model_verison="v1"}`` is valid 
 tests written with the same typo, and never fires in production. This module (shared by the
 Prometheus tests; it defines no metrics) reads the rules'
 expressions, finds every vector selector in them and compares it with what
-:class:`pipeline.metrics.WorkerMetrics` exposes.
+:class:`pipeline.monitor.metrics.WorkerMetrics` exposes.
 
 No YAML library is needed (the project does not depend on one): :func:`rule_exprs` reads the
 ``expr:`` entries of a rules file written as in ``deploy/prometheus/rules.yml`` (single-line or

@@ -1,4 +1,4 @@
-"""Alert logic (pipeline.alerts): k-of-n raise, hysteresis, cooldown, adaptation, terms, events."""
+"""Alert logic (pipeline.monitor.alerts.engine): k-of-n raise, hysteresis, cooldown, adaptation, terms, events."""
 
 import json
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.alerts import EVENT_TYPE, AlertEngine, AlertEvent, AlertSettings, window_features
+from pipeline.monitor.alerts.engine import EVENT_TYPE, AlertEngine, AlertEvent, window_features
+from pipeline.settings import AlertSettings
 
 W, H = 64, 32
 CAL = {"q50": 0.01, "q90": 0.02, "q99": 0.05, "q999": 0.1}

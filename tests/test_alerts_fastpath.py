@@ -1,12 +1,13 @@
-"""The vectorised common path of the alert engine (pipeline.alert_steps.fast_run) against the scalar
+"""The vectorised common path of the alert engine (pipeline.monitor.alerts.steps.fast_run) against the scalar
 reference step: identical scores, terms, alert states and events, bit for bit."""
 
 import numpy as np
 import pytest
 
-from pipeline.alert_terms import Robust, refresh_many
-from pipeline import alerts
-from pipeline.alerts import AlertEngine, AlertSettings, window_features
+from pipeline.monitor.alerts.terms import Robust, refresh_many
+from pipeline.monitor.alerts import engine as alerts
+from pipeline.monitor.alerts.engine import AlertEngine, window_features
+from pipeline.settings import AlertSettings
 
 W, H = 64, 32
 CAL = {"q50": 0.01, "q999": 0.1}
@@ -122,7 +123,7 @@ def test_refresh_matches_numpy_quantile_and_median_bit_for_bit():
 
 @pytest.mark.parametrize("shape", [(64, 1, 256), (50, 3, 64), (7, 1, 3000), (3, 2, 1), (1, 1, 2)])
 def test_window_features_in_chunks_equal_the_whole_batch_at_once(shape, monkeypatch):
-    from pipeline import alert_terms
+    from pipeline.monitor.alerts import terms as alert_terms
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape).astype(np.float32)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer
 
-from pipeline.codec import encode_chunk
-from pipeline.kafka_io import make_producer
-from pipeline.signals import add_noise, generate
+from pipeline.wire.codec import encode_chunk
+from pipeline.kafka.clients import make_producer
+from models.signals.families import add_noise, generate
 from tests.workers import wait_for, worker_thread
 
 pytestmark = pytest.mark.kafka

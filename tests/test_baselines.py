@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from models import baselines
-from pipeline.signals import snr_db
+from models.evaluation import baselines
+from models.signals.families import snr_db
 
 
 def _sine(n=4000, period=200.0, seed=0, sigma=0.3):

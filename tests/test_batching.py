@@ -1,6 +1,6 @@
 from hypothesis import given, strategies as st
 
-from pipeline.batching import MicroBatcher
+from pipeline.stream.batching import MicroBatcher
 
 
 class FakeClock:

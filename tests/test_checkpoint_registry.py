@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.checkpoint import META, WEIGHTS, CheckpointError, ModelMeta, load_checkpoint, read_meta, save_checkpoint
-from models.dae import NORMALISATION, build_model
+from models.archs import NORMALISATION, build_model
 from models.registry import CURRENT, ModelRegistry, RegistryError
 
 

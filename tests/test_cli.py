@@ -1,7 +1,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.cli.app import app
 
 runner = CliRunner()
 
@@ -25,7 +25,7 @@ def test_worker_without_a_model_says_how_to_get_one(tmp_path):
 
 @pytest.mark.kafka
 def test_kafka_start_is_idempotent_and_status_reports_it(kafka_bootstrap):
-    from pipeline import kafka_local
+    from pipeline.tools import kafka_local
     from tests.conftest import TEST_PORT
 
     if kafka_local.status(TEST_PORT) is None:

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pipeline.codec import (
+from pipeline.wire.codec import (
     H_CHANNELS, H_FORMAT, H_INDEX, H_MODEL, H_RATE, DecodeError, decode_chunk, encode_chunk,
 )
 

@@ -9,10 +9,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
-from pipeline.capture import capture
-from pipeline.codec import encode_chunk, encode_headers
-from pipeline.kafka_io import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, ensure_topics, make_admin
-from pipeline.simulate import produce_raw, simulate
+from pipeline.tools.capture import capture
+from pipeline.wire.codec import encode_chunk, encode_headers
+from pipeline.kafka.clients import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, ensure_topics, make_admin
+from pipeline.tools.simulate import produce_raw, simulate
 from tests.workers import wait_for, worker_thread
 
 pytestmark = pytest.mark.kafka

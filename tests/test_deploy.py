@@ -4,7 +4,7 @@
   plus the structure the stack relies on (profiles, GPU reservation, health checks, volumes);
 - every DAE_ variable set in compose, the Dockerfiles and the Kubernetes manifests is a real setting
   of :class:`pipeline.settings.Settings` with a valid value, and every `dae` command line they run
-  uses real commands and options of :mod:`pipeline.cli`;
+  uses real commands and options of :mod:`pipeline.cli.app`;
 - deploy/k8s: the Kubernetes API schemas (`kubernetes-validate`, strict: unknown fields are errors),
   the ServiceMonitor (a CRD) by a minimal check, and cross-references between the manifests;
 - the Grafana dashboard's PromQL names only metrics a fresh WorkerMetrics registry exports;
@@ -31,7 +31,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from pipeline.metrics import WorkerMetrics
+from pipeline.monitor.metrics import WorkerMetrics
 from pipeline.settings import Settings
 from tests.promrules import PROMETHEUS_SERIES, TARGET_LABELS, exported_metrics, selectors
 
@@ -284,10 +284,10 @@ def dae_invocations(command, entrypoint=None) -> list[list[str]]:
 
 
 def cli_problems(args: list[str]) -> list[str]:
-    """Unknown commands or options in one `dae` argument list (against pipeline.cli's app)."""
+    """Unknown commands or options in one `dae` argument list (against pipeline.cli.app's app)."""
     import typer
 
-    from pipeline.cli import app
+    from pipeline.cli.app import app
 
     cmd = typer.main.get_command(app)
     rest = list(args)

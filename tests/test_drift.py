@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from pydantic import ValidationError
 
-from pipeline.drift import DriftMonitor, DriftSettings, _EDGES, _median
+from pipeline.monitor.drift import DriftMonitor, _EDGES, _median
+from pipeline.settings import DriftSettings
 
 CFG = DriftSettings(window_s=600, bucket_s=10, ratio=3.0, reference_windows=2000, min_windows=500, cooldown_s=300)
 

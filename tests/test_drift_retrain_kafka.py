@@ -12,12 +12,12 @@ import pytest
 from kafka import KafkaConsumer
 
 from models.registry import ModelRegistry
-from models.train import TrainConfig, train_synthetic
-from pipeline.codec import encode_chunk
-from pipeline.kafka_io import make_producer
-from pipeline.retrain import RetrainResult
-from pipeline.retrain_schedule import RetrainMetrics, run_every
-from pipeline.signals import add_noise, generate
+from models.training.train import TrainConfig, train_synthetic
+from pipeline.wire.codec import encode_chunk
+from pipeline.kafka.clients import make_producer
+from pipeline.retrain.run import RetrainResult
+from pipeline.retrain.schedule import RetrainMetrics, run_every
+from models.signals.families import add_noise, generate
 from tests.workers import wait_for, worker_thread
 
 pytestmark = pytest.mark.kafka
@@ -65,7 +65,7 @@ def test_drift_event_triggers_an_early_retrain_that_brings_the_error_back(make_s
     runs: list[RetrainResult] = []
 
     def scheduler():
-        from pipeline.retrain import retrain_once
+        from pipeline.retrain.run import retrain_once
 
         def runner():
             runs.append(retrain_once(s, last_seconds=600, max_seconds=40, seed=1))

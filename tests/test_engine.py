@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from models.checkpoint import meta_for
-from models.dae import DenoisingAutoencoder, MLPConfig
-from pipeline.engine import InferenceEngine
-from pipeline.windowing import denoise_offline
+from models.archs import DenoisingAutoencoder, MLPConfig
+from pipeline.inference.engine import InferenceEngine
+from pipeline.stream.windowing import denoise_offline
 
 
 def engine(window=64, seed=0):

@@ -8,9 +8,9 @@ import torch
 from typer.testing import CliRunner
 
 from models.checkpoint import meta_for, save_checkpoint
-from models.dae import build_model
-from models.evaluate import EvalConfig, evaluate, format_table, model_denoiser, plot, write_json
-from models.heldout import HELDOUT_FAMILIES, generate_heldout
+from models.archs import build_model
+from models.evaluation.evaluate import EvalConfig, evaluate, format_table, model_denoiser, plot, write_json
+from models.signals.heldout import HELDOUT_FAMILIES, generate_heldout
 
 
 class Passthrough(torch.nn.Module):
@@ -66,8 +66,8 @@ def test_cli_evaluate_denoise_and_models(tmp_path):
     import typer
 
     from models.registry import ModelRegistry
-    from pipeline.cli_models import register
-    from pipeline.fileio import read_signal, write_signal
+    from pipeline.cli.models import register
+    from pipeline.tools.fileio import read_signal, write_signal
 
     app = typer.Typer()
     register(app)

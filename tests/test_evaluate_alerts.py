@@ -1,4 +1,4 @@
-"""dae evaluate-alerts (pipeline.evaluate_alerts): injection, scoring, NAB scoring, a quick smoke run."""
+"""dae evaluate-alerts (pipeline.tools.alert_eval.evaluate): injection, scoring, NAB scoring, a quick smoke run."""
 
 import json
 
@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from models.checkpoint import meta_for
-from models.dae import DenoisingAutoencoder, MLPConfig
-from pipeline.alerts import AlertEvent, AlertSettings
-from pipeline.engine import InferenceEngine
-from pipeline.alert_nab import nab_score_file, nab_windows
-from pipeline.evaluate_alerts import KINDS, Anomaly, StreamRun, SyntheticConfig, inject, run, score_stream
+from models.archs import DenoisingAutoencoder, MLPConfig
+from pipeline.monitor.alerts.engine import AlertEvent
+from pipeline.settings import AlertSettings
+from pipeline.inference.engine import InferenceEngine
+from pipeline.tools.alert_eval.nab import nab_score_file, nab_windows
+from pipeline.tools.alert_eval.evaluate import KINDS, Anomaly, StreamRun, SyntheticConfig, inject, run, score_stream
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from pipeline.fileio import read_signal, write_signal
+from pipeline.tools.fileio import read_signal, write_signal
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from models.registry import ModelRegistry
-from models.train import TrainConfig, train_synthetic
-from pipeline.capture import capture
-from pipeline.simulate import simulate
+from models.training.train import TrainConfig, train_synthetic
+from pipeline.tools.capture import capture
+from pipeline.tools.simulate import simulate
 from tests.workers import wait_for, worker_thread
 
 pytestmark = pytest.mark.kafka

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from models.kafka_data import read_topic, read_topic_report, train_from_topic
-from pipeline.codec import encode_chunk
-from pipeline.kafka_io import ensure_topics
-from pipeline.simulate import produce_raw, simulate
+from pipeline.retrain.recent_data import read_topic, read_topic_report, train_from_topic
+from pipeline.wire.codec import encode_chunk
+from pipeline.kafka.clients import ensure_topics
+from pipeline.tools.simulate import produce_raw, simulate
 
 pytestmark = pytest.mark.kafka
 
@@ -117,8 +117,8 @@ def test_missing_topic_and_bad_arguments(make_settings):
 
 
 def test_train_from_topic_noisy_target(make_settings):
-    from models.dae import denoise_rows
-    from models.train import TrainConfig
+    from models.forward import denoise_rows
+    from models.training.train import TrainConfig
 
     k = make_settings().kafka
     topic = k.raw_topics[0]

@@ -1,7 +1,7 @@
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from pipeline.metrics import ERROR_BUCKETS, WorkerMetrics, observe_many
+from pipeline.monitor.metrics import ERROR_BUCKETS, WorkerMetrics, observe_many
 
 
 def samples(reg, name):

@@ -6,18 +6,17 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from models.dae import (
+from models.archs import (
     ARCHITECTURES,
     NORMALISATION,
     DenoisingAutoencoder,
     MLPConfig,
     build_model,
-    destandardize,
-    standardize,
 )
+from models.forward import destandardize, standardize
 from models.noise import GaussianNoise, MaskingNoise
-from models.train import TrainConfig, reconstruction_error, train_synthetic, training_loss
-from pipeline.signals import generate
+from models.training.train import TrainConfig, reconstruction_error, train_synthetic, training_loss
+from models.signals.families import generate
 
 
 # ------------------------------------------------------------------------------------ model
@@ -200,8 +199,8 @@ def test_warm_start_copies_the_same_network_and_refuses_another():
     import pytest
     import torch
 
-    from models.dae import build_model
-    from models.train import warm_start
+    from models.archs import build_model
+    from models.training.train import warm_start
 
     src = build_model("mlp", {"window": 64, "hidden": 32})
     dst = build_model("mlp", {"window": 64, "hidden": 32})

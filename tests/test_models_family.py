@@ -9,26 +9,24 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint, meta_for, save_checkpoint
-from models.dae import (
+from models.archs import (
     ARCHITECTURES,
     ConvConfig,
     ConvDAE,
     Noisier2NoiseDAE,
     OvercompleteDAE,
     build_model,
-    denoise_rows,
-    denoise_windows_nc,
     model_config,
-    standardize,
 )
-from models.train import (
+from models.forward import denoise_rows, denoise_windows, standardize
+from models.training.train import (
     TrainConfig,
     WindowSampler,
     noisier2noise_inputs,
     split_streams,
     train_arrays,
 )
-from pipeline.signals import generate
+from models.signals.families import generate
 
 
 def _meta(model, arch, window):
@@ -141,12 +139,12 @@ def test_noisier2noise_training_pairs():
     assert 0.3 < float(added.std()) < 0.6
 
 
-def test_denoise_windows_nc_is_per_channel():
+def test_denoise_windows_is_per_channel():
     m = build_model("conv", {"window": 32, "channels": [4, 8]}).eval()
     rng = np.random.default_rng(1)
     w = rng.standard_normal((5, 2, 32)).astype(np.float32)
     w[:, 1] = 100 + 10 * w[:, 1]  # the other channel at another scale and offset
-    out = denoise_windows_nc(m, w)
+    out = denoise_windows(m, w)
     assert out.shape == (5, 2, 32)
     np.testing.assert_array_equal(out[:, 0], denoise_rows(m, w[:, 0]))
     np.testing.assert_allclose(out[:, 1], denoise_rows(m, w[:, 1]), rtol=1e-6)
@@ -196,7 +194,7 @@ def test_train_config_new_fields():
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig(sample_rate=100.0, arch="conv", arch_config={"depth": 3})
     with pytest.raises(ValueError, match="noisier2noise"):
-        from models.train import train_synthetic
+        from models.training.train import train_synthetic
 
         train_synthetic(TrainConfig(sample_rate=100.0, objective="noisier2noise"), progress=False)
 
@@ -274,7 +272,7 @@ def test_stream_referenced_noise_has_the_claimed_std():
 
 def test_nmse_loss_targets_the_clean_window_per_noise_level():
     from models.noise import GaussianNoise
-    from models.train import training_loss
+    from models.training.train import training_loss
 
     torch.manual_seed(0)
     model = build_model("conv", {"window": 64, "channels": [4, 8]})
@@ -296,8 +294,8 @@ def test_nmse_loss_targets_the_clean_window_per_noise_level():
 
 
 def test_generic_training_families():
-    from models.heldout import HELDOUT_FAMILIES
-    from models.train import GENERIC_FAMILIES, TRAIN_FAMILIES, generate_training
+    from models.signals.heldout import HELDOUT_FAMILIES
+    from models.training.train import GENERIC_FAMILIES, TRAIN_FAMILIES, generate_training
 
     assert not set(TRAIN_FAMILIES) & set(HELDOUT_FAMILIES)
     for fam in GENERIC_FAMILIES:
@@ -327,7 +325,7 @@ def test_window_sampler_reports_streams_and_their_std():
 
 
 def test_short_run_with_the_v2_training_options():
-    from models.train import GENERIC_FAMILIES, train_synthetic
+    from models.training.train import GENERIC_FAMILIES, train_synthetic
 
     cfg = TrainConfig(sample_rate=1000.0, window=64, arch="conv", families=("ecg",) + GENERIC_FAMILIES,
                       arch_config={"channels": [4, 8], "concat": True}, steps=30, batch_size=32, val_streams=1,
@@ -371,7 +369,7 @@ def test_conv_self_ensemble_is_a_deterministic_symmetric_average(k):
 
 # ------------------------------------------------- bf16 CPU steps, evaluation subsets, `dae train`
 def test_cpu_bf16_training_runs_and_is_recorded():
-    from models.train import train_arrays
+    from models.training.train import train_arrays
 
     t = np.arange(4000)
     sigs = [np.sin(2 * np.pi * t / p).astype(np.float32) for p in (17.0, 23.0, 31.0, 41.0, 53.0)]
@@ -385,7 +383,7 @@ def test_cpu_bf16_training_runs_and_is_recorded():
 
 
 def test_evaluating_a_family_subset_draws_the_same_signals():
-    from models.evaluate import ALL_FAMILIES, parse_families, signal_set
+    from models.evaluation.evaluate import ALL_FAMILIES, parse_families, signal_set
 
     assert parse_families("heldout") == ("chirp", "square", "impacts")
     assert parse_families("seen,impacts") == ("vibration", "drift", "ecg", "audio", "impacts")
@@ -401,7 +399,7 @@ def test_evaluating_a_family_subset_draws_the_same_signals():
 
 
 def test_heldout_only_evaluation_reports_margins_at_every_level(tmp_path):
-    from models.evaluate import EvalConfig, evaluate, format_table, margins
+    from models.evaluation.evaluate import EvalConfig, evaluate, format_table, margins
 
     model = build_model("conv", {"window": 64, "channels": [4, 8]}).eval()
     from models.checkpoint import meta_for
@@ -426,8 +424,8 @@ def test_heldout_only_evaluation_reports_margins_at_every_level(tmp_path):
 def test_dae_train_without_arch_uses_the_recommended_recipe(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import models.train as mt
-    from pipeline.cli import app
+    import models.training.train as mt
+    from pipeline.cli.app import app
 
     seen = {}
 
@@ -452,7 +450,7 @@ def test_dae_train_without_arch_uses_the_recommended_recipe(monkeypatch, tmp_pat
 
 
 def test_weight_ema_is_the_exponential_average():
-    from models.train import WeightEMA
+    from models.training.train import WeightEMA
 
     net = torch.nn.Linear(3, 2)
     with torch.no_grad():
@@ -467,7 +465,7 @@ def test_weight_ema_is_the_exponential_average():
     with pytest.raises(ValueError, match="ema"):
         TrainConfig(sample_rate=1000.0, ema=1.0)
     # Training with the EMA: the same seed gives the same trajectory, but another (averaged) model.
-    from models.train import train_arrays
+    from models.training.train import train_arrays
 
     t = np.arange(4000)
     sigs = [np.sin(2 * np.pi * t / p).astype(np.float32) for p in (17.0, 23.0, 31.0, 41.0, 53.0)]
@@ -481,7 +479,7 @@ def test_weight_ema_is_the_exponential_average():
 
 
 def test_thread_tuner_backs_off_while_one_thread_keeps_winning(monkeypatch):
-    from models import train as mt
+    from models.training import train as mt
 
     clock = [0.0]
     monkeypatch.setattr(mt.time, "perf_counter", lambda: clock[0])

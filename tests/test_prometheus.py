@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from pipeline.metrics import WorkerMetrics
+from pipeline.monitor.metrics import WorkerMetrics
 from tests.promrules import check_rules, exported_metrics, require_tool, rule_exprs, selectors
 
 ROOT = Path(__file__).resolve().parents[1]

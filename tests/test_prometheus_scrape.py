@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.simulate import simulate
+from pipeline.tools.simulate import simulate
 from tests.promrules import require_tool
 from tests.workers import wait_for, worker_thread
 

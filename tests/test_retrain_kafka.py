@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from models.registry import ModelRegistry
-from models.train import TrainConfig, train_synthetic
-from pipeline.engine import InferenceEngine
-from pipeline.retrain import EXIT_PROMOTED, EXIT_REJECTED, parse_duration, retrain_once
-from pipeline.signals import snr_db
-from pipeline.simulate import simulate
-from pipeline.windowing import denoise_offline
+from models.training.train import TrainConfig, train_synthetic
+from pipeline.inference.engine import InferenceEngine
+from pipeline.retrain.run import EXIT_PROMOTED, EXIT_REJECTED, parse_duration, retrain_once
+from models.signals.families import snr_db
+from pipeline.tools.simulate import simulate
+from pipeline.stream.windowing import denoise_offline
 
 pytestmark = pytest.mark.kafka
 

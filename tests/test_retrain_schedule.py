@@ -8,8 +8,8 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 
 import models.registry  # noqa: F401  (imports torch before the timing starts)
-from pipeline.retrain import RetrainResult
-from pipeline.retrain_schedule import RetrainMetrics, run_every
+from pipeline.retrain.run import RetrainResult
+from pipeline.retrain.schedule import RetrainMetrics, run_every
 from pipeline.settings import Settings
 
 

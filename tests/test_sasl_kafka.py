@@ -11,10 +11,10 @@ import uuid
 
 import pytest
 
-from pipeline import kafka_local
-from pipeline.capture import capture
+from pipeline.tools import kafka_local
+from pipeline.tools.capture import capture
 from pipeline.settings import Settings
-from pipeline.simulate import simulate
+from pipeline.tools.simulate import simulate
 from tests.workers import worker_env
 
 pytestmark = pytest.mark.kafka
@@ -51,7 +51,7 @@ def _run_worker(s, password, seconds):
     env = worker_env(s)
     env.update({"DAE_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT", "DAE_KAFKA__SASL_MECHANISM": "SCRAM-SHA-256",
                 "DAE_KAFKA__SASL_USERNAME": "dae", "DAE_KAFKA__SASL_PASSWORD": password})
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", "worker", "--max-seconds", str(seconds)],
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.app", "worker", "--max-seconds", str(seconds)],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
 
 

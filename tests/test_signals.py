@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pipeline.signals import FAMILIES, add_noise, generate, snr_db
+from models.signals.families import FAMILIES, add_noise, generate, snr_db
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.capture import capture, safe_filename
-from pipeline.codec import encode_chunk
-from pipeline.kafka_io import ensure_topics
-from pipeline.simulate import produce_raw, replay, simulate
+from pipeline.tools.capture import capture, safe_filename
+from pipeline.wire.codec import encode_chunk
+from pipeline.kafka.clients import ensure_topics
+from pipeline.tools.simulate import produce_raw, replay, simulate
 
 pytestmark = pytest.mark.kafka
 

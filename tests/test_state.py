@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from pipeline.codec import Chunk
-from pipeline.state import OutputRecord, PartitionState
+from pipeline.wire.codec import Chunk
+from pipeline.stream.state import OutputRecord, PartitionState
 
 W, H = 32, 16
 

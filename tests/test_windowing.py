@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pipeline.windowing import (
+from pipeline.stream.windowing import (
     StreamWindowing,
     classify,
     denoise_offline,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.capture import capture
-from pipeline.signals import snr_db
-from pipeline.simulate import simulate
+from pipeline.tools.capture import capture
+from models.signals.families import snr_db
+from pipeline.tools.simulate import simulate
 from tests.workers import wait_for, worker_process, worker_thread
 
 pytestmark = pytest.mark.kafka

@@ -9,7 +9,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from pipeline.engine import InferenceEngine
+from pipeline.inference.engine import InferenceEngine
 from pipeline.worker import Worker
 
 
@@ -60,7 +60,7 @@ def worker_env(settings) -> dict:
 
 def worker_process(settings, log_path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "worker"],
+        [sys.executable, "-m", "pipeline.cli.app", "worker"],
         env=worker_env(settings),
         stdout=open(log_path, "ab"),
         stderr=subprocess.STDOUT,

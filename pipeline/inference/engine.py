@@ -1,0 +1,119 @@
+"""Inference engine: model placement, one batched forward pass, reconstruction error.
+
+Windows arrive as (N, C, W) float32 from any mix of streams. Each channel is denoised on its own
+(the model sees (N*C, W) rows), each row standardised by its own mean and std (the checkpoint's
+``window_standardize`` normalisation), so a signal at any scale or offset is treated alike, and
+the output is mapped back to the input's scale. On CUDA the batch goes through a pinned host
+buffer with non-blocking copies; bf16 autocast is an option there. Everything runs under
+``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.checkpoint import ModelMeta, load_checkpoint
+from models.forward import forward_rows, pad_rows
+from models.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device=cuda but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Inference:
+    outputs: np.ndarray  # (N, C, W) float32, input scale
+    errors: np.ndarray  # (N,) float32: mean squared error in standardised units, over channels
+    scales: np.ndarray  # (N,) float32: the window's standard deviation (input units), mean over channels
+
+
+class InferenceEngine:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: ModelMeta,
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+        version: str | None = None,
+    ):
+        self.meta = meta
+        self.version = version or meta.version or "unversioned"
+        self.window = int(meta.window)
+        self.hop = int(meta.hop)
+        self.device = pick_device(device)
+        self.autocast = dtype == "bfloat16" and self.device.type == "cuda"
+        self.model = model.to(self.device).eval()
+        self._pinned_in: torch.Tensor | None = None
+        self._pinned_out: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------- loading
+    @classmethod
+    def from_source(
+        cls, registry: Path, version: str | None = None, *, device: str = "auto", dtype: str = "float32"
+    ) -> "InferenceEngine":
+        """Load ``version`` (a registry version, or a checkpoint directory) or the current one."""
+        if version is not None and Path(version).is_dir():
+            model, meta = load_checkpoint(Path(version))
+            return cls(model, meta, device=device, dtype=dtype, version=meta.version or Path(version).name)
+        reg = ModelRegistry(registry)
+        if version is None:
+            version = reg.current()
+            if version is None:
+                raise FileNotFoundError(
+                    f"no current model in registry {registry}: train one with `dae train --sample-rate R`"
+                )
+        model, meta = reg.load(version)
+        return cls(model, meta, device=device, dtype=dtype, version=version)
+
+    def serves_rate(self, rate: float) -> bool:
+        return any(abs(float(r) - rate) <= 1e-6 * max(1.0, rate) for r in self.meta.sample_rates)
+
+    # --------------------------------------------------------------------------- forward
+    def _to_device(self, rows: np.ndarray) -> torch.Tensor:
+        host = torch.from_numpy(rows)
+        if self.device.type != "cuda":
+            return host
+        n = host.shape[0]
+        if self._pinned_in is None or self._pinned_in.shape[0] < n:
+            self._pinned_in = torch.empty((max(n, 64), self.window), dtype=torch.float32, pin_memory=True)
+            # Outputs come back with two extra columns: reconstruction error and window scale.
+            self._pinned_out = torch.empty((self._pinned_in.shape[0], self.window + 2), pin_memory=True)
+        staged = self._pinned_in[:n]
+        staged.copy_(host)
+        return staged.to(self.device, non_blocking=True)
+
+    def _to_host(self, y: torch.Tensor) -> np.ndarray:
+        if self.device.type != "cuda":
+            return y.numpy()
+        out = self._pinned_out[: y.shape[0]]
+        out.copy_(y, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return out.numpy().copy()
+
+    def infer(self, windows: np.ndarray) -> Inference:
+        if windows.ndim != 3 or windows.shape[2] != self.window:
+            raise ValueError(f"expected (N, C, {self.window}) windows, got {windows.shape}")
+        n, c, w = windows.shape
+        # Padded (models.forward.MIN_ROWS) so a window's output does not depend on its batch-mates.
+        rows = pad_rows(np.ascontiguousarray(windows, dtype=np.float32).reshape(n * c, w))
+        with torch.inference_mode():
+            res = forward_rows(self.model, self._to_device(rows), autocast_bf16=self.autocast)
+            both = torch.cat((res.denoised, res.error[:, None], res.scale[:, None].to(res.denoised.dtype)), dim=1)
+            host = self._to_host(both)
+        host = host[: n * c]
+        out = host[:, :w].reshape(n, c, w)
+        errors = host[:, w].reshape(n, c).mean(axis=1)
+        scales = host[:, w + 1].reshape(n, c).mean(axis=1)
+        return Inference(out, errors.astype(np.float32), scales.astype(np.float32))

@@ -1,0 +1,213 @@
+"""`dae retrain`: train a candidate on recent raw data, compare it with the serving model on the
+same held-out slice, promote it only if it is not worse.
+
+One run:
+1. read the last N seconds (or samples) of the raw topic without a consumer group
+   (``pipeline.retrain.recent_data.read_topic_report``: ``offsets_for_times``, never touches the worker's offsets);
+2. split every stream in time: the first 80 % trains, the last 20 % is held out;
+3. leave out training windows the current model scores as anomalous *within the recent data*
+   (reconstruction error above median + ``anomaly_mads`` x MAD of the errors on that data), so
+   faults are not learned as normal — a threshold from the current model's own calibration would
+   throw away everything after a genuine shift, which is exactly when retraining is needed;
+4. train the candidate with the noisy-target objective (live data has no clean target);
+5. score candidate and current on the held-out slice: SNR gain with the training corruption (the
+   held-out noisy signal is the reference, Gaussian noise at ``eval_sigma`` x RMS is added, each
+   model cleans it through the worker's overlap-add path) and the median reconstruction error;
+6. publish the candidate (immutable, with the figures and the decision in its metadata) and promote
+   it only if its gain is at least the current one's minus ``margin_db``; append the decision to
+   ``<registry>/retrain-log.jsonl``.
+
+Exit codes for schedulers: 0 promoted, 10 rejected (not an error), 1 failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_PROMOTED, EXIT_REJECTED, EXIT_FAILED = 0, 10, 1
+
+
+@dataclass
+class RetrainResult:
+    outcome: str  # promoted | rejected | failed
+    current: str | None
+    candidate: str | None = None
+    figures: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return {"promoted": EXIT_PROMOTED, "rejected": EXIT_REJECTED}.get(self.outcome, EXIT_FAILED)
+
+    def summary(self) -> str:
+        if self.outcome == "failed":
+            return f"retrain failed after {self.seconds:.0f} s: {self.error}"
+        f = self.figures
+        return (f"retrain {self.outcome}: candidate {self.candidate} vs current {self.current}: SNR gain "
+                f"{f.get('candidate_gain_db', float('nan')):+.2f} dB vs {f.get('current_gain_db', float('nan')):+.2f} dB "
+                f"on {self.data.get('streams', 0)} stream(s), {self.data.get('train_samples', 0)} training samples "
+                f"({self.data.get('excluded_windows', 0)} anomalous windows left out), {self.seconds:.0f} s")
+
+
+def _engine_fn(engine):
+    return lambda windows: engine.infer(windows).outputs
+
+
+def _gain_db(engine, held_out: list[np.ndarray], sigma: float, seed: int) -> tuple[float, float]:
+    """(mean SNR gain in dB, median reconstruction error) of ``engine`` on the held-out slices."""
+    from models.signals.families import snr_db
+    from pipeline.stream.windowing import denoise_offline
+
+    rng = np.random.default_rng(seed)
+    gains, errors = [], []
+    for y in held_out:
+        z = (y + sigma * np.sqrt(np.mean(y**2)) * rng.standard_normal(y.shape)).astype(np.float32)
+        cleaned = denoise_offline(z, _engine_fn(engine), engine.window, engine.hop)
+        gains.append(snr_db(y, cleaned) - snr_db(y, z))
+        n = (len(y) // engine.window) * engine.window
+        if n:
+            errors.append(engine.infer(y[:n].reshape(-1, 1, engine.window)).errors)
+    err = float(np.median(np.concatenate(errors))) if errors else float("nan")
+    return float(np.mean(gains)), err
+
+
+def _outlier_limit(engine, signals: list[np.ndarray], mads: float) -> float:
+    W = engine.window
+    errs = [engine.infer(x[: (len(x) // W) * W].reshape(-1, 1, W)).errors for x in signals if len(x) >= W]
+    e = np.concatenate(errs)
+    med = float(np.median(e))
+    mad = float(np.median(np.abs(e - med))) or 1e-12
+    return med + mads * 1.4826 * mad
+
+
+def _drop_anomalous(engine, x: np.ndarray, limit: float) -> tuple[list[np.ndarray], int]:
+    """Split ``x`` around windows whose reconstruction error exceeds ``limit``."""
+    W = engine.window
+    n = (len(x) // W) * W
+    if n == 0:
+        return [x], 0
+    errors = engine.infer(x[:n].reshape(-1, 1, W)).errors
+    bad = errors > limit
+    pieces, start = [], 0
+    for i in np.flatnonzero(bad):
+        if i * W - start >= W:
+            pieces.append(x[start : i * W])
+        start = (i + 1) * W
+    if len(x) - start >= W:
+        pieces.append(x[start:])
+    return pieces, int(bad.sum())
+
+
+def retrain_once(
+    s: Settings,
+    *,
+    topic: str | None = None,
+    last_seconds: float | None = 3600.0,
+    last_samples: int | None = None,
+    arch: str | None = None,
+    warm_start: bool = True,
+    steps: int | None = None,
+    max_seconds: float = 240.0,
+    margin_db: float = 0.0,
+    eval_sigma: float = 0.3,
+    anomaly_mads: float = 8.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> RetrainResult:
+    from pipeline.retrain.recent_data import read_topic_report
+    from models.registry import ModelRegistry
+    from models.training.train import DEFAULT_ARCH, TrainConfig, train_arrays
+    from pipeline.inference.engine import InferenceEngine
+
+    t0 = time.monotonic()
+    reg = ModelRegistry(s.model.registry)
+    current = reg.current()
+    result = RetrainResult("failed", current)
+    try:
+        if current is None:
+            raise RuntimeError(f"registry {s.model.registry} has no current model to compare with")
+        engine = InferenceEngine.from_source(s.model.registry, current, device=s.model.device)
+        rate = float(engine.meta.sample_rates[0])
+        topic = topic or s.kafka.raw_topics[0]
+        rep = read_topic_report(s.kafka, topic, last_seconds=last_seconds, last_samples=last_samples)
+        streams = {sid: x[:, c] for sid, x in rep.streams.items() if abs(rep.rates[sid] - rate) <= 1e-9 * rate
+                   for c in range(x.shape[1])}
+        streams = {sid: x for sid, x in streams.items() if len(x) >= 5 * engine.window}
+        if not streams:
+            raise RuntimeError(f"no stream at {rate:g} Hz with at least {5 * engine.window} samples in {topic}")
+        limit = _outlier_limit(engine, [x[: int(len(x) * 0.8)] for x in streams.values()], anomaly_mads)
+        train, held_out, excluded = [], [], 0
+        for x in streams.values():
+            cut = int(len(x) * 0.8)
+            pieces, n_bad = _drop_anomalous(engine, x[:cut], limit)
+            train += pieces
+            excluded += n_bad
+            held_out.append(x[cut:])
+        n2n = engine.meta.arch == "noisier2noise"
+        base_arch = engine.meta.config.get("inner_arch") if n2n else engine.meta.arch
+        base_cfg = dict(engine.meta.config.get("inner") or {}) if n2n else dict(engine.meta.config)
+        # The candidate is the recommended network (models.training.train.DEFAULT_ARCH, its default layout) unless
+        # --arch names another; it starts from the serving model's weights when that has the same network.
+        arch = arch or DEFAULT_ARCH
+        warm = warm_start and arch == base_arch
+        extra = {"hidden": base_cfg.get("hidden", 256), "arch_config": {k: v for k, v in base_cfg.items()
+                 if k not in ("window", "hidden")}} if warm else {}
+        cfg = TrainConfig(sample_rate=rate, window=engine.window, hop=engine.hop, arch=arch,
+                          objective="noisier2noise", seed=seed, max_seconds=max_seconds,
+                          **extra, **({"steps": steps} if steps is not None else {}))
+        model, meta = train_arrays(cfg, train, progress=progress, source=f"kafka:{topic}",
+                                   init_from=engine.model if warm else None, init_version=current if warm else None)
+        candidate = InferenceEngine(model, meta, device=s.model.device, version="candidate")
+        cand_gain, cand_err = _gain_db(candidate, held_out, eval_sigma, seed)
+        cur_gain, cur_err = _gain_db(engine, held_out, eval_sigma, seed)
+        result.figures = {"candidate_gain_db": cand_gain, "current_gain_db": cur_gain,
+                          "candidate_median_error": cand_err, "current_median_error": cur_err,
+                          "margin_db": margin_db, "eval_sigma": eval_sigma}
+        result.data = {"topic": topic, "warm_start_from": current if warm else None, "streams": len(streams), "train_samples": int(sum(len(p) for p in train)),
+                       "held_out_samples": int(sum(len(h) for h in held_out)), "excluded_windows": excluded,
+                       "span_seconds": max(len(x) for x in streams.values()) / rate,
+                       "last_seconds": last_seconds, "last_samples": last_samples}
+        better = cand_gain >= cur_gain - margin_db
+        meta.training["retrain"] = {"replaces": current, "decision": "promoted" if better else "rejected",
+                                    **result.figures, **result.data}
+        result.candidate = reg.publish(model, dataclasses.replace(meta, version=None), promote=better)
+        result.outcome = "promoted" if better else "rejected"
+    except Exception as exc:  # reported through the exit code and the summary line
+        log.exception("retrain failed")
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.seconds = time.monotonic() - t0
+    _log_decision(Path(s.model.registry), result)
+    return result
+
+
+def _log_decision(root: Path, r: RetrainResult) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    line = {"time": time.time(), "outcome": r.outcome, "current": r.current, "candidate": r.candidate,
+            "figures": r.figures, "data": r.data, "seconds": r.seconds, "error": r.error}
+    with open(root / "retrain-log.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '6h', '1d' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise ValueError(f"duration {text!r}: use a number with s, m, h or d (e.g. 6h)") from None
