@@ -1,52 +1,26 @@
-"""Broker selection for integration tests, in this order:
-
-1. ``DAE_TEST_BOOTSTRAP`` (or ``DAE_KAFKA__BOOTSTRAP_SERVERS``) names a running broker;
-2. testcontainers' Kafka, when a Docker daemon answers;
-3. the project's own local KRaft broker (deploy/kafka/kafka.sh), started on a test port.
-
-Never a mock: tests marked ``kafka`` talk to a real broker.
+"""Shared fixtures. The integration tests' broker is picked by ``tests/kafka_broker.py``: a broker
+named in the environment, else testcontainers' Kafka when a Docker daemon answers and the container
+starts, else the project's local KRaft broker (deploy/kafka). Never a mock.
 """
 
 from __future__ import annotations
 
-import os
+import sys
 import uuid
 
 import pytest
 
-TEST_PORT = int(os.environ.get("DAE_TEST_KAFKA_PORT", "29092"))
-
-
-def _docker_answers() -> bool:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=3)
-        client.ping()
-        return True
-    except Exception:
-        return False
+from tests.kafka_broker import pick_broker
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap():
-    named = os.environ.get("DAE_TEST_BOOTSTRAP") or os.environ.get("DAE_KAFKA__BOOTSTRAP_SERVERS")
-    if named:
-        yield named
-        return
-    if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
+    def say(line: str) -> None:  # past pytest's capture: a user should see which broker and why
+        print(f"\n[kafka] {line}", file=sys.__stderr__, flush=True)
 
-        with KafkaContainer().with_kraft() as kafka:
-            yield kafka.get_bootstrap_server()
-        return
-    from pipeline.tools import kafka_local
-
-    started_here = kafka_local.status(TEST_PORT) is None
-    bootstrap = kafka_local.start(TEST_PORT)
-    yield bootstrap
-    if started_here and not os.environ.get("DAE_TEST_KEEP_KAFKA"):
-        kafka_local.stop(TEST_PORT)
+    with pick_broker(say=say) as (bootstrap, how):
+        say(f"integration tests use the broker at {bootstrap} ({how})")
+        yield bootstrap
 
 
 @pytest.fixture

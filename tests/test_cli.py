@@ -26,7 +26,7 @@ def test_worker_without_a_model_says_how_to_get_one(tmp_path):
 @pytest.mark.kafka
 def test_kafka_start_is_idempotent_and_status_reports_it(kafka_bootstrap):
     from pipeline.tools import kafka_local
-    from tests.conftest import TEST_PORT
+    from tests.kafka_broker import TEST_PORT
 
     if kafka_local.status(TEST_PORT) is None:
         pytest.skip("the test broker is not the project's local one")

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.settings import Settings
+from pipeline.tools.plotting import PlottingUnavailable, pyplot
 
 log = logging.getLogger(__name__)
 console = Console()
@@ -114,19 +115,18 @@ def run_demo(s: Settings, *, streams: int, seconds: float, sample_rate: float, s
         f"before stream tails are released) | latency to ack "
         f"p50 {np.percentile(lat, 50) * 1000:.1f} ms, p99 {np.percentile(lat, 99) * 1000:.1f} ms"
     )
-    png = plot_excerpts(sim, rep, out / "demo.png", sample_rate)
-    console.print(f"plot: {png}   captured streams: {out / 'captured'}")
+    try:
+        png = plot_excerpts(sim, rep, out / "demo.png", sample_rate)
+        console.print(f"plot: {png}   captured streams: {out / 'captured'}")
+    except PlottingUnavailable as exc:
+        console.print(f"no plot ({exc}); captured streams: {out / 'captured'}")
     if not ok:
         console.print("[red]some streams came back incomplete[/red]")
     return ok
 
 
 def plot_excerpts(sim, rep, path: Path, sample_rate: float, n_streams: int = 4, seconds: float = 1.0) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = sorted(sim.clean)[:n_streams]
     fig, axes = plt.subplots(len(ids), 1, figsize=(11, 2.3 * len(ids)), squeeze=False)
