@@ -1,12 +1,15 @@
-"""The vectorised common path of the alert engine (pipeline.monitor.alerts.steps.fast_run) against the scalar
-reference step: identical scores, terms, alert states and events, bit for bit."""
+"""The vectorised paths of the alert engine (pipeline.monitor.alerts.batch.batch_run, whole runs, and
+pipeline.monitor.alerts.steps.fast_run, runs up to a refresh) against the scalar reference step:
+identical scores, terms, alert states and events, bit for bit."""
 
 import numpy as np
 import pytest
 
 from pipeline.monitor.alerts.terms import Robust, refresh_many
 from pipeline.monitor.alerts import engine as alerts
+from pipeline.monitor.alerts.batch import batch_run
 from pipeline.monitor.alerts.engine import AlertEngine, window_features
+from pipeline.monitor.alerts.steps import fast_run
 from pipeline.settings import AlertSettings
 
 W, H = 64, 32
@@ -74,20 +77,21 @@ def test_fast_path_and_scalar_path_give_identical_scores_and_events(seed, monkey
         if i < 2000 <= i + k:
             parts.append(("model", ({"q50": 0.02, "q999": 0.2}, "v2")))
         i += k
-    used = {"batch": 0, "fast": 0}
+    used: dict[tuple[str, str], int] = {}
 
-    def counted(name, fn):
-        def run(*a):
-            n = fn(*a)
-            used[name] += n
-            return n
-        return run
+    def build(name, **paths):  # an engine whose vectorised paths count the windows they take
+        def counted(path, fn):
+            def run(*a):
+                n = fn(*a)
+                used[name, path] = used.get((name, path), 0) + n
+                return n
+            return run
 
-    monkeypatch.setattr(alerts, "batch_run", counted("batch", alerts.batch_run))
-    monkeypatch.setattr(alerts, "fast_run", counted("fast", alerts.fast_run))
-    full, segments, scalar = (AlertEngine(cfg, CAL, "v1") for _ in range(3))
-    segments._batchpath = False
-    scalar._fastpath = False
+        monkeypatch.setattr(alerts, "batch_run", counted("batch", batch_run))
+        monkeypatch.setattr(alerts, "fast_run", counted("fast", fast_run))
+        return AlertEngine(cfg, CAL, "v1", **paths)
+
+    full, segments, scalar = build("full"), build("segments", batch_path=False), build("scalar", fast_path=False)
     ev0, sc0 = _run(scalar, parts)
     assert any(ev["kind"] == "resolved" for ev in ev0)  # alerts, resolves and cooldowns were exercised
     for eng in (full, segments):
@@ -98,7 +102,10 @@ def test_fast_path_and_scalar_path_give_identical_scores_and_events(seed, monkey
             np.testing.assert_array_equal(a.active, b.active)
             for t in a.terms:
                 np.testing.assert_array_equal(a.terms[t], b.terms[t], err_msg=t)
-    assert used["batch"] > 300 and used["fast"] > 100, used  # both vectorised paths carried real work
+    # both vectorised paths carried real work; without the batch path, fast_run carries the runs
+    assert used["full", "batch"] > 300 and used["full", "fast"] > 100, used
+    assert used["segments", "fast"] > used["full", "batch"] and ("segments", "batch") not in used, used
+    assert not any(name == "scalar" for name, _ in used), used
 
 
 def test_refresh_matches_numpy_quantile_and_median_bit_for_bit():

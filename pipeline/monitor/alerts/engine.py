@@ -38,95 +38,51 @@ Cost. :func:`pipeline.monitor.alerts.steps.scalar_step` is the reference, one wi
 windows (finite, increasing, stream past warm-up, no alert up, not hot) take the vectorised paths:
 whole runs at once (:mod:`pipeline.monitor.alerts.batch`) or runs up to the next refresh
 (:func:`pipeline.monitor.alerts.steps.fast_run`), with the same arithmetic value for value
-(``tests/test_alerts_fastpath.py``).
+(``tests/test_alerts_fastpath.py``): the combination of terms into a score and the other shared
+arithmetic is in :mod:`pipeline.monitor.alerts.scoring`, once for all paths.
+
+Modules: ``events`` (what is emitted; a leaf), ``terms`` (features, robust statistics), ``scoring``
+(shared arithmetic and the :class:`~pipeline.monitor.alerts.scoring.Scoring` parameters the steps
+read), ``state`` (per-stream state, one call's windows), ``steps`` and ``batch`` (the paths), and
+this module, which owns the streams and dispatches windows to the paths.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections import deque
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from pipeline.monitor.alerts.batch import batch_run
-from pipeline.monitor.alerts.steps import Batch, fast_run, scalar_step
+from pipeline.monitor.alerts.events import EVENT_TYPE, TERMS, AlertEvent, WindowScores
+from pipeline.monitor.alerts.scoring import Scoring
+from pipeline.monitor.alerts.state import Batch, StreamState
+from pipeline.monitor.alerts.steps import fast_run, scalar_step
+from pipeline.monitor.alerts.terms import TINY, Robust, window_features
 from pipeline.settings import ALERT_FEATURES as FEATURES, ALERT_SLOWABLE as SLOWABLE, AlertSettings
-from pipeline.monitor.alerts.terms import TINY, Robust, calibration_prior, window_features
 
-EVENT_TYPE = "dae.alert"
-TERMS = FEATURES + tuple(f + "_slow" for f in SLOWABLE)
 # Terms whose statistics depend on the model (restarted by set_model).
 _MODEL = ("residual", "error", "noise", "peak", "freq")
 # Slow terms' floors are this share of their feature's: a mean over many windows varies less.
 _SLOW_FLOOR = 0.5
 
 
-@dataclass
-class AlertEvent:
-    kind: str  # "raised" | "resolved"
-    stream: str
-    start: int  # first sample index of the anomalous range
-    end: int  # one past its last sample index
-    peak_score: float
-    threshold: float  # the threshold crossed: raise_threshold (raised), resolve_threshold (resolved)
-    model_version: str
-    time: float  # unix seconds
-
-    def to_dict(self) -> dict:
-        return {"type": EVENT_TYPE, **asdict(self)}
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")).encode("utf-8")
-
-
-@dataclass(frozen=True)
-class WindowScores:
-    """Per-window diagnostics of one :meth:`AlertEngine.update_scored` call."""
-
-    starts: np.ndarray  # (N,) int64
-    score: np.ndarray  # (N,) float64: the voting max |z|, capped; compare with the thresholds
-    terms: dict[str, np.ndarray]  # term name -> (N,) signed z (0 where unavailable); see TERMS
-    active: np.ndarray  # (N,) bool: the stream has a raised alert after this window
-    raise_threshold: float
-    resolve_threshold: float
-
-
-@dataclass
-class _Stream:
-    stats: dict[str, Robust]
-    slow: dict[str, deque] = field(default_factory=dict)  # feature -> its last slow_windows values
-    last_start: int | None = None
-    recent: deque = field(default_factory=deque)  # (start, score, hot) of the last n windows
-    active: bool = False
-    alert_start: int = 0
-    alert_end: int = 0
-    alert_peak: float = 0.0
-    below: int = 0  # consecutive windows below resolve_threshold while active
-    cooldown: int = 0  # windows left in which no alert may be raised
-    in_alert: int = 0  # windows seen during the current alert (for alert_admit_every)
-    quiet: int = 0  # consecutive windows neither hot nor in an alert
-    fast_below: int = 0  # consecutive windows whose per-window score is below resolve_threshold
-    range_done: bool = False  # the per-window evidence of the current alert has resolved
-
-
 class AlertEngine:
-    """Per-stream scores and alert state for many streams (one instance per worker process)."""
+    """Per-stream scores and alert state for many streams (one instance per worker process).
 
-    # Runs of ordinary windows take the vectorised paths (pipeline.monitor.alerts.batch, pipeline.monitor.alerts.steps);
-    # tests turn them off to compare with the scalar reference step.
-    _fastpath = True
-    _batchpath = True
+    ``fast_path=False`` sends every window through the scalar reference step and ``batch_path=False``
+    stops the vectorised runs at each refresh (:func:`~pipeline.monitor.alerts.steps.fast_run` only);
+    the results are the same, tests compare them.
+    """
 
-    def __init__(self, cfg: AlertSettings, calibration: dict[str, float] | None, model_version: str):
+    def __init__(self, cfg: AlertSettings, calibration: dict[str, float] | None, model_version: str, *,
+                 fast_path: bool = True, batch_path: bool = True):
         self.cfg = cfg
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, StreamState] = {}
         floors = {f: getattr(cfg, f"{f}_floor") for f in FEATURES}
         self._floors = {**floors, **{f + "_slow": _SLOW_FLOOR * floors[f] for f in SLOWABLE}}
-        self._fast = tuple(t for t in cfg.terms if t not in ("residual", "noise"))
-        self._slow = tuple(f + "_slow" for f in cfg.slow_terms)
-        self._votes = (("noise",) if "noise" in cfg.terms else ()) + self._fast
+        # The vectorised paths a window tries, in order, before the scalar step.
+        self._runs = (((batch_run,) if batch_path else ()) + (fast_run,)) if fast_path else ()
         self.set_model(calibration, model_version)
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -135,7 +91,7 @@ class AlertEngine:
         statistics restart; scale, level and clip statistics are kept."""
         self.model_version = str(model_version)
         self.calibration = dict(calibration or {})
-        self._prior = calibration_prior(self.calibration, self.cfg.residual_floor)
+        self._scoring = Scoring.build(self.cfg, self.calibration, self.model_version)
         for st in self._streams.values():
             for f in _MODEL:
                 st.slow.pop(f, None)
@@ -163,10 +119,10 @@ class AlertEngine:
     def streams(self) -> int:
         return len(self._streams)
 
-    def _stream(self, stream: str) -> _Stream:
+    def _stream(self, stream: str) -> StreamState:
         st = self._streams.get(stream)
         if st is None:
-            st = _Stream(stats={t: self._robust(t) for t in TERMS})
+            st = StreamState(stats={t: self._robust(t) for t in TERMS})
             self._streams[stream] = st
         return st
 
@@ -209,24 +165,29 @@ class AlertEngine:
         if not cfg.enabled or m == 0:
             return events, WindowScores(starts, score, zs, act, cfg.raise_threshold, cfg.resolve_threshold)
         ts = time.time() if now is None else float(now)
-        window = int(window)
         finite = np.isfinite(errors) & np.isfinite(scales) & (errors >= 0) & (scales >= 0)
         for v in extra.values():
             finite &= np.isfinite(v)
         log_err = np.log(np.maximum(np.where(finite, errors, 1.0), TINY))
         log_scale = np.log(np.maximum(np.where(finite, scales, 1.0), TINY))
         values = {"residual": log_err + 2.0 * log_scale, "error": log_err, "scale": log_scale, **extra}
-        st = self._stream(stream)
-        b = Batch(stream, starts, window, finite, values, log_err, score, zs, act, events, ts)
-        i = 0
-        while i < m:
-            n = ((self._batchpath and batch_run(self, st, b, i)) or fast_run(self, st, b, i)) if self._fastpath else 0
-            if n:
-                i += n
-            else:
-                scalar_step(self, st, b, i)
-                i += 1
+        self._process(self._stream(stream), Batch(stream, starts, int(window), finite, values, log_err, score, zs,
+                                                  act, events, ts))
         return events, WindowScores(starts, score, zs, act, cfg.raise_threshold, cfg.resolve_threshold)
 
+    def _process(self, st: StreamState, b: Batch) -> None:
+        """Every window of ``b`` in order: runs of ordinary windows through the first vectorised path
+        that takes them, any other window through the scalar step."""
+        p, runs, i, m = self._scoring, self._runs, 0, b.starts.size
+        while i < m:
+            for run in runs:
+                n = run(p, st, b, i)
+                if n:
+                    break
+            else:
+                scalar_step(p, st, b, i)
+                n = 1
+            i += n
 
-__all__ = ["AlertEngine", "AlertEvent", "AlertSettings", "WindowScores", "TERMS", "EVENT_TYPE", "window_features"]
+
+__all__ = ["AlertEngine", "AlertEvent", "WindowScores", "TERMS", "EVENT_TYPE", "window_features"]

@@ -35,9 +35,6 @@ import math
 
 import numpy as np
 
-from pipeline.settings import ALERT_FEATURES as FEATURES
-
-# Features a caller can supply; "residual", "error" and "scale" come from errors/scales.
 # log() of values at or below this are taken at this value: log(0) for a flat window stays finite.
 TINY = 1e-30
 # 1.4826 * MAD estimates the standard deviation of a normal distribution.
@@ -110,12 +107,8 @@ class Robust:
         self.pending = 0
         self.floor, self.p, self.margin, self.thr = floor, p, margin, thr
 
-    def add(self, x: float, refresh_every: int, warm: int, clip: bool) -> None:
-        if self.push(x, refresh_every, warm, clip):
-            self.refresh()
-
     def push(self, x: float, refresh_every: int, warm: int, clip: bool) -> bool:
-        """:meth:`add` without the refresh; returns whether it is due (refresh several at once with
+        """Admit one value; returns whether a refresh is due (refresh several at once with
         :func:`refresh_many`)."""
         if clip:  # winsorise at the raise threshold: one extreme value cannot stretch the tails
             x = min(max(x, self.med - self.thr * self.lo), self.med + self.thr * self.hi)
@@ -125,8 +118,17 @@ class Robust:
         self.pending += 1
         return self.count <= warm or self.pending >= refresh_every
 
-    def refresh(self) -> None:
-        refresh_many((self,))
+    def extend(self, x: np.ndarray) -> None:
+        """Admit the values ``x`` as ``len(x)`` calls of :meth:`push` without clipping would, no refresh."""
+        buf, pos, i, n = self.buf, self.pos, 0, x.size
+        while i < n:
+            k = min(n - i, buf.size - pos)
+            buf[pos : pos + k] = x[i : i + k]
+            pos = (pos + k) % buf.size
+            i += k
+        self.pos = pos
+        self.count += n
+        self.pending += n
 
     def z(self, x: float) -> float:
         d = x - self.med
@@ -159,7 +161,7 @@ def _quantiles(srt: np.ndarray, n: int, qs: tuple[float, ...]) -> np.ndarray:
 
 
 def robust_stats(v: np.ndarray, p: float, floor, margin, thr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(med, hi, lo) of :meth:`Robust.refresh` for each row of ``v`` (all values of one statistic per
+    """(med, hi, lo) of a :class:`Robust`'s refresh for each row of ``v`` (all values of one statistic per
     row), with exactly the arithmetic of ``np.quantile(v, (p, 0.5, 1 - p))`` and
     ``np.median(|v - med|)``; ``floor`` and ``margin`` are scalars or one per row."""
     n = v.shape[1]
@@ -183,7 +185,8 @@ def robust_stats(v: np.ndarray, p: float, floor, margin, thr) -> tuple[np.ndarra
 
 
 def refresh_many(robusts) -> None:
-    """:meth:`Robust.refresh` for several statistics at once (one partition per distinct length)."""
+    """Recompute the median and spreads of each :class:`Robust` from its values (one stacked
+    :func:`robust_stats` call per distinct length)."""
     groups: dict[tuple, list[Robust]] = {}
     for r in robusts:
         groups.setdefault((min(r.count, r.buf.size), r.p, r.thr), []).append(r)

@@ -55,7 +55,6 @@ TARGET_RECALL = 0.9
 TARGET_FA_PER_HOUR = 1.0
 
 
-# ============================================================================ running streams
 # ============================================================================ synthetic streams
 @dataclass
 class Anomaly:
@@ -190,6 +189,30 @@ def score_stream(run: StreamRun, anomalies: list[Anomaly], W: int) -> dict:
             "clean_samples": int(mask.sum()), "alerts": len(alerts)}
 
 
+def summarise(rows: list[dict], fs: float) -> dict:
+    """Recall, precision, delays and false alarms over the scored streams ``rows`` (see :func:`score_stream`)."""
+    dets = [d for r in rows for d in r["detections"]]
+    delays = [d["delay"] for d in dets if d["detected"]]
+    alerts_n = sum(r["alerts"] for r in rows)
+    true_n = sum(r["true_alerts"] for r in rows)
+    fa = sum(r["false_alarms"] for r in rows)
+    hours = sum(r["clean_samples"] for r in rows) / fs / 3600
+    return {
+        "streams": len(rows),
+        "anomalies": len(dets),
+        "detected": sum(d["detected"] for d in dets),
+        "recall": (sum(d["detected"] for d in dets) / len(dets)) if dets else None,
+        "alerts": alerts_n,
+        "true_alerts": true_n,
+        "precision": (true_n / alerts_n) if alerts_n else None,
+        "delay_samples_median": float(np.median(delays)) if delays else None,
+        "delay_samples_p90": float(np.quantile(delays, 0.9)) if delays else None,
+        "false_alarms": fa,
+        "clean_hours": hours,
+        "false_alarms_per_hour": fa / hours if hours > 0 else None,
+    }
+
+
 def evaluate_synthetic(engine, settings: AlertSettings, cfg: SyntheticConfig,
                        log: Callable[[str], None] = lambda s: None) -> tuple[dict, dict]:
     """(results JSON, {stream name: (stream dict, StreamRun)} for plotting)."""
@@ -212,38 +235,15 @@ def evaluate_synthetic(engine, settings: AlertSettings, cfg: SyntheticConfig,
         runs[s["name"]] = (s, run)
     t_run = time.perf_counter() - t1
 
-    def summarise(rows: list[dict]) -> dict:
-        dets = [d for r in rows for d in r["detections"]]
-        delays = [d["delay"] for d in dets if d["detected"]]
-        alerts_n = sum(r["alerts"] for r in rows)
-        true_n = sum(r["true_alerts"] for r in rows)
-        fa = sum(r["false_alarms"] for r in rows)
-        hours = sum(r["clean_samples"] for r in rows) / fs / 3600
-        out = {
-            "streams": len(rows),
-            "anomalies": len(dets),
-            "detected": sum(d["detected"] for d in dets),
-            "recall": (sum(d["detected"] for d in dets) / len(dets)) if dets else None,
-            "alerts": alerts_n,
-            "true_alerts": true_n,
-            "precision": (true_n / alerts_n) if alerts_n else None,
-            "delay_samples_median": float(np.median(delays)) if delays else None,
-            "delay_samples_p90": float(np.quantile(delays, 0.9)) if delays else None,
-            "false_alarms": fa,
-            "clean_hours": hours,
-            "false_alarms_per_hour": fa / hours if hours > 0 else None,
-        }
-        return out
-
-    per_kind = {k: summarise([r for r in per_stream if r["kind"] == k]) for k in cfg.kinds}
+    per_kind = {k: summarise([r for r in per_stream if r["kind"] == k], fs) for k in cfg.kinds}
     for k in cfg.kinds:
         per_kind[k]["by_family"] = {
-            f: summarise([r for r in per_stream if r["kind"] == k and r["family"] == f]) for f in cfg.families
+            f: summarise([r for r in per_stream if r["kind"] == k and r["family"] == f], fs) for f in cfg.families
         }
-    clean = summarise([r for r in per_stream if r["kind"] is None])
+    clean = summarise([r for r in per_stream if r["kind"] is None], fs)
     anom = [r for r in per_stream if r["kind"] is not None]
-    overall = summarise(per_stream)
-    all_rec = summarise(anom)
+    overall = summarise(per_stream, fs)
+    all_rec = summarise(anom, fs)
     fa_h = overall["false_alarms_per_hour"]
     met = bool(all_rec["recall"] is not None and all_rec["recall"] >= TARGET_RECALL
                and fa_h is not None and fa_h <= TARGET_FA_PER_HOUR)

@@ -14,7 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.monitor.alerts.engine import TERMS, AlertEngine, AlertEvent, window_features
+from pipeline.monitor.alerts.engine import AlertEngine
+from pipeline.monitor.alerts.events import TERMS, AlertEvent
+from pipeline.monitor.alerts.terms import window_features
 from pipeline.stream.windowing import StreamWindowing
 
 
