@@ -121,11 +121,7 @@ class WorkerSettings(BaseModel):
     commit_interval_s: float = Field(1.0, gt=0)
     # SIGTERM: finish the in-flight batch, flush and commit within this many seconds.
     shutdown_timeout_s: float = Field(10.0, gt=0)
-    # Run the forward pass in a second thread so polling/decoding/windowing overlap it. Off by
-    # default: on the 2-core CPU machine it measured 1.5-4 M samples/s some runs and 66-100 k others
-    # (forward passes of ~1 ms stretched to 50-200 ms, waiting for the GIL behind the Kafka client's
-    # threads), while the synchronous loop stays at ~2.4 M (docs/bench.md). Worth trying on a GPU
-    # host, where the forward pass is one long GIL-free call.
+    # Forward pass in a second thread, overlapping Kafka I/O; off: it stalled on the GIL (docs/bench.md).
     inference_thread: bool = False
     # Longest poll when no batch is waiting (a waiting batch shortens it to its deadline); it
     # bounds how late an idle flush or a commit can be.

@@ -11,7 +11,11 @@ Delivery (at-least-once, deterministic sample indices):
 - on revoke: publish and commit what is done, then drop the partitions' state; on lost: drop only;
 - SIGTERM/SIGINT: finish the queued windows, wait for acknowledgments, commit, exit.
 
-The state per stream lives in :class:`pipeline.stream.state.StreamTable` (pure bookkeeping).
+The worker composes the parts and owns the loop: the per-stream state lives in
+:class:`pipeline.stream.state.PartitionState` (pure bookkeeping), every record goes out through a
+:class:`~pipeline.kafka.producer.TrackedProducer`, commits and rebalances are the
+:class:`~pipeline.kafka.commits.CommitManager`'s, alerts and drift the
+:class:`~pipeline.monitor.monitor.Monitor`'s.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 import signal
 import threading
 import time
@@ -27,28 +32,31 @@ import numpy as np
 from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from pipeline.stream.batching import MicroBatcher
-from pipeline.wire.codec import DecodeError, decode_chunk, encode_chunk
 from pipeline.inference.engine import InferenceEngine
 from pipeline.inference.hotswap import ModelWatcher
-from pipeline.kafka.clients import dead_letter_headers, ensure_topics, make_consumer, make_producer, verify_connection
-from pipeline.kafka.commits import GroupMembership, Rebalance
-from pipeline.monitor.metrics import WorkerMetrics, observe_many, serve
-from pipeline.monitor.monitor import Monitoring
+from pipeline.kafka.clients import ensure_topics, make_consumer, verify_connection
+from pipeline.kafka.commits import CommitManager
+from pipeline.kafka.producer import Delivery, FatalWorkerError, TrackedProducer
+from pipeline.monitor.drift import DriftMonitor
+from pipeline.monitor.metrics import WorkerMetrics, serve
+from pipeline.monitor.monitor import Monitor
 from pipeline.settings import Settings
+from pipeline.stream.batching import MicroBatcher
 from pipeline.stream.state import OutputRecord, PartitionState, Segment
+from pipeline.wire.codec import DecodeError, decode_chunk, encode_chunk
+from pipeline.wire.deadletter import dead_letter_headers
 
 log = logging.getLogger(__name__)
 
 # Batches in the inference thread's queue: one running, one ready to start.
 MAX_INFLIGHT_BATCHES = 2
+# Longest wait for the raw topics' partition metadata before joining the group.
+TOPIC_METADATA_WAIT_S = 30.0
+
+__all__ = ["FatalWorkerError", "Worker"]
 
 
-class FatalWorkerError(RuntimeError):
-    pass
-
-
-class Worker(GroupMembership, Monitoring):
+class Worker:
     def __init__(
         self,
         settings: Settings,
@@ -70,39 +78,55 @@ class Worker(GroupMembership, Monitoring):
         self.batcher = MicroBatcher(settings.batch.max_batch, settings.batch.max_delay_ms / 1000.0)
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.stop_event = threading.Event()
-        # Guards all state below: the rebalance listener runs on the consumer's IO thread.
+        # Guards the partition table and the batcher: the rebalance handlers run inside poll().
         self.lock = threading.RLock()
-        self._consumer_options = consumer_options or {}
+        self.producer = TrackedProducer(settings.kafka)
+        # Each output's policy on refusal (pipeline.kafka.producer): cleaned chunks and alert events
+        # are fatal, dead letters hold the commit, drift events are advisory.
+        alerts_topic = settings.kafka.alerts_topic
+        self.monitor = Monitor(
+            settings, engine, self.window, self.metrics,
+            publish_alert=partial(self.producer.send, alerts_topic, delivery=Delivery.FATAL),
+            publish_drift=partial(self.producer.send, alerts_topic, delivery=Delivery.ADVISORY),
+        )
         self.consumer = None
-        self.producer = None
-        self._last_commit = 0.0
+        self.commits: CommitManager | None = None  # built in start(), around the consumer
+        self._consumer_options = consumer_options or {}
         self._metrics_server = None
         self._watcher: ModelWatcher | None = None
-        # One inference thread: torch releases the GIL, so the next poll/decode/windowing
-        # overlaps the forward pass; results are applied in order by this (the main) thread.
+        # One inference thread (worker.inference_thread): the next poll/decode/windowing overlaps
+        # the forward pass; results are applied in order by this (the main) thread.
         self._infer_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dae-infer")
         self._inflight: deque = deque()
-        self._committed: dict[TopicPartition, int] = {}
-        self._failed: list[str] = []
         self.latencies: list[float] = []  # seconds; read by `dae bench`
         self.keep_latencies = False
-        self._init_monitoring()
+
+    @property
+    def drift(self) -> DriftMonitor:
+        """The monitor's drift state (read by tests/test_drift_retrain_kafka.py)."""
+        return self.monitor.drift
 
     # ------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
         k = self.s.kafka
         verify_connection(k)
         ensure_topics(k, [*k.raw_topics, k.clean_topic, k.dead_letter_topic, k.alerts_topic])
-        self.producer = make_producer(k)
+        self.producer.start()
         self.consumer = make_consumer(k, group_id=k.group_id, **self._consumer_options)
         # Know every raw topic's partitions before joining: a join on missing metadata assigns
         # nothing and kafka-python would not re-join until its next metadata refresh.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + TOPIC_METADATA_WAIT_S
         while not all(self.consumer.partitions_for_topic(t) for t in k.raw_topics):
             if time.monotonic() > deadline:
                 raise FatalWorkerError(f"raw topic(s) {', '.join(k.raw_topics)} have no partitions")
             time.sleep(0.2)
-        self.consumer.subscribe(list(k.raw_topics), listener=Rebalance(self))
+        self.commits = CommitManager(
+            self.consumer, self.partitions, self.lock, self.metrics,
+            drop_queued=self._drop_queued, flush=self.producer.flush,
+            on_partition_gone=self.monitor.forget_partition,
+            commit_interval_s=self.s.worker.commit_interval_s, flush_timeout_s=self.s.worker.shutdown_timeout_s,
+        )
+        self.consumer.subscribe(list(k.raw_topics), listener=self.commits.listener())
         if self.s.metrics.enabled:
             self._metrics_server = serve(self.metrics.registry, self.s.metrics.host, self.s.metrics.port)
         if self.s.model.watch_interval_s > 0 and self.s.model.version is None:
@@ -130,7 +154,7 @@ class Worker(GroupMembership, Monitoring):
             self.shutdown()
         except BaseException:
             # Never commit after an unexpected error: the next owner replays from the last commit.
-            self._close(commit=False)
+            self._close()
             raise
 
     def step(self) -> None:
@@ -145,7 +169,7 @@ class Worker(GroupMembership, Monitoring):
             # poll to finish the join; very short polls can keep timing out before it completes.
             timeout_ms = max(timeout_ms, 500)
         records = self.consumer.poll(timeout_ms=max(timeout_ms, 0))
-        self._load_resume_points()
+        self.commits.load_resume_points()
         with self.lock:
             n_msgs = 0
             for tp, msgs in records.items():
@@ -166,9 +190,9 @@ class Worker(GroupMembership, Monitoring):
                 while self.batcher.due():
                     self._run_batch()
             self._idle_flush()
-            self._check_failures()
-        if time.monotonic() - self._last_commit >= self.s.worker.commit_interval_s:
-            self.commit()
+        self.producer.check()
+        if self.commits.due():
+            self.commits.commit()
 
     def shutdown(self) -> None:
         t0 = time.monotonic()
@@ -177,10 +201,9 @@ class Worker(GroupMembership, Monitoring):
             while len(self.batcher):
                 self._run_batch()
         self.producer.flush(timeout=self.s.worker.shutdown_timeout_s)
-        with self.lock:
-            self._check_failures()
-        self.commit(sync=True)
-        self._close(commit=False)
+        self.producer.check()
+        self.commits.commit(sync=True)
+        self._close()
         log.info("worker stopped cleanly in %.2f s", time.monotonic() - t0)
 
     def _maybe_swap_model(self) -> None:
@@ -195,7 +218,8 @@ class Worker(GroupMembership, Monitoring):
         self.metrics.set_model(new.version, new.meta.arch, new.window, new.hop)
         log.info("now serving model %s (was %s)", new.version, old.version)
 
-    def _close(self, commit: bool) -> None:
+    def _close(self) -> None:
+        """Release everything without committing."""
         if self._watcher is not None:
             self._watcher.stop()
         self._infer_pool.shutdown(wait=True, cancel_futures=True)
@@ -210,12 +234,11 @@ class Worker(GroupMembership, Monitoring):
             except Exception:  # pragma: no cover - best effort on the way out
                 log.exception("closing consumer")
             self.consumer = None
-        if self.producer is not None:
-            try:
-                self.producer.close(timeout=self.s.worker.shutdown_timeout_s)
-            except Exception:  # pragma: no cover
-                log.exception("closing producer")
-            self.producer = None
+        self.producer.close(timeout=self.s.worker.shutdown_timeout_s)
+
+    def _drop_queued(self, gone: set[TopicPartition]) -> None:
+        """Discard the queued windows of these partitions' streams (the commit manager's hook)."""
+        self.batcher.drop(lambda seg: seg.stream.tp in gone)
 
     # ---------------------------------------------------------------------------- input
     def _handle(self, tp: TopicPartition, part: PartitionState, msg) -> None:
@@ -270,22 +293,18 @@ class Worker(GroupMembership, Monitoring):
                     stream.open = None
                     self._flush_segments([seg])
             part.forget_finished()
-        self._expire_alert_state()
+        self.monitor.expire()
         self.metrics.active_streams.set(sum(len(p.streams) for p in self.partitions.values()))
 
     def _dead_letter(self, tp: TopicPartition, part: PartitionState, msg, err: DecodeError) -> None:
         log.warning("dead-letter %s[%d]@%d: %s", tp.topic, tp.partition, msg.offset, err)
         self.metrics.dead_letters.labels(err.reason).inc()
         rec = OutputRecord(0, 0, None)
-        part.dead_letters[msg.offset] = rec
+        part.dead_letters[msg.offset] = rec  # holds the partition's commit until acknowledged
         headers = dead_letter_headers(msg.headers, err.reason, err.detail, tp.topic, tp.partition, msg.offset)
-
-        def failed(exc, rec=rec):
-            rec.error = exc
-            self.metrics.dead_letter_failures.inc()
-
-        fut = self.producer.send(self.s.kafka.dead_letter_topic, key=msg.key, value=msg.value, headers=headers)
-        fut.add_callback(lambda _md, rec=rec: setattr(rec, "acked", True)).add_errback(failed)
+        self.producer.send(self.s.kafka.dead_letter_topic, msg.key, msg.value, headers, record=rec,
+                           delivery=Delivery.BLOCKING, what=f"the dead letter of {tp.topic}[{tp.partition}]@{msg.offset}",
+                           on_error=lambda _exc: self.metrics.dead_letter_failures.inc())
 
     # ------------------------------------------------------------------------- inference
     def _submit_batch(self) -> None:
@@ -323,9 +342,8 @@ class Worker(GroupMembership, Monitoring):
             self.metrics.batch_size.observe(n)
             version = engine.version
             self.metrics.windows.labels(version).inc(n)
-            observe_many(self.metrics.recon_error.labels(version), result.errors)
-            self._monitor_model(engine)
-            self._observe_drift(result.errors)
+            self.metrics.recon_error.labels(version).observe_many(result.errors)
+            self.monitor.observe_batch(engine, result.errors)
             i = 0
             for seg, blocks in groups:
                 k = sum(len(b) for b in blocks)
@@ -338,8 +356,8 @@ class Worker(GroupMembership, Monitoring):
                     if chunk is not None:
                         self._publish(seg, chunk.start, chunk.samples, version)
                     starts = np.concatenate([b.starts for b in blocks])
-                    self._score(part, seg, starts, result.errors[i : i + k], result.scales[i : i + k],
-                                data[i : i + k], outputs)
+                    self.monitor.score(part, seg, starts, result.errors[i : i + k], result.scales[i : i + k],
+                                       data[i : i + k], outputs)
                 i += k
 
     def _alive(self, seg: Segment) -> PartitionState | None:
@@ -352,43 +370,23 @@ class Worker(GroupMembership, Monitoring):
         self._submit_batch()
         self._apply_done(wait=True)
 
+    # ---------------------------------------------------------------------------- output
     def _publish(self, seg: Segment, start: int, samples: np.ndarray, version: str | None = None) -> None:
         stream = seg.stream
         key, value, headers = encode_chunk(stream.id, start, seg.rate, samples, model=version or self.engine.version)
-        rec = OutputRecord(start, start + samples.shape[0], seg.input_timestamp(start + samples.shape[0] - 1))
-        seg.outputs.append(rec)
         n = samples.shape[0]
+        rec = OutputRecord(start, start + n, seg.input_timestamp(start + n - 1))
+        seg.outputs.append(rec)
+        self.producer.send(self.s.kafka.clean_topic, key, value, headers, record=rec, delivery=Delivery.FATAL,
+                           what=f"cleaned output of stream {stream.id} [{start}, {start + n})",
+                           on_ack=partial(self._output_acked, rec.source_ts, n))
 
-        def acked(_md, rec=rec, n=n):
-            rec.acked = True
-            self.metrics.output_samples.inc(n)
-            self.metrics.last_output.set(time.time())
-            if rec.source_ts is not None:
-                lat = max(0.0, time.time() - rec.source_ts / 1000.0)
-                self.metrics.latency.observe(lat)
-                if self.keep_latencies:
-                    self.latencies.append(lat)
-
-        def failed(exc, rec=rec):
-            rec.error = exc
-
-        self.producer.send(self.s.kafka.clean_topic, key=key, value=value, headers=headers).add_callback(
-            acked
-        ).add_errback(failed)
-
-    def _check_failures(self) -> None:
-        if self._event_failures:
-            raise FatalWorkerError(self._event_failures[0])
-        for tp, part in self.partitions.items():
-            for stream in part.streams.values():
-                for seg in stream.segments():
-                    for rec in seg.outputs:
-                        if rec.error is not None:
-                            raise FatalWorkerError(
-                                f"publishing cleaned output of stream {stream.id} [{rec.start}, {rec.end}) "
-                                f"to {self.s.kafka.clean_topic} failed: {rec.error}"
-                            )
-            for offset, rec in part.dead_letters.items():
-                if rec.error is not None and offset not in part.reported:
-                    part.reported.add(offset)
-                    log.error("dead-letter write for %s@%d failed (%s): not committing past it", tp, offset, rec.error)
+    def _output_acked(self, source_ts: float | None, n: int) -> None:
+        """The broker acknowledged ``n`` cleaned frames (the producer's IO thread)."""
+        self.metrics.output_samples.inc(n)
+        self.metrics.last_output.set(time.time())
+        if source_ts is not None:
+            lat = max(0.0, time.time() - source_ts / 1000.0)
+            self.metrics.latency.observe(lat)
+            if self.keep_latencies:
+                self.latencies.append(lat)

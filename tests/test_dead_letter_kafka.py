@@ -11,7 +11,8 @@ from kafka.admin import NewTopic
 
 from pipeline.tools.capture import capture
 from pipeline.wire.codec import encode_chunk, encode_headers
-from pipeline.kafka.clients import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC, ensure_topics, make_admin
+from pipeline.kafka.clients import ensure_topics, make_admin
+from pipeline.wire.deadletter import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_TOPIC
 from pipeline.tools.simulate import produce_raw, simulate
 from tests.workers import wait_for, worker_thread
 

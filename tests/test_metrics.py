@@ -1,25 +1,41 @@
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from pipeline.monitor.metrics import ERROR_BUCKETS, WorkerMetrics, observe_many
+from pipeline.monitor.metrics import ERROR_BUCKETS, BatchHistogram, WorkerMetrics
 
 
 def samples(reg, name):
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in reg.collect() for s in m.samples if s.name.startswith(name)}
+    """{(sample name, labels): value} of ``name``'s series (``_created`` is a timestamp: left out)."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in reg.collect() for s in m.samples
+            if s.name.startswith(name) and not s.name.endswith("_created")}
 
 
-def test_observe_many_equals_observe_one_by_one():
+def test_batch_histogram_equals_histogram_observed_one_by_one():
     values = np.concatenate([np.random.default_rng(0).exponential(0.05, 500), ERROR_BUCKETS, [0.0, 99.0]])
     r1, r2 = CollectorRegistry(), CollectorRegistry()
-    h1 = Histogram("x", "x", buckets=ERROR_BUCKETS, registry=r1)
-    h2 = Histogram("x", "x", buckets=ERROR_BUCKETS, registry=r2)
+    h1 = Histogram("x", "x", ["model_version"], buckets=ERROR_BUCKETS, registry=r1)
+    h2 = BatchHistogram("x", "x", ["model_version"], ERROR_BUCKETS, r2)
     for v in values:
-        h1.observe(float(v))
-    observe_many(h2, values)
+        h1.labels("v1").observe(float(v))
+    h1.labels("v2").observe(0.3)
+    h2.labels("v1").observe_many(values[:200])
+    h2.labels("v1").observe_many(values[200:])
+    h2.labels("v1").observe_many(np.array([], np.float32))
+    h2.labels("v2").observe(0.3)
     a, b = samples(r1, "x"), samples(r2, "x")
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and len(a) == 2 * (len(ERROR_BUCKETS) + 3)
     for k in a:
         assert abs(a[k] - b[k]) < 1e-9 * max(1.0, abs(a[k])), k
+    # The exposition text is the same apart from label order and _created.
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def parsed(reg):
+        return {(s.name, tuple(sorted(s.labels.items())), s.value)
+                for f in text_string_to_metric_families(generate_latest(reg).decode())
+                for s in f.samples if not s.name.endswith("_created")}
+
+    assert parsed(r1) == parsed(r2)
 
 
 def test_worker_metric_names_and_no_stream_label():

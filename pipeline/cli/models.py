@@ -130,22 +130,23 @@ def register(app: typer.Typer) -> None:
         sample_rate: Optional[float] = typer.Option(None, help="The input's rate when the file does not say (WAV does)"),
         column: Optional[str] = typer.Option(None, help="CSV column to clean (default: every numeric column)"),
     ):
-        """Clean a recording through exactly the worker's windowing and overlap-add path."""
+        """Clean a recording through exactly the worker's path: its windowing, overlap-add and engine."""
         import numpy as np
 
-        from models.forward import denoise_windows
+        from pipeline.inference.engine import InferenceEngine
+        from pipeline.stream.denoiser import denoise_signal
         from pipeline.tools.fileio import read_signal, write_signal
-        from pipeline.stream.windowing import denoise_offline
 
         try:
             x, rate = read_signal(input, sample_rate=sample_rate, column=column)
         except (ValueError, OSError) as exc:
             _fail(f"cannot read {input}: {exc}")
         m, meta, label = load_model(model, registry)
-        if rate is not None and not any(abs(float(r) - rate) <= 1e-6 * max(1.0, rate) for r in meta.sample_rates):
+        engine = InferenceEngine(m, meta, device="cpu", version=label)
+        if rate is not None and not engine.serves_rate(rate):
             typer.echo(f"warning: {input} is at {rate:g} Hz but model {label} was trained for "
                        f"{', '.join(f'{r:g}' for r in meta.sample_rates)} Hz", err=True)
-        y = denoise_offline(x, lambda w: denoise_windows(m, w), meta.window, meta.hop)
+        y = denoise_signal(engine, x)
         try:
             write_signal(output, y, sample_rate=rate)
         except ValueError as exc:

@@ -1,4 +1,4 @@
-"""Thin kafka-python wrappers: clients built from settings, topic creation, dead-letter records.
+"""Thin kafka-python wrappers: clients built from settings, connection check, topic creation.
 
 Every client gets the same connection/security options (``KafkaSettings.client_options``), so
 SASL/SSL configured once applies to consumer, producer and admin alike.
@@ -16,15 +16,6 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
-
-# Dead-letter headers added to the original message's own headers.
-DLQ_REASON = "dae.dlq.reason"
-DLQ_DETAIL = "dae.dlq.detail"
-DLQ_TOPIC = "dae.dlq.topic"
-DLQ_PARTITION = "dae.dlq.partition"
-DLQ_OFFSET = "dae.dlq.offset"
-DLQ_TIME = "dae.dlq.time"
-
 
 def make_producer(k: KafkaSettings, **extra) -> KafkaProducer:
     opts = dict(
@@ -163,15 +154,3 @@ def ensure_topics(k: KafkaSettings, topics: list[str] | tuple[str, ...], partiti
     finally:
         admin.close()
 
-
-def dead_letter_headers(headers, reason: str, detail: str, topic: str, partition: int, offset: int) -> list:
-    """The original headers plus the reason and the source coordinates."""
-    extra = [
-        (DLQ_REASON, reason.encode()),
-        (DLQ_DETAIL, detail.encode("utf-8", "replace")[:1000]),
-        (DLQ_TOPIC, topic.encode()),
-        (DLQ_PARTITION, str(partition).encode()),
-        (DLQ_OFFSET, str(offset).encode()),
-        (DLQ_TIME, str(int(time.time() * 1000)).encode()),
-    ]
-    return list(headers or []) + extra

@@ -6,7 +6,13 @@ label ever takes an unbounded value such as a stream id.
 
 from __future__ import annotations
 
+import math
+import threading
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ERROR_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -33,7 +39,8 @@ class WorkerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.recon_error = Histogram(
+        # Observed once per window, in whole batches (BatchHistogram.observe_many).
+        self.recon_error = BatchHistogram(
             "dae_reconstruction_error",
             "Per-window reconstruction error (mean squared error, standardised units)",
             ["model_version"],
@@ -84,23 +91,83 @@ class WorkerMetrics:
         self.model_info.info({"version": version, "arch": arch, "window": str(window), "hop": str(hop)})
 
 
-def observe_many(hist, values) -> None:
-    """Observe many values at once (one bucket count per bucket instead of one call per value).
+class _BatchChild:
+    """One label set of a :class:`BatchHistogram`."""
 
-    Uses the histogram child's bucket counters, as ``Histogram.observe`` does.
+    def __init__(self, bounds: np.ndarray):
+        self._bounds = bounds
+        self._counts = np.zeros(bounds.size, dtype=np.int64)  # per bucket, not cumulative
+        self._sum = 0.0
+        self._lock = threading.Lock()  # observe on the worker's thread, collect on the server's
+
+    def observe(self, value: float) -> None:
+        self.observe_many((value,))
+
+    def observe_many(self, values) -> None:
+        """Count a whole array: one ``searchsorted`` and ``bincount`` instead of a call per value."""
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if v.size == 0:
+            return
+        # First bucket whose bound is >= the value (le semantics); NaN sorts past the end and,
+        # as with Histogram.observe, lands in no bucket.
+        idx = np.searchsorted(self._bounds, v, side="left")
+        counts = np.bincount(idx, minlength=self._bounds.size + 1)[: self._bounds.size]
+        with self._lock:
+            self._counts += counts
+            self._sum += float(v.sum())
+
+    def snapshot(self) -> tuple[np.ndarray, float]:
+        with self._lock:
+            return np.cumsum(self._counts), self._sum
+
+
+class BatchHistogram(Collector):
+    """A labelled histogram fed whole batches of values, exposed through the public collector API
+    (``collect`` yields a ``HistogramMetricFamily``: the same ``_bucket``/``_count``/``_sum``
+    series as a ``prometheus_client.Histogram``, without ``_created``).
+
+    Why: the worker observes every window's error. ``Histogram.observe`` in a loop costs ~0.58 ms
+    per 512-value batch on the 2-core dev machine, ``observe_many`` here ~20 us.
     """
-    import numpy as np
 
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return
-    bounds = np.asarray(hist._upper_bounds)
-    idx = np.searchsorted(bounds, values, side="left")  # first bucket with value <= bound
-    counts = np.bincount(idx, minlength=len(bounds))
-    hist._sum.inc(float(values.sum()))
-    for i, c in enumerate(counts[: len(bounds)]):
-        if c:
-            hist._buckets[i].inc(int(c))
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] | list[str],
+                 buckets: tuple[float, ...], registry: CollectorRegistry):
+        self._name, self._doc, self._labelnames = name, documentation, tuple(labelnames)
+        bounds = [float(b) for b in buckets]
+        if bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self._bounds = np.asarray(bounds)
+        self._le = [_go_float(b) for b in bounds]
+        self._children: dict[tuple[str, ...], _BatchChild] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, *values: str) -> _BatchChild:
+        if len(values) != len(self._labelnames):
+            raise ValueError(f"{self._name}: expected labels {self._labelnames}, got {values}")
+        key = tuple(str(v) for v in values)
+        with self._lock:
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = _BatchChild(self._bounds)
+            return child
+
+    def describe(self):
+        yield HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+
+    def collect(self):
+        family = HistogramMetricFamily(self._name, self._doc, labels=self._labelnames)
+        with self._lock:
+            children = list(self._children.items())
+        for key, child in children:
+            cumulative, total = child.snapshot()
+            family.add_metric(list(key), [(le, float(c)) for le, c in zip(self._le, cumulative)], total)
+        yield family
+
+
+def _go_float(b: float) -> str:
+    """A bucket bound as prometheus_client writes its ``le`` label ("+Inf", "0.001", "1.0")."""
+    return "+Inf" if b == math.inf else repr(float(b))
 
 
 def serve(registry: CollectorRegistry, host: str, port: int):

@@ -62,20 +62,16 @@ class RetrainResult:
                 f"({self.data.get('excluded_windows', 0)} anomalous windows left out), {self.seconds:.0f} s")
 
 
-def _engine_fn(engine):
-    return lambda windows: engine.infer(windows).outputs
-
-
 def _gain_db(engine, held_out: list[np.ndarray], sigma: float, seed: int) -> tuple[float, float]:
     """(mean SNR gain in dB, median reconstruction error) of ``engine`` on the held-out slices."""
     from models.signals.families import snr_db
-    from pipeline.stream.windowing import denoise_offline
+    from pipeline.stream.denoiser import denoise_signal
 
     rng = np.random.default_rng(seed)
     gains, errors = [], []
     for y in held_out:
         z = (y + sigma * np.sqrt(np.mean(y**2)) * rng.standard_normal(y.shape)).astype(np.float32)
-        cleaned = denoise_offline(z, _engine_fn(engine), engine.window, engine.hop)
+        cleaned = denoise_signal(engine, z)
         gains.append(snr_db(y, cleaned) - snr_db(y, z))
         n = (len(y) // engine.window) * engine.window
         if n:

@@ -20,11 +20,14 @@ from pipeline.stream.windowing import StreamWindowing, classify
 
 @dataclass(eq=False)
 class OutputRecord:
+    """Something published on behalf of input messages (a cleaned chunk, an alert event, a dead
+    letter): it holds back the commit until the broker acknowledges it (set from the producer's
+    IO thread)."""
+
     start: int
     end: int
     source_ts: float | None  # ms, timestamp of the input record holding the chunk's last sample
     acked: bool = False
-    error: BaseException | None = None
 
 
 @dataclass(eq=False)
@@ -102,8 +105,8 @@ class PartitionState:
     consumed: int | None = None  # next offset to consume
     loaded: bool = False  # resume points read from the committed offset's metadata
     streams: dict[str, StreamState] = field(default_factory=dict)
+    # Dead-letter writes by source offset; an unacknowledged one (failed ones stay so) holds the commit.
     dead_letters: dict[int, OutputRecord] = field(default_factory=dict)
-    reported: set[int] = field(default_factory=set)
     # Alert events sent but not yet acknowledged, each with the offset the commit must not pass.
     events: list[tuple[int, OutputRecord]] = field(default_factory=list)
 

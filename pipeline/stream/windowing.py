@@ -34,10 +34,6 @@ def synthesis_window(window: int) -> np.ndarray:
     return np.sin(np.pi * (i + 0.5) / window) ** 2
 
 
-def default_hop(window: int) -> int:
-    return window // 2
-
-
 def validate_geometry(window: int, hop: int) -> None:
     if window < 2:
         raise ValueError(f"window must be at least 2 samples, got {window}")
@@ -239,17 +235,12 @@ class StreamWindowing:
 
         That is the first grid window overlapping that output sample (never before ``first``).
         Commit the offset of the message holding this sample, and store ``anchor`` and
-        ``unpublished_from`` with it (see :class:`ResumePoint`).
+        ``unpublished_from`` with it (the resume metadata of :meth:`PartitionState.committable
+        <pipeline.stream.state.PartitionState.committable>`).
         """
         W, H = self.window, self.hop
         k = max(0, (unpublished_from - W - self.anchor) // H + 1)
         return max(self.first, self.anchor + k * H)
-
-
-@dataclass(frozen=True, slots=True)
-class ResumePoint:
-    anchor: int  # grid anchor of the segment
-    emit_from: int  # first output sample index not yet published
 
 
 def classify(expected: int | None, index: int) -> str:
