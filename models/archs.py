@@ -153,7 +153,7 @@ class ConvConfig:
     down-sampling, ``level_convs`` convolutions per encoder level (the first one strided),
     ``fuse_convs`` convolutions per decoder level after the skip merge, and ``dilations``: one
     kernel-3 convolution per entry at the code's resolution with that dilation (widens the
-    receptive field cheaply). ``models.training.train.CONV_BEST`` is the configuration `dae train` uses.
+    receptive field cheaply). ``models.training.CONV_BEST`` is the configuration `dae train` uses.
 
     ``self_ensemble`` (1, 2 or 4): average the net over symmetric copies of the window — 2: x and
     −x (sign flip, output negated back); 4: also the time-reversed window (output reversed back). A
@@ -282,7 +282,7 @@ def _check_rows(x: torch.Tensor, window: int) -> None:
 class Noisier2NoiseConfig:
     """A denoiser ``inner`` trained with the Noisier2Noise objective, plus its inference correction.
 
-    Training (``models.training.train``) corrupts an already-noisy standardised window y again,
+    Training (``models.training.losses``) corrupts an already-noisy standardised window y again,
     z = y + sigma·n, and fits f(z) ≈ y. For additive noise of the same law as the data's,
     E[x|z] = 2·E[y|z] − z, so inference returns the mean over ``draws`` fixed draws z_k = y + sigma·n_k
     of 2·f(z_k) − z_k. The n_k are a buffer drawn once from ``seed`` and stored with the weights,

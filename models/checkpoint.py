@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import uuid
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from models.archs import ARCHITECTURES, build_model, model_config
+from models.atomic import atomic_write_bytes, atomic_write_text
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -95,28 +94,6 @@ def _normalised(meta: ModelMeta) -> ModelMeta:
     return ModelMeta.from_dict(json.loads(json.dumps(meta.to_dict(), allow_nan=False)))
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path``, fsync, rename over it: readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_checkpoint(directory: Path, model: nn.Module, meta: ModelMeta) -> ModelMeta:
     """Write weights then JSON (the JSON, carrying the weights' sha256, commits the checkpoint)."""
     directory = Path(directory)
@@ -127,10 +104,9 @@ def save_checkpoint(directory: Path, model: nn.Module, meta: ModelMeta) -> Model
     blob = st_save(tensors, metadata={"format": "pt", "arch": meta.arch})
     digest = hashlib.sha256(blob).hexdigest()
     out = _normalised(replace(meta, sha256=digest, format_version=FORMAT_VERSION))
-    _write_atomic(directory / WEIGHTS, blob)
+    atomic_write_bytes(directory / WEIGHTS, blob)
     text = json.dumps(out.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _write_atomic(directory / META, text.encode())
-    fsync_dir(directory)
+    atomic_write_text(directory / META, text, sync_dir=True)
     return out
 
 
@@ -247,7 +223,6 @@ __all__ = [
     "ModelMeta",
     "load_checkpoint",
     "meta_for",
-    "fsync_dir",
     "read_meta",
     "save_checkpoint",
     "WEIGHTS",

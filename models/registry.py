@@ -32,7 +32,8 @@ from pathlib import Path
 
 from torch import nn
 
-from models.checkpoint import META, ModelMeta, fsync_dir, load_checkpoint, read_meta, save_checkpoint
+from models.atomic import atomic_write_text, fsync_dir
+from models.checkpoint import META, ModelMeta, load_checkpoint, read_meta, save_checkpoint
 
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 CURRENT = "CURRENT.json"
@@ -186,18 +187,7 @@ class ModelRegistry:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def _write_pointer(self, d: dict) -> None:
-        path = self.root / CURRENT
-        tmp = self.root / f".{CURRENT}.{uuid.uuid4().hex}.tmp"
-        try:
-            with open(tmp, "w") as f:
-                f.write(json.dumps(d, indent=2) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        fsync_dir(self.root)
+        atomic_write_text(self.root / CURRENT, json.dumps(d, indent=2) + "\n", sync_dir=True)
 
 
 def _make_read_only(directory: Path) -> None:

@@ -62,7 +62,7 @@ def make_settings(kafka_bootstrap, topics, tmp_path):
 def model_registry(tmp_path_factory):
     """A registry holding one seed-MLP model for 1 kHz, trained once per test session."""
     from models.registry import ModelRegistry
-    from models.training.train import TrainConfig, train_synthetic
+    from models.training import TrainConfig, train_synthetic
 
     root = tmp_path_factory.mktemp("registry")
     model, meta = train_synthetic(TrainConfig(sample_rate=1000.0, seed=1), progress=False)

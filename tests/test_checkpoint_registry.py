@@ -297,3 +297,23 @@ def test_garbage_weights_with_matching_hash_are_refused(tmp_path):
     _edit_meta(tmp_path, sha256=hashlib.sha256(junk).hexdigest())
     with pytest.raises(CheckpointError, match="could not be parsed as safetensors"):
         load_checkpoint(tmp_path)
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temp_on_failure(tmp_path, monkeypatch):
+    import os
+
+    from models.atomic import atomic_write_bytes, atomic_write_text
+
+    target = tmp_path / "f.json"
+    atomic_write_text(target, "old\n")
+    atomic_write_bytes(target, b"new", sync_dir=True)
+    assert target.read_bytes() == b"new"
+
+    def fail(src, dst):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", fail)  # the rename fails after the temp file is written
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_text(target, "half")
+    assert target.read_bytes() == b"new"  # the old content, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]  # no temp file left behind

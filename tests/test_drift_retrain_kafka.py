@@ -12,7 +12,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from models.registry import ModelRegistry
-from models.training.train import TrainConfig, train_synthetic
+from models.training import TrainConfig, train_synthetic
 from pipeline.wire.codec import encode_chunk
 from pipeline.kafka.clients import make_producer
 from pipeline.retrain.run import RetrainResult

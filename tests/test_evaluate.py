@@ -9,8 +9,9 @@ from typer.testing import CliRunner
 
 from models.checkpoint import meta_for, save_checkpoint
 from models.archs import build_model
-from models.evaluation.evaluate import EvalConfig, evaluate, format_table, model_denoiser, plot, write_json
+from models.evaluation import EvalConfig, evaluate, format_table, plot, write_json
 from models.signals.heldout import HELDOUT_FAMILIES, generate_heldout
+from pipeline.cli.models import offline_denoiser
 
 
 class Passthrough(torch.nn.Module):
@@ -36,7 +37,7 @@ def test_heldout_families_are_unit_rms(family):
 
 def test_identity_model_through_overlap_add_gains_nothing(tmp_path):
     meta, _ = _checkpointed(tmp_path, "m", "mlp", {"window": 64, "hidden": 16})
-    run = model_denoiser(Passthrough(), meta)
+    run = offline_denoiser(Passthrough(), meta)
     x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
     np.testing.assert_allclose(run(x), x, rtol=1e-5, atol=1e-5)  # overlap-add of unchanged windows
 
@@ -45,7 +46,8 @@ def test_tiny_evaluation_produces_the_json_keys(tmp_path):
     meta, model = _checkpointed(tmp_path, "conv", "conv", {"window": 64, "channels": [4, 8]})
     cfg = EvalConfig(length=1024, signals_per_family=1, val_signals_per_family=1, val_length=1024,
                      families=("vibration", "square"), excerpt=200)
-    res, ex = evaluate({"conv": (model, meta)}, cfg, log=lambda s: None, measure_throughput=False)
+    res, ex = evaluate({"conv": (model, meta)}, cfg, denoiser_factory=offline_denoiser, log=lambda s: None,
+                       measure_throughput=False)
     assert [lv["key"] for lv in res["levels"]] == ["0.05", "0.3162", "0.5"]
     assert res["groups"] == {"seen": ["vibration"], "heldout": ["square"], "all": ["vibration", "square"]}
     assert set(res["methods"]) == {"moving_average", "savgol", "wiener", "best_baseline", "conv"}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from models.registry import ModelRegistry
-from models.training.train import TrainConfig, train_synthetic
+from models.training import TrainConfig, train_synthetic
 from pipeline.tools.capture import capture
 from pipeline.tools.simulate import simulate
 from tests.workers import wait_for, worker_thread

@@ -118,7 +118,7 @@ def test_missing_topic_and_bad_arguments(make_settings):
 
 def test_train_from_topic_noisy_target(make_settings):
     from models.forward import denoise_rows
-    from models.training.train import TrainConfig
+    from models.training import TrainConfig
 
     k = make_settings().kafka
     topic = k.raw_topics[0]

@@ -15,7 +15,8 @@ from models.archs import (
 )
 from models.forward import destandardize, standardize
 from models.noise import GaussianNoise, MaskingNoise
-from models.training.train import TrainConfig, reconstruction_error, train_synthetic, training_loss
+from models.training import TrainConfig, train_synthetic, training_loss
+from models.training.validation import QUANTILES, error_quantiles
 from models.signals.families import generate
 
 
@@ -121,14 +122,20 @@ def test_training_loss_is_zero_only_for_a_perfect_denoiser():
     assert training_loss(Oracle(), clean, corruption, torch.Generator().manual_seed(1)).item() == 0.0
 
 
-def test_reconstruction_error_is_per_window_mse():
-    x = torch.randn(10, 32)
-    assert np.array_equal(reconstruction_error(torch.nn.Identity(), x), np.zeros(10, dtype=np.float32))
-    zero = torch.nn.Linear(32, 32)
-    torch.nn.init.zeros_(zero.weight), torch.nn.init.zeros_(zero.bias)
-    err = reconstruction_error(zero, x.numpy(), batch_size=3)
-    assert err.shape == (10,)
-    np.testing.assert_allclose(err, (x**2).mean(dim=1).numpy(), rtol=1e-6)
+def test_error_quantiles_are_the_forward_paths_per_window_errors():
+    # The checkpoint's alert baseline: per-window MSE between the standardised window and the model's
+    # output, exactly what the worker's forward path (models.forward) measures.
+    x = torch.randn(50, 32) * 3 + 5
+    assert error_quantiles(torch.nn.Identity(), x) == {k: 0.0 for k in QUANTILES}
+    torch.manual_seed(0)
+    net = torch.nn.Linear(32, 32)
+    xn, _, _ = standardize(x)
+    with torch.no_grad():
+        per_window = ((net(xn) - xn) ** 2).mean(dim=1).numpy()
+    assert per_window.std() > 0.01 * per_window.mean()  # the windows' errors differ
+    got = error_quantiles(net, x)
+    assert got == pytest.approx({k: float(np.quantile(per_window, q)) for k, q in QUANTILES.items()}, rel=1e-5)
+    assert got == pytest.approx(error_quantiles(net, x * 0.01 - 2), rel=1e-3)  # free of scale and offset
 
 
 # ------------------------------------------------------------------------------ short training
@@ -200,7 +207,7 @@ def test_warm_start_copies_the_same_network_and_refuses_another():
     import torch
 
     from models.archs import build_model
-    from models.training.train import warm_start
+    from models.training import warm_start
 
     src = build_model("mlp", {"window": 64, "hidden": 32})
     dst = build_model("mlp", {"window": 64, "hidden": 32})

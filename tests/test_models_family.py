@@ -19,7 +19,7 @@ from models.archs import (
     model_config,
 )
 from models.forward import denoise_rows, denoise_windows, standardize
-from models.training.train import (
+from models.training import (
     TrainConfig,
     WindowSampler,
     noisier2noise_inputs,
@@ -194,7 +194,7 @@ def test_train_config_new_fields():
     with pytest.raises(ValueError, match="unknown config keys"):
         TrainConfig(sample_rate=100.0, arch="conv", arch_config={"depth": 3})
     with pytest.raises(ValueError, match="noisier2noise"):
-        from models.training.train import train_synthetic
+        from models.training import train_synthetic
 
         train_synthetic(TrainConfig(sample_rate=100.0, objective="noisier2noise"), progress=False)
 
@@ -272,7 +272,7 @@ def test_stream_referenced_noise_has_the_claimed_std():
 
 def test_nmse_loss_targets_the_clean_window_per_noise_level():
     from models.noise import GaussianNoise
-    from models.training.train import training_loss
+    from models.training import training_loss
 
     torch.manual_seed(0)
     model = build_model("conv", {"window": 64, "channels": [4, 8]})
@@ -295,7 +295,7 @@ def test_nmse_loss_targets_the_clean_window_per_noise_level():
 
 def test_generic_training_families():
     from models.signals.heldout import HELDOUT_FAMILIES
-    from models.training.train import GENERIC_FAMILIES, TRAIN_FAMILIES, generate_training
+    from models.signals.generic import GENERIC_FAMILIES, TRAIN_FAMILIES, generate_training
 
     assert not set(TRAIN_FAMILIES) & set(HELDOUT_FAMILIES)
     for fam in GENERIC_FAMILIES:
@@ -325,7 +325,8 @@ def test_window_sampler_reports_streams_and_their_std():
 
 
 def test_short_run_with_the_v2_training_options():
-    from models.training.train import GENERIC_FAMILIES, train_synthetic
+    from models.signals.generic import GENERIC_FAMILIES
+    from models.training import train_synthetic
 
     cfg = TrainConfig(sample_rate=1000.0, window=64, arch="conv", families=("ecg",) + GENERIC_FAMILIES,
                       arch_config={"channels": [4, 8], "concat": True}, steps=30, batch_size=32, val_streams=1,
@@ -369,7 +370,7 @@ def test_conv_self_ensemble_is_a_deterministic_symmetric_average(k):
 
 # ------------------------------------------------- bf16 CPU steps, evaluation subsets, `dae train`
 def test_cpu_bf16_training_runs_and_is_recorded():
-    from models.training.train import train_arrays
+    from models.training import train_arrays
 
     t = np.arange(4000)
     sigs = [np.sin(2 * np.pi * t / p).astype(np.float32) for p in (17.0, 23.0, 31.0, 41.0, 53.0)]
@@ -383,7 +384,7 @@ def test_cpu_bf16_training_runs_and_is_recorded():
 
 
 def test_evaluating_a_family_subset_draws_the_same_signals():
-    from models.evaluation.evaluate import ALL_FAMILIES, parse_families, signal_set
+    from models.evaluation import ALL_FAMILIES, parse_families, signal_set
 
     assert parse_families("heldout") == ("chirp", "square", "impacts")
     assert parse_families("seen,impacts") == ("vibration", "drift", "ecg", "audio", "impacts")
@@ -399,7 +400,8 @@ def test_evaluating_a_family_subset_draws_the_same_signals():
 
 
 def test_heldout_only_evaluation_reports_margins_at_every_level(tmp_path):
-    from models.evaluation.evaluate import EvalConfig, evaluate, format_table, margins
+    from models.evaluation import EvalConfig, evaluate, format_table, margins
+    from pipeline.cli.models import offline_denoiser
 
     model = build_model("conv", {"window": 64, "channels": [4, 8]}).eval()
     from models.checkpoint import meta_for
@@ -409,7 +411,8 @@ def test_heldout_only_evaluation_reports_margins_at_every_level(tmp_path):
                     error_quantiles={}, created="2024-01-01T00:00:00+00:00")
     cfg = EvalConfig(length=1024, signals_per_family=1, val_signals_per_family=1, val_length=1024,
                      families=("square", "impacts"), excerpt=100)
-    res, _ = evaluate({"conv": (model, meta)}, cfg, log=lambda s: None, measure_throughput=False)
+    res, _ = evaluate({"conv": (model, meta)}, cfg, denoiser_factory=offline_denoiser, log=lambda s: None,
+                      measure_throughput=False)
     assert res["groups"] == {"heldout": ["square", "impacts"], "all": ["square", "impacts"]}
     d = margins(res, "conv")
     for lk in ("0.05", "0.3162", "0.5"):
@@ -424,7 +427,7 @@ def test_heldout_only_evaluation_reports_margins_at_every_level(tmp_path):
 def test_dae_train_without_arch_uses_the_recommended_recipe(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import models.training.train as mt
+    import models.training as mt
     from pipeline.cli.app import app
 
     seen = {}
@@ -450,7 +453,7 @@ def test_dae_train_without_arch_uses_the_recommended_recipe(monkeypatch, tmp_pat
 
 
 def test_weight_ema_is_the_exponential_average():
-    from models.training.train import WeightEMA
+    from models.training import WeightEMA
 
     net = torch.nn.Linear(3, 2)
     with torch.no_grad():
@@ -465,7 +468,7 @@ def test_weight_ema_is_the_exponential_average():
     with pytest.raises(ValueError, match="ema"):
         TrainConfig(sample_rate=1000.0, ema=1.0)
     # Training with the EMA: the same seed gives the same trajectory, but another (averaged) model.
-    from models.training.train import train_arrays
+    from models.training import train_arrays
 
     t = np.arange(4000)
     sigs = [np.sin(2 * np.pi * t / p).astype(np.float32) for p in (17.0, 23.0, 31.0, 41.0, 53.0)]
@@ -479,14 +482,14 @@ def test_weight_ema_is_the_exponential_average():
 
 
 def test_thread_tuner_backs_off_while_one_thread_keeps_winning(monkeypatch):
-    from models.training import train as mt
+    from models.training import parts as mt
 
     clock = [0.0]
     monkeypatch.setattr(mt.time, "perf_counter", lambda: clock[0])
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        t = mt._ThreadTuner("auto", torch.device("cpu"), period=10, probe=4, max_period=80)
+        t = mt.ThreadTuner("auto", torch.device("cpu"), period=10, probe=4, max_period=80)
         used = []
         for step in range(1, 400):
             t.before(step)

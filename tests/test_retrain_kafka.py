@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models.registry import ModelRegistry
-from models.training.train import TrainConfig, train_synthetic
+from models.training import TrainConfig, train_synthetic
 from pipeline.inference.engine import InferenceEngine
 from pipeline.retrain.run import EXIT_PROMOTED, EXIT_REJECTED, parse_duration, retrain_once
 from models.signals.families import snr_db

@@ -124,7 +124,7 @@ def worker(
 @app.command()
 def train(
     sample_rate: float = typer.Option(..., help="Sample rate (Hz) the model will serve"),
-    arch: str = typer.Option(None, help="mlp | mlp_overcomplete | conv (default: the best, models.training.train.DEFAULT_ARCH)"),
+    arch: str = typer.Option(None, help="mlp | mlp_overcomplete | conv (default: the best, models.training.DEFAULT_ARCH)"),
     objective: str = typer.Option("clean", help="clean (synthetic clean targets) | noisier2noise"),
     window: int = typer.Option(256, help="Window length W in samples"),
     hop: Optional[int] = typer.Option(None, help="Hop H (default W/2)"),
@@ -137,7 +137,7 @@ def train(
 ):
     """Train a DAE on the synthetic generator and publish it to the registry."""
     from models.registry import ModelRegistry
-    from models.training.train import DEFAULT_ARCH, TrainConfig, best_config, train_synthetic
+    from models.training import DEFAULT_ARCH, TrainConfig, best_config, train_synthetic
 
     s = _settings(None, registry)
     kw = {"window": window, "hop": hop, "seed": seed, "objective": objective}

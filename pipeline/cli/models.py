@@ -44,6 +44,21 @@ def load_model(model: str | None, registry: Path | None):
         _fail(f"cannot load model: {exc}")
 
 
+def offline_denoiser(model, meta):
+    """``dae evaluate``'s denoiser factory (``models.evaluation.DenoiserFactory``): a whole signal
+    through exactly the worker's path (``pipeline.stream.denoiser.denoise_signal``: its windowing,
+    overlap-add and inference engine on the CPU)."""
+    from pipeline.inference.engine import InferenceEngine
+    from pipeline.stream.denoiser import denoise_signal
+
+    engine = InferenceEngine(model, meta, device="cpu")
+
+    def run(x):
+        return denoise_signal(engine, x)
+
+    return run
+
+
 def register(app: typer.Typer) -> None:
     """Add ``evaluate``, ``denoise`` and the ``models`` group to ``app``."""
     models_app = _models_group(app)
@@ -71,8 +86,8 @@ def register(app: typer.Typer) -> None:
                                             "train/load (default: all of mlp, mlp_overcomplete, conv, conv_n2n)"),
     ):
         """SNR gain of each model and each tuned classical filter, per family and noise level."""
-        from models.evaluation.evaluate import SUITE, EvalConfig, evaluate as run, format_table, parse_families, plot, train_suite, write_json
         from models.checkpoint import CheckpointError, load_checkpoint
+        from models.evaluation import SUITE, EvalConfig, evaluate as run, format_table, parse_families, plot, train_suite, write_json
 
         try:
             fams = parse_families(families)
@@ -100,8 +115,7 @@ def register(app: typer.Typer) -> None:
                                  log=typer.echo)
         files = None
         if data:
-            from models.training.train import read_training_files
-            from pipeline.tools.fileio import SUPPORTED
+            from pipeline.tools.fileio import SUPPORTED, read_training_files
 
             files = {}
             for p in data:
@@ -112,7 +126,8 @@ def register(app: typer.Typer) -> None:
                     for c in range(x.shape[1]):
                         files[f.stem if x.shape[1] == 1 else f"{f.stem}:{c}"] = x[:, c]
         cfg = EvalConfig(sample_rate=sample_rate, signals_per_family=signals, length=length, families=fams)
-        results, examples = run(models, cfg, data=files, log=typer.echo, measure_throughput=throughput)
+        results, examples = run(models, cfg, data=files, denoiser_factory=offline_denoiser, log=typer.echo,
+                                measure_throughput=throughput)
         typer.echo(format_table(results))
         json_path = json_path or out / "evaluate.json"
         figure = figure or out / "evaluate.png"

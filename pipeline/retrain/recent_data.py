@@ -25,7 +25,7 @@ the segment's windows); ``gaps="longest"`` keeps only the longest contiguous seg
 channel count differs from the stream's first chunk, and undecodable messages (bad headers, NaN/Inf,
 wrong length: what the worker would dead-letter), are skipped and counted in the ``TopicRead``.
 
-``train_from_topic`` feeds the streams to ``models.training.train.train_arrays`` with the noisy-target
+``train_from_topic`` feeds the streams to ``models.training.train_arrays`` with the noisy-target
 objective by default: live data has no clean version.
 """
 
@@ -341,9 +341,9 @@ def train_from_topic(
     ``objective`` replaces ``cfg.objective``: "noisier2noise" by default, because live streams have
     no clean version (pass "clean" only for a topic known to carry clean signals). Streams at a
     sample rate other than ``cfg.sample_rate`` are left out (logged); each channel is one training
-    stream, and the train/validation split is by stream (``models.training.train.train_arrays``).
+    stream, and the train/validation split is by stream (``models.training.train_arrays``).
     """
-    from models.training.train import train_arrays
+    from models.training import train_arrays
 
     cfg = dataclasses.replace(cfg, objective=objective)
     rep = read_topic_report(k, topic, last_seconds=last_seconds, last_samples=last_samples,

@@ -125,7 +125,7 @@ def retrain_once(
 ) -> RetrainResult:
     from pipeline.retrain.recent_data import read_topic_report
     from models.registry import ModelRegistry
-    from models.training.train import DEFAULT_ARCH, TrainConfig, train_arrays
+    from models.training import DEFAULT_ARCH, TrainConfig, train_arrays
     from pipeline.inference.engine import InferenceEngine
 
     t0 = time.monotonic()
@@ -155,7 +155,7 @@ def retrain_once(
         n2n = engine.meta.arch == "noisier2noise"
         base_arch = engine.meta.config.get("inner_arch") if n2n else engine.meta.arch
         base_cfg = dict(engine.meta.config.get("inner") or {}) if n2n else dict(engine.meta.config)
-        # The candidate is the recommended network (models.training.train.DEFAULT_ARCH, its default layout) unless
+        # The candidate is the recommended network (models.training.DEFAULT_ARCH, its default layout) unless
         # --arch names another; it starts from the serving model's weights when that has the same network.
         arch = arch or DEFAULT_ARCH
         warm = warm_start and arch == base_arch

@@ -45,7 +45,7 @@ def ensure_broker(s: Settings) -> None:
 def ensure_model(s: Settings, sample_rate: float) -> str:
     """The registry's current version if it serves ``sample_rate``, else train and promote one."""
     from models.registry import ModelRegistry
-    from models.training.train import TrainConfig, train_synthetic
+    from models.training import TrainConfig, train_synthetic
 
     reg = ModelRegistry(s.model.registry)
     cur = reg.current()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -67,6 +68,28 @@ def read_signal(
         frame = int(np.argwhere(bad)[0][0])
         raise ValueError(f"{path}: {int(bad.sum())} NaN/Inf sample(s), the first in frame {frame}")
     return x, (float(rate) if rate is not None else None)
+
+
+def read_training_files(paths: Sequence[Path], sample_rate: float | None = None) -> tuple[list[np.ndarray], float | None]:
+    """Signals (each (frames, channels)) from .npy/.wav/.csv files or folders of them (sorted), and
+    their common sample rate (None when no file says and ``sample_rate`` is None)."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED))
+        else:
+            files.append(p)
+    if not files:
+        raise ValueError(f"no .npy/.wav/.csv files in {', '.join(map(str, paths))}")
+    signals, rates = [], set()
+    for f in files:
+        x, r = read_signal(f, sample_rate=sample_rate)
+        signals.append(x)
+        if r is not None:
+            rates.add(float(r))
+    if len(rates) > 1:
+        raise ValueError(f"training files have different sample rates {sorted(rates)}; train one model per rate")
+    return signals, (rates.pop() if rates else sample_rate)
 
 
 def _as_frames(path: Path, arr: np.ndarray) -> np.ndarray:

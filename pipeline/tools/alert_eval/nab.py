@@ -115,7 +115,7 @@ def nab_score_file(n: int, detections: Sequence[int], windows: list[tuple[int, i
 def nab_model(out: Path, window: int = NAB_WINDOW, log: Callable[[str], None] = lambda s: None):
     """The small NAB model, trained once into ``out`` (a registry) and reused."""
     from models.registry import ModelRegistry
-    from models.training.train import TrainConfig, train_synthetic
+    from models.training import TrainConfig, train_synthetic
     from pipeline.inference.engine import InferenceEngine
 
     reg = ModelRegistry(out)

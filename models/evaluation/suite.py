@@ -1,0 +1,65 @@
+"""The standard model suite of ``dae evaluate``: how each model is trained, and training (or loading)
+the suite into a directory of checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.evaluation.signal_sets import LEVELS, N2N_SEED, noisy_copy, signal_set
+from models.signals.heldout import HELDOUT_FAMILIES
+from models.training import TrainConfig, best_config, train_arrays, train_synthetic
+
+SUITE = ("mlp", "mlp_overcomplete", "conv", "conv_n2n")
+
+
+def suite_config(name: str, sample_rate: float, quick: bool) -> TrainConfig:
+    """The TrainConfig of suite model ``name`` (``quick``: a few steps, for smoke tests)."""
+    q = dict(steps=60, max_seconds=20.0, val_streams=2) if quick else {}
+    if name == "mlp":  # the seed model exactly as `dae train --arch mlp` trains it
+        return TrainConfig(sample_rate=sample_rate, arch="mlp", **q)
+    if name == "mlp_overcomplete":
+        return TrainConfig(sample_rate=sample_rate, **{"arch": "mlp_overcomplete", "lr": 1e-3, "max_seconds": 60.0, **q})
+    conv = dict(arch="conv", batch_size=64, lr=2e-3, steps=2000, max_seconds=180.0)
+    if name == "conv":  # exactly what `dae train` trains by default (models.training.best_config)
+        return best_config(sample_rate, **q)
+    if name == "conv_n2n":
+        return TrainConfig(sample_rate=sample_rate, objective="noisier2noise", n2n_sigma=0.3, n2n_draws=8,
+                           **{**conv, **q})
+    raise ValueError(f"unknown suite model {name!r}; known: {', '.join(SUITE)}")
+
+
+def n2n_training_data(sample_rate: float, sigma: float = LEVELS[1], streams_per_family: int = 24,
+                      length: int = 16384) -> list[np.ndarray]:
+    """Noisy recordings of the held-out families (own seeds, never the test ones) at σ≈0.316 (10 dB):
+    all the noisy-target model ever sees (the clean versions are discarded)."""
+    clean = signal_set(HELDOUT_FAMILIES, streams_per_family, length, sample_rate, N2N_SEED)
+    return [noisy_copy(c, sigma, (N2N_SEED, f, i)) for f, fam in enumerate(HELDOUT_FAMILIES)
+            for i, c in enumerate(clean[fam])]
+
+
+def train_suite(out_dir: Path, sample_rate: float = 1000.0, names: Sequence[str] = SUITE, retrain: bool = False,
+                quick: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train (or load from ``out_dir/<name>``) the standard models; name → (model, meta)."""
+    out_dir = Path(out_dir)
+    models = {}
+    for name in names:
+        path = out_dir / name
+        if path.is_dir() and not retrain:
+            models[name] = load_checkpoint(path)
+            log(f"{name}: loaded {path} (trained in {models[name][1].training.get('seconds', float('nan')):.0f} s)")
+            continue
+        cfg = suite_config(name, sample_rate, quick)
+        log(f"{name}: training ({cfg.arch}, objective {cfg.objective}, up to {cfg.max_seconds:.0f} s)")
+        if cfg.objective == "noisier2noise":
+            model, meta = train_arrays(cfg, n2n_training_data(sample_rate), progress=progress,
+                                       source="synthetic-noisy:" + ",".join(HELDOUT_FAMILIES))
+        else:
+            model, meta = train_synthetic(cfg, progress=progress)
+        meta = save_checkpoint(path, model, meta)
+        log(f"{name}: {meta.training['seconds']:.0f} s, {meta.training['steps']} steps ({meta.training['stop_reason']})")
+        models[name] = (model, meta)
+    return models
