@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench deploy-smoke
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -21,3 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/dae bench --json runs/bench.json
+
+# docker compose --profile cpu really built, started, checked end to end and taken down, on a local
+# Docker engine (started if none answers) and without a container registry: docs/deploy.md.
+# Not part of `make test`, which never needs Docker.
+deploy-smoke:
+	bash deploy/offline/smoke.sh

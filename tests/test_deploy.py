@@ -6,7 +6,11 @@
   of :class:`pipeline.settings.Settings` with a valid value, and every `dae` command line they run
   uses real commands and options of :mod:`pipeline.cli.app`;
 - deploy/k8s: the Kubernetes API schemas (`kubernetes-validate`, strict: unknown fields are errors),
-  the ServiceMonitor (a CRD) by a minimal check, and cross-references between the manifests;
+  the ServiceMonitor (a CRD) by a minimal check, KEDA's ScaledObject and TriggerAuthentication
+  (deploy/k8s/keda) against the CRDs' schemas vendored in tests/schemas/, and cross-references
+  between the manifests (the autoscaler's bounds against the partitions and the rebalance cost);
+- deploy/offline: the override for machines without a registry changes only images and build
+  arguments, and names only images its build script makes;
 - the Grafana dashboard's PromQL names only metrics a fresh WorkerMetrics registry exports;
 - `promtool check config` on the Prometheus file compose mounts, `amtool check-config` on
   Alertmanager's (each skipped when the tool is not installed).
@@ -39,6 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKER = ROOT / "deploy" / "docker"
 K8S = ROOT / "deploy" / "k8s"
+KEDA = K8S / "keda"  # a kustomize component; deploy/k8s-keda is the base with it
+K8S_KEDA = ROOT / "deploy" / "k8s-keda"
+OFFLINE = ROOT / "deploy" / "offline"
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "dae-worker.json"
 ALERTMANAGER = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
@@ -100,14 +108,15 @@ def is_dae_service(service: dict) -> bool:
     return bool(DAE_IMAGE.search(str(service.get("image", ""))))
 
 
-def k8s_docs() -> list[tuple[str, dict]]:
+def k8s_docs(dirs: tuple[Path, ...] = (K8S, KEDA)) -> list[tuple[str, dict]]:
+    """(file, object) of every manifest of the base and the KEDA overlay (kustomizations aside)."""
     out = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(p for d in dirs for p in d.glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         for doc in yaml.safe_load_all(path.read_text()):
             if doc:
-                out.append((path.name, doc))
+                out.append((str(path.relative_to(K8S)), doc))
     return out
 
 
@@ -404,11 +413,22 @@ def test_compose_stack_structure():
     # The registry: a named volume at DAE_MODEL__REGISTRY wherever a dae process runs with one;
     # read-only for the workers.
     assert "registry" in doc["volumes"]
+    # No anonymous volumes (left behind by `down`): the Kafka image's declared ones are tmpfs.
+    kafka_volumes = {"/var/lib/kafka/data", "/etc/kafka/secrets", "/mnt/shared/config"}
+    for name in ("kafka", "kafka-init"):
+        mounted = {v.split(":")[1] for v in svc[name].get("volumes", [])} | set(svc[name].get("tmpfs", []))
+        assert kafka_volumes <= mounted, (name, kafka_volumes - mounted)
     for name in ("dae-worker", "dae-worker-cpu", "retrain", "model-init"):
         mounts = [v.split(":") for v in svc[name]["volumes"]]
         reg = service_env(svc[name])["DAE_MODEL__REGISTRY"]
         assert any(m[0] == "registry" and m[1] == reg for m in mounts), (name, mounts)
         assert any(m[0] == "registry" and m[-1] == "ro" for m in mounts) == name.startswith("dae-worker")
+
+    # Every dae process runs under an init: as PID 1 it would never get SIGTERM's default action
+    # (`dae simulate` and `dae retrain --every` then ignored `docker compose stop` until killed).
+    for name, s in svc.items():
+        if is_dae_service(s):
+            assert s.get("init") is True, f"{name}: no init"
 
     # Restart policies everywhere; health checks on every long-running service.
     for name, s in svc.items():
@@ -426,6 +446,40 @@ def test_compose_stack_structure():
     assert "./deploy/prometheus:/etc/prometheus:ro" in svc["prometheus"]["volumes"]
     assert "./deploy/alertmanager:/etc/alertmanager:ro" in svc["alertmanager"]["volumes"]
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in svc["grafana"]["volumes"]
+
+
+def test_offline_override_changes_only_images_and_build_arguments():
+    """deploy/offline/compose.offline.yml (machines without a container registry): the main file's
+    services with local images; commands, environments, health checks and volumes stay the main
+    file's, so that the smoke run (deploy/offline/smoke.sh) exercises them."""
+    main = compose_file()["services"]
+    override = interpolate(load_yaml(OFFLINE / "compose.offline.yml"))["services"]
+    built = (OFFLINE / "images.sh").read_text()
+    assert set(override) <= set(main)
+    for name, svc in override.items():
+        assert set(svc) <= {"image", "pull_policy", "build", "profiles"}, (name, set(svc))
+        assert set(svc.get("build", {})) <= {"args"}, name
+        if "image" in svc:
+            # Each local stand-in is one that images.sh builds (the names are spelled out there).
+            repo, tag = svc["image"].split(":")
+            assert re.search(rf"{re.escape(repo)}:(\$kafka_version|{re.escape(tag)})", built), svc["image"]
+            assert svc.get("pull_policy") == "never", name
+        if "build" in svc:
+            assert "build" in main[name], name
+            assert svc["build"]["args"]["PYTHON_IMAGE"] in built
+    # Every service of the cpu profile with a registry image gets a local one, or is left out.
+    cpu = {n: s for n, s in main.items() if not s.get("profiles") or "cpu" in s["profiles"]}
+    for name, svc in cpu.items():
+        if "build" not in svc:
+            o = override.get(name, {})
+            assert "image" in o or not set(o.get("profiles", ["cpu"])) & {"cpu"}, name
+    # The merged file is still a valid compose file (mappings merge, scalars are replaced).
+    def merge(a, b):
+        return {k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+                for k, v in {**a, **b}.items()}
+    merged = compose_file()
+    merged["services"] = {n: merge(s, override.get(n, {})) for n, s in main.items()}
+    assert compose_errors(merged) == []
 
 
 def test_compose_paths_exist():
@@ -472,7 +526,10 @@ def test_dockerfile(flavour, base):
     assert user and user[-1].split(":")[0] not in ("0", "root")
     assert re.search(r'(?m)^ENTRYPOINT \["dae"\]', final)
     assert re.search(r"(?m)^EXPOSE 9108\b", final)
-    assert re.search(r'(?m)^VOLUME \["/registry"\]', final)
+    # /registry belongs to the image's user (a named volume mounted there starts writable); no
+    # VOLUME instruction, which gave every container not mounting it an anonymous volume.
+    assert re.search(r"mkdir -p /registry && chown dae:dae /registry", final)
+    assert not re.search(r"(?m)^VOLUME ", final)
     hc = re.search(r"(?m)^HEALTHCHECK .*", final).group(0)
     assert "/metrics" in hc and "DAE_METRICS__PORT" in hc
     env = dockerfile_env(path)
@@ -485,6 +542,13 @@ def test_dockerfile(flavour, base):
     ignore = [ln.strip() for ln in (DOCKER / f"Dockerfile.{flavour}.dockerignore").read_text().splitlines()
               if ln.strip() and not ln.startswith("#")]
     assert ignore[0] == "*" or ".venv" in ignore, "the build context must leave out .venv"
+    # The classic builder (DOCKER_BUILDKIT=0, or a docker CLI without buildx) reads only the
+    # context's own .dockerignore: the same list, or it sends the whole repository (.venv included).
+    root_ignore = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
+                   if ln.strip() and not ln.startswith("#")]
+    assert root_ignore == ignore
+    # BuildKit would fetch a `# syntax=` frontend image from a registry; the built-in one suffices.
+    assert not re.search(r"(?m)^# *syntax=", text)
 
 
 # ================================================================================ (c) k8s
@@ -527,10 +591,56 @@ def check_service_monitor(doc: dict) -> list[str]:
     return p
 
 
+def keda_schema(kind: str) -> dict:
+    """The vendored openAPIV3Schema of a KEDA CRD (tests/schemas/, source named in its $comment)."""
+    return json.loads((SCHEMAS / f"keda_{kind.lower()}_v1alpha1.json").read_text())
+
+
+def crd_schema_errors(doc: dict, schema: dict, api_version: str) -> list[str]:
+    p = [] if doc.get("apiVersion") == api_version else [f"apiVersion {doc.get('apiVersion')!r}"]
+    validator = jsonschema.Draft7Validator(schema)
+    return p + [f"{'/'.join(map(str, e.absolute_path)) or '.'}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+@crd("ScaledObject")
+def check_scaled_object(doc: dict) -> list[str]:
+    p = crd_schema_errors(doc, keda_schema("ScaledObject"), "keda.sh/v1alpha1")
+    spec = doc.get("spec", {})
+    # The CRD's CEL rule (x-kubernetes-validations), which JSON Schema cannot express.
+    if spec.get("minReplicaCount", 0) > spec.get("maxReplicaCount", 100):
+        p.append("minReplicaCount must be less than or equal to maxReplicaCount")
+    for t in spec.get("triggers", []):
+        if t.get("type") == "kafka":
+            p += [f"kafka trigger: unknown metadata {k!r}" for k in t.get("metadata", {}) if k not in KEDA_KAFKA_METADATA]
+    return p
+
+
+@crd("TriggerAuthentication")
+def check_trigger_authentication(doc: dict) -> list[str]:
+    p = crd_schema_errors(doc, keda_schema("TriggerAuthentication"), "keda.sh/v1alpha1")
+    for ref in doc.get("spec", {}).get("secretTargetRef", []):
+        if ref.get("parameter") not in KEDA_KAFKA_AUTH:
+            p.append(f"secretTargetRef: the Kafka scaler has no parameter {ref.get('parameter')!r}")
+    return p
+
+
+# The Kafka scaler's trigger metadata and authentication parameters (keda.sh/docs/latest/scalers/apache-kafka/):
+# the CRD types `metadata` as a free map of strings, so a misspelt key would be silently ignored.
+KEDA_KAFKA_METADATA = {
+    "bootstrapServers", "consumerGroup", "topic", "lagThreshold", "activationLagThreshold", "offsetResetPolicy",
+    "allowIdleConsumers", "scaleToZeroOnInvalidOffset", "excludePersistentLag", "limitToPartitionsWithLag",
+    "ensureEvenDistributionOfPartitions", "version", "partitionLimitation", "sasl", "saslTokenProvider", "tls",
+    "unsafeSsl",
+}
+KEDA_KAFKA_AUTH = {"sasl", "username", "password", "tls", "ca", "cert", "key", "keyPassword", "keyEncoding",
+                   "unsafeSsl", "oauthTokenEndpointUri", "scopes", "oauthExtensions", "awsRegion", "awsEndpoint",
+                   "saslTokenProvider"}
+
+
 def test_k8s_manifests_cover_the_deployment():
     kinds = {d["kind"] for _, d in k8s_docs()}
     assert {"Deployment", "CronJob", "PersistentVolumeClaim", "ConfigMap", "Secret", "Service",
-            "ServiceMonitor", "PodDisruptionBudget"} <= kinds, kinds
+            "ServiceMonitor", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication"} <= kinds, kinds
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -561,6 +671,36 @@ def test_k8s_validation_rejects_broken_manifests():
     sm = copy.deepcopy(k8s_by_kind("ServiceMonitor")[0])
     sm["spec"]["endpoints"][0]["intervall"] = "10s"
     assert check_service_monitor(sm)
+
+
+def test_keda_checks_reject_broken_objects():
+    [so] = k8s_by_kind("ScaledObject")
+    [ta] = k8s_by_kind("TriggerAuthentication")
+    assert check_scaled_object(so) == [] and check_trigger_authentication(ta) == []
+    typo = copy.deepcopy(so)
+    typo["spec"]["maxReplicas"] = typo["spec"].pop("maxReplicaCount")
+    assert any("maxReplicas" in e for e in check_scaled_object(typo))
+    negative = copy.deepcopy(so)
+    negative["spec"]["pollingInterval"] = 0
+    assert check_scaled_object(negative)
+    inverted = copy.deepcopy(so)
+    inverted["spec"]["minReplicaCount"] = inverted["spec"]["maxReplicaCount"] + 1
+    assert any("minReplicaCount" in e for e in check_scaled_object(inverted))
+    behavior = copy.deepcopy(so)
+    behavior["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["policies"][0].pop("value")
+    assert check_scaled_object(behavior)
+    metadata = copy.deepcopy(so)
+    metadata["spec"]["triggers"][0]["metadata"]["lagTreshold"] = "10"
+    assert any("lagTreshold" in e for e in check_scaled_object(metadata))
+    no_triggers = copy.deepcopy(so)
+    no_triggers["spec"]["triggers"] = []
+    assert check_scaled_object(no_triggers)
+    bad_ref = copy.deepcopy(ta)
+    bad_ref["spec"]["secretTargetRef"][0].pop("key")
+    assert check_trigger_authentication(bad_ref)
+    bad_param = copy.deepcopy(ta)
+    bad_param["spec"]["secretTargetRef"][0]["parameter"] = "user"
+    assert check_trigger_authentication(bad_param)
 
 
 def _matches(selector: dict, labels: dict) -> bool:
@@ -629,16 +769,66 @@ def test_k8s_secret_holds_the_sasl_credentials():
     assert not any("PASSWORD" in k or "USERNAME" in k for k in cm["data"]), "credentials belong in the Secret"
 
 
+def test_keda_scales_the_worker_within_partitions_and_rebalance_cost():
+    [so] = k8s_by_kind("ScaledObject")
+    [ta] = k8s_by_kind("TriggerAuthentication")
+    [dep] = k8s_by_kind("Deployment")
+    [cm] = k8s_by_kind("ConfigMap")
+    [secret] = k8s_by_kind("Secret")
+    data, spec = cm["data"], so["spec"]
+    settings = Settings.model_fields["kafka"].default
+    assert spec["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert spec["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
+    # Never more workers than raw partitions (one more consumer would idle), never zero.
+    assert 1 <= spec["minReplicaCount"] < spec["maxReplicaCount"] <= int(data["DAE_KAFKA__PARTITIONS"])
+    [trigger] = spec["triggers"]
+    meta = trigger["metadata"]
+    assert trigger["type"] == "kafka"
+    # The scaler watches the workers' group on their raw topic, on their brokers, as they connect.
+    assert meta["bootstrapServers"] == data["DAE_KAFKA__BOOTSTRAP_SERVERS"]
+    assert meta["consumerGroup"] == data["DAE_KAFKA__GROUP_ID"]
+    assert meta["topic"] in json.loads(data["DAE_KAFKA__RAW_TOPICS"])
+    assert meta["allowIdleConsumers"] == "false" and int(meta["lagThreshold"]) > 0
+    assert meta["offsetResetPolicy"] == "earliest"  # the workers' auto_offset_reset (pipeline/kafka/clients.py)
+    protocol = data["DAE_KAFKA__SECURITY_PROTOCOL"]
+    assert (meta.get("tls") == "enable") == protocol.endswith("SSL")
+    assert meta.get("sasl", "none") == data.get("DAE_KAFKA__SASL_MECHANISM", "none").lower().replace("-sha-", "_sha")
+    assert trigger["authenticationRef"]["name"] == ta["metadata"]["name"]
+    refs = {r["parameter"]: r for r in ta["spec"]["secretTargetRef"]}
+    assert set(refs) == {"username", "password"}
+    for param, key in (("username", "DAE_KAFKA__SASL_USERNAME"), ("password", "DAE_KAFKA__SASL_PASSWORD")):
+        assert refs[param]["name"] == secret["metadata"]["name"] and refs[param]["key"] == key
+    # Each replica change is a group rebalance (consumption pauses up to a session timeout): scale
+    # down only after minutes of lower lag, one worker per period; scale up at most once a period.
+    session_s = settings.session_timeout_ms / 1000
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    down, up = behavior["scaleDown"], behavior["scaleUp"]
+    assert down["stabilizationWindowSeconds"] >= 30 * session_s
+    assert all(p["periodSeconds"] >= 6 * session_s for p in down["policies"] + up["policies"])
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": down["policies"][0]["periodSeconds"]}]
+    # The component hands the replica count to the HPA: the Deployment's own count is removed;
+    # deploy/k8s-keda is the base with the component.
+    component = load_yaml(KEDA / "kustomization.yaml")
+    assert component["kind"] == "Component" and component["resources"] == ["scaledobject.yaml"]
+    [patch] = component["patches"]
+    assert patch["target"]["kind"] == "Deployment" and patch["target"]["name"] == dep["metadata"]["name"]
+    assert yaml.safe_load(patch["patch"]) == [{"op": "remove", "path": "/spec/replicas"}]
+    overlay = load_yaml(K8S_KEDA / "kustomization.yaml")
+    assert overlay["resources"] == ["../k8s"] and overlay["components"] == ["../k8s/keda"]
+
+
 def test_kustomization_builds():
     kubectl = shutil.which("kubectl") or shutil.which("kustomize")
     if not kubectl:
         pytest.skip("neither kubectl nor kustomize on PATH")
-    args = [kubectl, "kustomize", str(K8S)] if kubectl.endswith("kubectl") else [kubectl, "build", str(K8S)]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    built = [d for d in yaml.safe_load_all(proc.stdout) if d]
-    assert len(built) == len(k8s_docs())
-    assert all(d["metadata"].get("namespace") == "dae" for d in built if d["kind"] != "Namespace")
+    for path, dirs in ((K8S, (K8S,)), (K8S_KEDA, (K8S, KEDA))):
+        args = [kubectl, "kustomize", str(path)] if kubectl.endswith("kubectl") else [kubectl, "build", str(path)]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        built = [d for d in yaml.safe_load_all(proc.stdout) if d]
+        assert len(built) == len(k8s_docs(dirs))
+        assert all(d["metadata"].get("namespace") == "dae" for d in built if d["kind"] != "Namespace")
+    assert not any("replicas" in d["spec"] for d in built if d["kind"] == "Deployment")
 
 
 # ============================================================================= (d) Grafana
