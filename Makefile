@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install --progress-bar on -e '.[test]'
 	touch $(STAMP)
 
 .PHONY: install demo test bench deploy-smoke

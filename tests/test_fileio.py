@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from pipeline.tools.fileio import read_signal, write_signal
+from pipeline.tools.fileio import SignalFileError, read_signal, read_signal_columns, write_signal
 
 
 @pytest.fixture
@@ -135,3 +135,36 @@ def test_unknown_extension_lists_supported(tmp_path):
 def test_wav_write_needs_whole_rate(tmp_path):
     with pytest.raises(ValueError, match="sample rate"):
         write_signal(tmp_path / "a.wav", np.zeros(3, np.float32), 99.5)
+
+
+def test_csv_in_csv_out_keeps_the_column_names(tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text('time,"pump, inlet",outlet\n0,1.5,10\n1,2.5,20\n')
+    x, rate, names = read_signal_columns(src)
+    assert names == ["pump, inlet", "outlet"] and rate is None
+    write_signal(tmp_path / "out.csv", x * 2, names=names)
+    assert (tmp_path / "out.csv").read_text().splitlines()[0] == '"pump, inlet",outlet'
+    y, _, names_back = read_signal_columns(tmp_path / "out.csv")
+    assert names_back == names
+    np.testing.assert_array_equal(y, x * 2)
+    assert read_signal_columns(src, column="outlet")[2] == ["outlet"]
+
+
+def test_csv_without_header_has_no_names_and_gets_the_default_header(tmp_path):
+    (tmp_path / "plain.csv").write_text("1,2\n3,4\n")
+    x, _, names = read_signal_columns(tmp_path / "plain.csv")
+    assert names is None
+    write_signal(tmp_path / "out.csv", x, names=names)
+    assert (tmp_path / "out.csv").read_text().splitlines()[0] == "ch0,ch1"
+    with pytest.raises(SignalFileError, match="1 column name"):
+        write_signal(tmp_path / "bad.csv", x, names=["only"])
+
+
+def test_unreadable_files_raise_the_file_error_naming_the_file(tmp_path):
+    (tmp_path / "junk.wav").write_bytes(b"not a wav at all")
+    with pytest.raises(SignalFileError, match="junk.wav: not a readable WAV file"):
+        read_signal(tmp_path / "junk.wav")
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(SignalFileError, match="bin.csv: not a UTF-8 text file"):
+        read_signal(tmp_path / "bin.csv")
+    assert issubclass(SignalFileError, ValueError)  # callers catching ValueError keep working

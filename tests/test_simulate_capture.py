@@ -32,6 +32,8 @@ def test_simulated_streams_come_back_exactly(make_settings, tmp_path):
         np.testing.assert_array_equal(rep.streams[sid][:, 0], noisy)
         np.testing.assert_array_equal(np.load(tmp_path / f"{safe_filename(sid)}.npy"), rep.streams[sid])
     assert "sim-000" in rep.summary()
+    assert sorted(rep.written) == sorted(tmp_path / f"{safe_filename(sid)}.npy" for sid in sim.noisy)
+    assert f"wrote 5 file(s) to {tmp_path}" in rep.summary()
 
 
 def test_simulation_is_deterministic_and_chunking_independent(make_settings):
@@ -111,3 +113,16 @@ def test_capture_of_a_topic_that_never_appears_ends_at_max_seconds(make_settings
     k = make_settings().kafka
     rep = capture(k, topic=k.clean_topic, idle_s=0.5, max_seconds=2.0)
     assert rep.messages == 0 and rep.streams == {}
+
+
+def test_capture_without_wait_stops_after_idle_s_when_nothing_ever_arrives(make_settings):
+    import time
+
+    k = make_settings().kafka
+    ensure_topics(k, [k.clean_topic])
+    t0 = time.monotonic()
+    rep = capture(k, idle_s=1.0, max_seconds=60.0, wait=False)
+    assert rep.messages == 0 and rep.written == []
+    assert time.monotonic() - t0 < 30  # idle_s (plus connecting), far from max_seconds
+    rep = capture(k, idle_s=0.5, max_seconds=3.0, wait=True)  # waits for a first message until max_seconds
+    assert rep.messages == 0 and rep.seconds >= 3.0

@@ -1,84 +1,68 @@
-"""The ``dae evaluate-alerts`` command. ``pipeline.cli.app`` calls :func:`register` on its Typer app.
-
-Imports of torch and the evaluation code stay inside the command so that ``dae --help`` is fast.
-"""
+"""`dae evaluate-alerts`: alert quality on injected anomalies and on the Numenta Anomaly Benchmark."""
 
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from pipeline.cli.common import ModelOpt, RegistryOpt, VerboseOpt, input_path, settings
+from pipeline.cli.errors import CommandError
 
-def register(app: typer.Typer) -> None:
-    """Add ``evaluate-alerts`` to ``app``."""
+app = typer.Typer()
 
-    @app.command("evaluate-alerts")
-    def evaluate_alerts(
-        json_path: Optional[Path] = typer.Option(None, "--json", help="Results JSON (default OUT/evaluate_alerts.json)"),
-        out: Path = typer.Option(Path("runs/evaluate-alerts"), "--out", help="Directory for the JSON, the PNG "
-                                 "timeline and the cached NAB model"),
-        nab: bool = typer.Option(True, "--nab/--no-nab", help="Also score the Numenta Anomaly Benchmark series"),
-        registry: Optional[Path] = typer.Option(None, "--registry", help="Model registry directory "
-                                                "[DAE_MODEL__REGISTRY]"),
-        model: Optional[str] = typer.Option(None, "--model", help="Registry version or checkpoint directory "
-                                            "(default: the registry's current version)"),
-        nab_dir: Optional[Path] = typer.Option(None, "--nab-dir", help="NAB checkout with data/ and labels/ "
-                                               "(default ../shared/data/nab)"),
-        quick: bool = typer.Option(False, help="Short streams, one per family and kind (smoke test, "
-                                   "figures not meaningful)"),
-        seed: Optional[int] = typer.Option(None, help="Root seed of the synthetic streams (default: the "
-                                           "held-out one the figures in docs/alerts.md use)"),
-        threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
-    ):
-        """Alert quality: injected anomalies in held-out synthetic streams (~10 dB SNR) and NAB."""
-        from models.checkpoint import CheckpointError
-        from models.registry import RegistryError
-        from pipeline.inference.engine import InferenceEngine
-        from pipeline.tools.alert_eval.evaluate import SyntheticConfig, run
+NAB_LABELS = Path("labels") / "combined_windows.json"
 
-        if registry is None:
-            from pipeline.settings import Settings
 
-            registry = Settings().model.registry
-        try:
-            engine = InferenceEngine.from_source(registry, model, device="cpu")
-        except (CheckpointError, RegistryError, FileNotFoundError, ValueError) as exc:
-            typer.echo(f"cannot load model: {exc}", err=True)
-            raise typer.Exit(2)
-        if threads > 0:
-            import torch
+@app.command("evaluate-alerts")
+def evaluate_alerts(
+    json_path: Optional[Path] = typer.Option(None, "--json", show_default="OUT/evaluate_alerts.json",
+                                             help="Results JSON"),
+    out: Path = typer.Option(Path("runs/evaluate-alerts"), "--out", help="Directory for the JSON, the PNG "
+                             "timeline and the cached NAB model"),
+    nab: bool = typer.Option(True, "--nab/--no-nab", help="Also score the Numenta Anomaly Benchmark series"),
+    registry: Optional[Path] = RegistryOpt,
+    model: Optional[str] = ModelOpt,
+    nab_dir: Optional[Path] = typer.Option(None, "--nab-dir", show_default="../shared/data/nab, skipped when "
+                                           "absent", help="NAB checkout with data/ and labels/"),
+    quick: bool = typer.Option(False, "--quick", help="Short streams, one per family and kind (smoke test, "
+                               "figures not meaningful)"),
+    seed: Optional[int] = typer.Option(None, show_default="the held-out seed of docs/alerts.md",
+                                       help="Root seed of the synthetic streams"),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch's default)"),
+    verbose: bool = VerboseOpt,
+):
+    """Alert quality: injected anomalies in held-out synthetic streams (~10 dB SNR) and NAB."""
+    s = settings(None, registry)
+    if nab and nab_dir is not None:
+        input_path(nab_dir, "a NAB checkout (with data/ and labels/), or pass --no-nab", directory_ok=True)
+        if not (nab_dir / NAB_LABELS).is_file():
+            raise CommandError(f"{nab_dir} is not a NAB checkout (no {NAB_LABELS}): clone numenta/NAB there, "
+                               "or pass --no-nab")
+    if model is not None and ("/" in model or Path(model).suffix):
+        input_path(Path(model), "a checkpoint directory or a registry version (e.g. v3)", directory_ok=True)
+    from pipeline.inference.engine import InferenceEngine
+    from pipeline.tools.alert_eval.evaluate import SyntheticConfig, run
 
-            torch.set_num_threads(threads)
-        synthetic = SyntheticConfig()
-        if quick:
-            synthetic = SyntheticConfig(anomaly_streams_per_family=1, clean_streams_per_family=1,
-                                        anomaly_seconds=60.0, clean_seconds=60.0, anomalies_per_stream=2)
-        if seed is not None:
-            synthetic = dataclasses.replace(synthetic, seed=seed)
-        try:
-            settings = _alert_settings()
-        except ValueError as exc:
-            typer.echo(str(exc), err=True)
-            raise typer.Exit(2)
-        result = run(out, json_path=json_path, nab=nab, nab_dir=nab_dir, settings=settings,
+    engine = InferenceEngine.from_source(s.model.registry, model, device="cpu")
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    synthetic = SyntheticConfig()
+    if quick:
+        synthetic = SyntheticConfig(anomaly_streams_per_family=1, clean_streams_per_family=1,
+                                    anomaly_seconds=60.0, clean_seconds=60.0, anomalies_per_stream=2)
+    if seed is not None:
+        synthetic = dataclasses.replace(synthetic, seed=seed)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("evaluating the alert path (synthetic streams, then NAB)"):
+        result = run(out, json_path=json_path, nab=nab, nab_dir=nab_dir, settings=s.alerts,
                      synthetic=synthetic, engine=engine, log=typer.echo)
-        if not result["synthetic"]["target"]["met"]:
-            typer.echo("note: the issue-4 target (recall >= 0.9, <= 1 false alarm per stream-hour) is not met "
-                       "with this model and these settings", err=True)
-
-
-def _alert_settings():
-    """Settings().alerts once it is mounted there (env DAE_ALERTS__...), else the defaults."""
-    from pipeline.settings import AlertSettings
-
-    try:
-        from pipeline.settings import Settings
-
-        alerts = getattr(Settings(), "alerts", None)
-    except Exception as exc:  # an invalid DAE_ setting: pydantic names it
-        raise ValueError(f"invalid settings: {exc}") from None
-    return alerts if isinstance(alerts, AlertSettings) else AlertSettings()
+    if not result["synthetic"]["target"]["met"]:
+        typer.echo("note: the issue-4 target (recall >= 0.9, <= 1 false alarm per stream-hour) is not met "
+                   "with this model and these settings", err=True)

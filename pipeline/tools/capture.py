@@ -45,6 +45,7 @@ class CaptureReport:
     channel_mismatch: dict[str, int] = field(default_factory=dict)  # chunks skipped: other channel count
     missing: list[str] = field(default_factory=list)  # streams in ``expected`` never seen
     seconds: float = 0.0
+    written: list[Path] = field(default_factory=list)  # the <stream>.npy files written (out_dir)
 
     def summary(self) -> str:
         lines = [f"captured {self.messages} messages, {len(self.streams)} streams in {self.seconds:.1f} s"]
@@ -66,6 +67,8 @@ class CaptureReport:
             lines.append(f"  never seen: {', '.join(sorted(self.missing))}")
         if self.undecodable:
             lines.append(f"  {self.undecodable} undecodable message(s) skipped")
+        if self.written:
+            lines.append(f"wrote {len(self.written)} file(s) to {self.written[0].parent}")
         return "\n".join(lines)
 
 
@@ -108,13 +111,15 @@ def capture(
     max_seconds: float | None = None,
     expected: dict[str, int] | None = None,
     out_dir: Path | None = None,
+    wait: bool = True,
 ) -> CaptureReport:
     """Read ``topic`` (default the cleaned topic) from the beginning into per-stream arrays.
 
-    Stops when nothing has arrived for ``idle_s`` after at least one message, when ``max_seconds``
-    have passed (the only stop while nothing has arrived yet: waiting for a worker to start is normal),
-    or as soon as every stream in ``expected`` (stream -> sample count) covers [0, count) without
-    gaps. ``out_dir``: also write ``<out_dir>/<stream>.npy``.
+    Stops when nothing has arrived for ``idle_s`` (counted from the last message, or from the start
+    while none has arrived unless ``wait``: waiting for a worker to start is normal for a caller that
+    just started one), when ``max_seconds`` have passed, or as soon as every stream in ``expected``
+    (stream -> sample count) covers [0, count) without gaps. ``out_dir``: also write
+    ``<out_dir>/<stream>.npy`` (listed in the report's ``written``).
     """
     topic = topic or k.clean_topic
     expected = dict(expected or {})
@@ -124,7 +129,7 @@ def capture(
     coverage: dict[str, _Coverage] = {}
     incomplete = {s for s, n in expected.items() if n > 0}
     messages = undecodable = 0
-    last_msg: float | None = None
+    last_msg: float | None = None if wait else t0
 
     consumer = make_consumer(k, allow_auto_create_topics=False, fetch_max_wait_ms=100)
     try:
@@ -180,11 +185,17 @@ def capture(
         _assemble(rep, sid, cs)
     rep.seconds = time.monotonic() - t0
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for sid, x in rep.streams.items():
-            np.save(out_dir / f"{safe_filename(sid)}.npy", x)
+        write_streams(rep, Path(out_dir))
     return rep
+
+
+def write_streams(rep: CaptureReport, out_dir: Path) -> None:
+    """``<out_dir>/<stream>.npy`` for every captured stream, listed in ``rep.written``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for sid, x in rep.streams.items():
+        path = out_dir / f"{safe_filename(sid)}.npy"
+        np.save(path, x)
+        rep.written.append(path)
 
 
 def _assemble(rep: CaptureReport, sid: str, cs: list[Chunk]) -> None:

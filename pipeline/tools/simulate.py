@@ -22,6 +22,14 @@ from models.signals.families import FAMILIES, add_noise, generate
 _FLUSH_TIMEOUT_S = 60.0
 
 
+class SimulateError(ValueError):
+    """An argument of simulate/replay that cannot work; the message names it."""
+
+
+class PublishError(RuntimeError):
+    """The broker did not acknowledge a message (after the producer's retries)."""
+
+
 @dataclass
 class SimResult:
     clean: dict[str, np.ndarray]  # stream id -> float32 (n,)
@@ -70,9 +78,9 @@ class _Sender:
             if done_only and not f.is_done:
                 pending.append(f)
             elif f.failed():
-                raise RuntimeError(f"send to {self.topic} failed: {f.exception!r}") from f.exception
+                raise PublishError(f"send to {self.topic} failed: {f.exception!r}") from f.exception
             elif not f.is_done:
-                raise RuntimeError(f"send to {self.topic} not acknowledged after flush")
+                raise PublishError(f"send to {self.topic} not acknowledged after flush")
         self.futures = pending
 
     def finish(self) -> None:
@@ -112,16 +120,16 @@ def simulate(
     """
     lo, hi = int(chunk[0]), int(chunk[1])
     if not 1 <= lo <= hi:
-        raise ValueError(f"chunk must be (min, max) frames with 1 <= min <= max, got {chunk}")
+        raise SimulateError(f"chunk must be (min, max) frames with 1 <= min <= max, got {chunk}")
     if streams < 0:
-        raise ValueError(f"streams must be >= 0, got {streams}")
+        raise SimulateError(f"streams must be >= 0, got {streams}")
     if not families:
-        raise ValueError("families must not be empty")
+        raise SimulateError("families must not be empty")
     if not sample_rate > 0:
-        raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+        raise SimulateError(f"sample_rate must be > 0, got {sample_rate}")
     n = int(round(seconds * sample_rate))
     if n < 0:
-        raise ValueError(f"seconds must be >= 0, got {seconds}")
+        raise SimulateError(f"seconds must be >= 0, got {seconds}")
     topic = topic or k.raw_topics[0]
 
     # Independent generators: stream i's data depends on (seed, i) only; chunking has its own.
@@ -190,13 +198,13 @@ def replay(
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2 or x.shape[1] < 1:
-        raise ValueError(f"samples must be (frames,) or (frames, channels), got shape {x.shape}")
+        raise SimulateError(f"samples must be (frames,) or (frames, channels), got shape {x.shape}")
     if chunk < 1:
-        raise ValueError(f"chunk must be >= 1 frame, got {chunk}")
+        raise SimulateError(f"chunk must be >= 1 frame, got {chunk}")
     if start_index < 0:
-        raise ValueError(f"start_index must be >= 0, got {start_index}")
+        raise SimulateError(f"start_index must be >= 0, got {start_index}")
     if not sample_rate > 0:
-        raise ValueError(f"sample_rate must be > 0, got {sample_rate}")
+        raise SimulateError(f"sample_rate must be > 0, got {sample_rate}")
     topic = topic or k.raw_topics[0]
     ensure_topics(k, [topic])
     sender = _Sender(k, topic)

@@ -1,0 +1,58 @@
+"""`dae demo` (the whole path on a local default) and `dae bench` (throughput against raw Kafka)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pipeline.cli.common import BootstrapOpt, RegistryOpt, VerboseOpt, settings, setup_logging
+
+app = typer.Typer()
+
+
+@app.command("demo")
+def demo(
+    streams: int = typer.Option(8, min=1, help="Synthetic streams to publish"),
+    seconds: float = typer.Option(10.0, help="Seconds of signal per stream"),
+    sample_rate: float = typer.Option(1000.0, help="Sample rate, Hz (a model for it is trained when the "
+                                      "registry has none)"),
+    snr_db: float = typer.Option(10.0, help="Input SNR of the noisy streams, dB"),
+    out: Path = typer.Option(Path("runs/demo"), help="Where the plot and captured streams go"),
+    bootstrap: Optional[str] = BootstrapOpt,
+    registry: Optional[Path] = RegistryOpt,
+    verbose: bool = VerboseOpt,
+):
+    """Broker → model → simulate → worker → capture, then a per-stream SNR table and a plot.
+
+    Reuses a broker that answers at --bootstrap; when none does at the default address it starts the
+    local one, which keeps running afterwards (stop it with: dae kafka stop). Prints each stage's
+    time. Exit code 1 when a stream comes back incomplete."""
+    setup_logging(verbose)
+    s = settings(bootstrap, registry, metrics={"enabled": False})
+    from pipeline.tools.demo import run_demo
+
+    if not run_demo(s, streams=streams, seconds=seconds, sample_rate=sample_rate, snr_db=snr_db, out=out):
+        raise typer.Exit(1)
+
+
+@app.command("bench")
+def bench(
+    streams: int = typer.Option(8, min=1, help="Streams in the input"),
+    seconds: float = typer.Option(1000.0, help="Seconds of signal per stream"),
+    sample_rate: float = typer.Option(1000.0, help="Rate in the headers, Hz (the model must serve it)"),
+    chunk: int = typer.Option(512, min=1, help="Frames per message"),
+    live_rate: float = typer.Option(200_000.0, help="Input rate of the latency phase, samples/s in total"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON to this file"),
+    bootstrap: Optional[str] = BootstrapOpt,
+    registry: Optional[Path] = RegistryOpt,
+    verbose: bool = VerboseOpt,
+):
+    """Raw Kafka ceiling vs the worker vs the naive one-message-at-a-time loop, same broker (docs/bench.md)."""
+    setup_logging(verbose)
+    s = settings(bootstrap, registry, metrics={"enabled": False})
+    from pipeline.tools.bench import run_bench
+
+    run_bench(s, streams=streams, seconds=seconds, sample_rate=sample_rate, chunk=chunk, live_rate=live_rate,
+              json_path=json_path)
