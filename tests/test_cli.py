@@ -91,15 +91,6 @@ def test_models_list_show_promote_rollback(tmp_path):
     assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "v9" in res.stderr
 
 
-def test_train_summary_says_why_training_stopped():
-    from pipeline.cli.train import stopped
-
-    assert stopped({"steps": 2500, "stop_reason": "steps"}, 2500) == "2,500 steps"
-    assert stopped({"steps": 158, "stop_reason": "max_seconds"}, 2500) == \
-        "stopped at step 158 of 2,500: --max-seconds reached"
-    assert "early stopping" in stopped({"steps": 900, "stop_reason": "early_stopping"}, 2500)
-
-
 def test_train_passes_max_seconds_only_when_given(monkeypatch, tmp_path):
     import models.training as mt
 
@@ -171,3 +162,36 @@ def test_kafka_start_is_idempotent_and_status_reports_it(kafka_bootstrap):
 def test_kafka_status_without_a_broker_exits_3_with_the_start_command():
     res = runner.invoke(app, ["kafka", "status", "--port", "1"])
     assert res.exit_code == 3 and "dae kafka start --port 1" in res.stderr
+
+
+def test_kafka_start_says_when_it_resolves_the_jars_first(monkeypatch, tmp_path):
+    from pipeline.tools import kafka_local
+
+    monkeypatch.setenv("DAE_KAFKA_HOME", str(tmp_path))
+    monkeypatch.setattr(kafka_local, "start", lambda port: f"127.0.0.1:{port}")  # no Maven, no Java here
+    res = runner.invoke(app, ["kafka", "start", "--port", "23456"])
+    assert res.exit_code == 0 and res.stdout.strip() == "127.0.0.1:23456"
+    assert "resolving Kafka's jars" in res.stderr and str(tmp_path) in res.stderr
+    (tmp_path / ".complete").touch()
+    res = runner.invoke(app, ["kafka", "start", "--port", "23456"])
+    assert res.exit_code == 0 and res.stderr == ""
+
+
+@pytest.mark.kafka
+def test_demo_reuses_the_broker_and_reports_stages_and_latency(kafka_bootstrap, tmp_path):
+    from models.checkpoint import load_checkpoint
+    from models.registry import ModelRegistry
+
+    model, meta = load_checkpoint(tiny_checkpoint(tmp_path))  # untrained: the flow, not the gain, is tested
+    ModelRegistry(tmp_path / "reg").publish(model, meta, promote=True)
+    res = runner.invoke(app, ["demo", "--bootstrap", kafka_bootstrap, "--registry", str(tmp_path / "reg"),
+                              "--streams", "2", "--seconds", "2", "--out", str(tmp_path / "demo")],
+                        env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.stdout.split())
+    assert f"reusing the Kafka broker already running at {kafka_bootstrap}" in out
+    for stage in ("broker", "model", "worker start", "simulate", "capture"):
+        assert f"{stage} " in out.split("stages:")[1]
+    assert "p99" in out and "window.idle_flush_s = 2 s" in out
+    assert "dae kafka stop" not in out  # it started nothing, so there is nothing to stop
+    assert sorted(p.name for p in (tmp_path / "demo" / "captured").iterdir()) == ["sim-000.npy", "sim-001.npy"]

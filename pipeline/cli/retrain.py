@@ -22,9 +22,10 @@ def retrain(
     arch: str = typer.Option("conv", help="Candidate architecture: mlp | mlp_overcomplete | conv"),
     warm_start: bool = typer.Option(True, "--warm-start/--from-scratch", help="Start the candidate from the "
                                     "serving model's weights (same architecture) or from a fresh init"),
-    steps: Optional[int] = typer.Option(None, show_default="the trainer's", help="Training steps"),
-    max_seconds: Optional[float] = typer.Option(None, show_default="the retraining run's", help="Wall-clock "
-                                                "limit of the candidate's training, seconds"),
+    steps: Optional[int] = typer.Option(None, show_default="the retraining run's budget", help="Training steps "
+                                        "of the candidate"),
+    max_seconds: Optional[float] = typer.Option(None, show_default="no limit", help="Wall-clock limit of the "
+                                                "candidate's training, seconds (a cut run says so)"),
     margin_db: float = typer.Option(0.0, help="Promote unless the candidate's gain is more than this many dB "
                                     "below the current model's"),
     every: Optional[str] = typer.Option(None, help="Run periodically (e.g. 6h, 30m), in this process, never "

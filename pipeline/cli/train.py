@@ -12,34 +12,21 @@ from pipeline.cli.errors import CommandError
 
 app = typer.Typer()
 
-# What a run's meta.training["stop_reason"] means, for the summary line.
-STOP_REASONS = {
-    "early_stopping": "validation stopped improving (early stopping)",
-    "max_seconds": "--max-seconds reached",
-}
-
-
-def stopped(training: dict, planned: int) -> str:
-    """"2,500 steps" or "stopped at step 158 of 2,500: --max-seconds reached"."""
-    steps, reason = training.get("steps"), training.get("stop_reason")
-    if steps is None:
-        return ""
-    if reason in (None, "steps") or steps >= planned:
-        return f"{steps:,} steps"
-    return f"stopped at step {steps:,} of {planned:,}: {STOP_REASONS.get(reason, reason)}"
-
 
 @app.command("train")
 def train(
-    sample_rate: float = typer.Option(..., help="Sample rate (Hz) the model will serve, e.g. 16000 for 16 kHz audio"),
+    sample_rate: float = typer.Option(..., help="Sample rate (Hz) the model will serve, e.g. 16000 for 16 kHz "
+                                      "audio"),
     arch: str = typer.Option("conv", help="Network: mlp (the fast seed MLP) | mlp_overcomplete | conv (the "
                              "recommended recipe of docs/models.md)"),
     objective: str = typer.Option("clean", help="clean (synthetic clean targets) | noisier2noise"),
     window: int = typer.Option(256, help="Window length W in samples"),
     hop: Optional[int] = typer.Option(None, show_default="W/2", help="Hop H in samples"),
-    steps: Optional[int] = typer.Option(None, show_default="the recipe's", help="Training steps"),
-    max_seconds: Optional[float] = typer.Option(None, show_default="the recipe's", help="Wall-clock limit in "
-                                                "seconds; a run it cuts says so"),
+    steps: Optional[int] = typer.Option(None, show_default="the architecture's recipe", help="Training steps: "
+                                        "the budget, so a busy machine takes longer rather than training less"),
+    max_seconds: Optional[float] = typer.Option(None, show_default="no limit", help="Wall-clock limit in "
+                                                "seconds; a run it cuts says so (and then depends on the "
+                                                "machine's load)"),
     seed: int = typer.Option(0, help="Random seed (same seed and settings: same model)"),
     registry: Optional[Path] = RegistryOpt,
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Make the new version current"),
@@ -68,5 +55,5 @@ def train(
     gain = meta.metrics.get("snr_gain_db")
     typer.echo(f"{version}: window {meta.window}, hop {meta.hop}, {sample_rate:g} Hz"
                + (f", validation SNR gain {gain:.2f} dB" if gain is not None else "")
-               + (f", {stopped(meta.training, cfg.steps)}" if meta.training.get("steps") is not None else "")
+               + (f", {meta.training['stop_detail']}" if meta.training.get("stop_detail") else "")
                + (" (current)" if promote else ""))

@@ -148,9 +148,10 @@ def latency_line(latencies: list[float], idle_flush_s: float) -> str:
     lat = np.array(latencies) if latencies else np.array([np.nan])
     p50, p99 = np.percentile(lat, 50) * 1000, np.percentile(lat, 99) * 1000
     return (f"latency (a raw chunk's timestamp to the broker's ack of its cleaned samples): p50 {p50:.1f} ms, "
-            f"p99 {p99:.1f} ms. The simulator publishes everything at once, so chunks queue; and each stream's "
-            f"last samples wait window.idle_flush_s = {idle_flush_s:g} s of silence before their tail is "
-            "released: that wait is the p99.")
+            f"p99 {p99:.1f} ms. Both include waits a steady real-time stream does not see: the simulator "
+            "publishes everything at once, while the worker is still joining its consumer group, and each "
+            f"stream's last samples wait window.idle_flush_s = {idle_flush_s:g} s of silence before their tail "
+            "is released (the p99). Live figures: dae bench (docs/bench.md).")
 
 
 def report(sim, rep, s: Settings, version: str, *, streams: int, seconds: float, sample_rate: float) -> bool:
