@@ -20,7 +20,8 @@
 #
 # The run is kept short through compose variables (docker-compose.yml's own knobs):
 # SEED_TRAIN_SECONDS=30, SIMULATE_SECONDS=30, RETRAIN_EVERY=60s, RETRAIN_SECONDS=30.
-# Host ports the stack publishes must be free: 19092 (Kafka), 9090, 9093.
+# Host ports the stack publishes must be free: 19092 (Kafka), 9090, 9093. The waits are generous
+# (minutes): on a loaded 2-core host the broker alone took 4 min to start; they only bound failures.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -139,8 +140,8 @@ stack_up=1
 stage_done up "$("${compose[@]}" ps -a --format '{{.Service}}' | sort | tr '\n' ' ')"
 
 # -------------------------------------------------------------------------------------- kafka
-wait_for 120 "kafka healthy" is_healthy kafka
-wait_for 120 "kafka-init done" exited kafka-init
+wait_for 300 "kafka healthy" is_healthy kafka
+wait_for 300 "kafka-init done" exited kafka-init
 exited_ok kafka-init || fail "kafka-init: $(state kafka-init)"
 topics="$("${compose[@]}" logs --no-color kafka-init | grep -c 'PartitionCount' || true)"
 [[ "$topics" == 4 ]] || fail "kafka-init described $topics topics, not 4"
@@ -150,36 +151,36 @@ docker run --rm --network host --entrypoint /opt/kafka/bin/kafka-broker-api-vers
 stage_done kafka "broker healthy, 4 topics created, answers on localhost:19092 from the host"
 
 # -------------------------------------------------------------------------------------- model
-wait_for $((SEED_TRAIN_SECONDS + 240)) "model-init done" exited model-init
+wait_for $((SEED_TRAIN_SECONDS + 600)) "model-init done" exited model-init
 exited_ok model-init || fail "model-init: $(state model-init)"
 current="$("${compose[@]}" exec -T retrain dae models show current | python3 -c \
   'import json, sys; m = json.load(sys.stdin); print(m["version"], m.get("arch", "?"))')" || fail "no current model"
-wait_for 180 "dae-worker-cpu healthy" is_healthy dae-worker-cpu
+wait_for 600 "dae-worker-cpu healthy" is_healthy dae-worker-cpu
 stage_done model "seed model $current published; worker healthy (/metrics)"
 
 # ------------------------------------------------------------------------------------ streams
-wait_for $((SIMULATE_SECONDS + 180)) "simulator done" exited simulator
+wait_for $((SIMULATE_SECONDS + 600)) "simulator done" exited simulator
 exited_ok simulator || fail "simulator: $(state simulator)"
 expected=$((SIMULATE_SECONDS * SAMPLE_RATE))
 capture="$("${compose[@]}" run --rm --no-deps -T --entrypoint dae simulator \
-  capture --out /tmp/captured --idle-s 15 --max-seconds 300 2>/dev/null)" || { echo "$capture" >&2; fail "capture"; }
+  capture --out /tmp/captured --idle-s 20 --max-seconds 600 2>/dev/null)" || { echo "$capture" >&2; fail "capture"; }
 echo "$capture" | sed 's/^/  /'
 whole="$(echo "$capture" | grep -cE ": $expected frames x [0-9]+ ch from index 0, 0 gap\(s\) \(0 samples missing\), 0 duplicate\(s\)" || true)"
 [[ "$whole" == "$SIMULATE_STREAMS" ]] || fail "$whole of $SIMULATE_STREAMS streams came out whole ($expected samples from index 0, no gap, no duplicate)"
 stage_done streams "$SIMULATE_STREAMS streams x $expected samples on dae.clean, every index once"
 
 # ------------------------------------------------------------------------------------ metrics
-wait_for 120 "Prometheus target dae-worker up" target_up dae-worker
-wait_for 120 "dae_reconstruction_error has samples" has_samples 'sum(dae_reconstruction_error_count{job="dae-worker"})'
+wait_for 300 "Prometheus target dae-worker up" target_up dae-worker
+wait_for 300 "dae_reconstruction_error has samples" has_samples 'sum(dae_reconstruction_error_count{job="dae-worker"})'
 wait_for 60 "Prometheus knows the Alertmanager" alertmanager_known
 stage_done metrics "target dae-worker up, dae_reconstruction_error_count > 0, alertmanager:9093 active"
 
 # ------------------------------------------------------------------------------------ retrain
-wait_for $((RETRAIN_SECONDS + 300)) "a retrain run" retrain_ran
+wait_for $((RETRAIN_SECONDS + 900)) "a retrain run" retrain_ran
 run_line="$(retrain_line)"
 say "$run_line"
 [[ "$run_line" != "retrain failed"* ]] || fail "the retrain run failed"
-wait_for 120 "Prometheus saw the run" has_samples 'sum(dae_retrain_runs_total{job="dae-retrain"})'
+wait_for 300 "Prometheus saw the run" has_samples 'sum(dae_retrain_runs_total{job="dae-retrain"})'
 stage_done retrain "${run_line%%:*}; dae_retrain_runs_total > 0 in Prometheus"
 
 # -------------------------------------------------------------------------------------- again
@@ -188,14 +189,14 @@ stage_done retrain "${run_line%%:*}; dae_retrain_runs_total > 0 in Prometheus"
 "${compose[@]}" down 2>&1 | sed 's/^/  /'
 "${compose[@]}" up -d 2>&1 | sed 's/^/  /'
 [[ "${PIPESTATUS[0]}" == 0 ]] || fail "the second docker compose up"
-wait_for 120 "kafka healthy again" is_healthy kafka
-wait_for 120 "kafka-init done again" exited kafka-init
+wait_for 300 "kafka healthy again" is_healthy kafka
+wait_for 300 "kafka-init done again" exited kafka-init
 exited_ok kafka-init || fail "kafka-init on existing topics: $(state kafka-init)"
-wait_for 120 "model-init done again" exited model-init
+wait_for 300 "model-init done again" exited model-init
 exited_ok model-init || fail "model-init on a registry with a model: $(state model-init)"
 "${compose[@]}" logs --no-color model-init | grep -q "registry has a current model" \
   || fail "model-init trained again instead of keeping the registry's model"
-wait_for 180 "dae-worker-cpu healthy again" is_healthy dae-worker-cpu
+wait_for 600 "dae-worker-cpu healthy again" is_healthy dae-worker-cpu
 stage_done again "second up on the same volumes: topics kept, seed model kept, worker healthy"
 
 # --------------------------------------------------------------------------------------- down
