@@ -178,3 +178,16 @@ def test_refused_credentials_are_one_line_naming_the_settings(monkeypatch):
     monkeypatch.setattr(kafka_local, "check_broker", refuse)
     res = runner.invoke(app, ["capture", "--bootstrap", "127.0.0.1:9"])
     check_one_line(res, "refused the credentials of user 'dae'", "DAE_KAFKA__SASL_PASSWORD")
+
+
+@pytest.mark.kafka
+def test_a_taken_metrics_port_is_one_line_naming_the_setting(kafka_bootstrap):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = runner.invoke(app, ["retrain", "--every", "1h", "--bootstrap", kafka_bootstrap],
+                            env={"DAE_METRICS__HOST": "127.0.0.1", "DAE_METRICS__PORT": str(port)})
+    check_one_line(res, "DAE_METRICS__PORT", "DAE_METRICS__ENABLED=false")

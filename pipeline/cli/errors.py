@@ -125,8 +125,8 @@ def describe(exc: BaseException) -> tuple[str, int] | None:
 
 def _os_message(exc: OSError) -> tuple[str, int] | None:
     if exc.errno == errno.EADDRINUSE:
-        return (f"a port is already in use ({exc.strerror}): the metrics endpoint? choose another with "
-                "--metrics-port (env DAE_METRICS__PORT) or turn it off with DAE_METRICS__ENABLED=false"), 2
+        return (f"the metrics port is taken ({exc.strerror}): choose another with --metrics-port or "
+                "DAE_METRICS__PORT, or turn the endpoint off with DAE_METRICS__ENABLED=false"), 2
     if isinstance(exc, FileNotFoundError) and exc.filename is None:
         return str(exc), 2  # the project's own "not found" messages say what to do
     if exc.filename is not None:
