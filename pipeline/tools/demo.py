@@ -56,8 +56,10 @@ def ensure_model(s: Settings, sample_rate: float) -> str:
     cur = reg.current()
     if cur is not None and any(abs(r - sample_rate) < 1e-6 for r in reg.meta(cur).sample_rates):
         return cur
-    console.print(f"no model for {sample_rate:g} Hz in {s.model.registry}: training the seed MLP once (about a minute on 2 CPU cores)")
-    model, meta = train_synthetic(TrainConfig(sample_rate=sample_rate), progress=True)
+    cfg = TrainConfig(sample_rate=sample_rate)
+    console.print(f"no model for {sample_rate:g} Hz in {s.model.registry}: training the seed MLP once "
+                  f"({cfg.steps:,} steps, about a minute on a quiet 2-core CPU, longer on a busy one)")
+    model, meta = train_synthetic(cfg, progress=True)
     return reg.publish(model, meta, promote=True)
 
 
