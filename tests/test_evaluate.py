@@ -65,14 +65,10 @@ def test_tiny_evaluation_produces_the_json_keys(tmp_path):
 
 
 def test_cli_evaluate_denoise_and_models(tmp_path):
-    import typer
-
     from models.registry import ModelRegistry
-    from pipeline.cli.models import register
+    from pipeline.cli.app import app
     from pipeline.tools.fileio import read_signal, write_signal
 
-    app = typer.Typer()
-    register(app)
     runner = CliRunner()
     meta, model = _checkpointed(tmp_path, "ck", "conv", {"window": 64, "channels": [4, 8]})
     sig = np.random.default_rng(0).standard_normal((700, 2)).astype(np.float32)
