@@ -193,6 +193,10 @@ class AlertSettings(BaseModel):
     slow_windows: int = Field(64, ge=2)
     # Scores are capped here (a flat window has log scale = -inf; JSON has no infinity).
     max_score: float = Field(1000.0, gt=0)
+    # A stream's alert state is dropped after this many seconds without a window (it restarts with warm-up).
+    state_ttl_s: float = Field(300.0, gt=0)
+    # Streams tracked per worker at most (~24 KB each once warmed up); beyond, the least recently seen is dropped.
+    max_streams: int = Field(100_000, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "AlertSettings":

@@ -177,11 +177,12 @@ def test_set_model_restarts_error_statistics_but_keeps_scale_statistics():
     rng = np.random.default_rng(9)
     eng = engine()
     warm(eng, "s", rng)
-    st = eng._streams["s"]
-    scale_count = st.stats["scale"].count
+    count = eng._tab.count[eng._tab.get("s")]
+    res, scale = eng._scoring.col("residual"), eng._scoring.col("scale")
+    scale_count = int(count[scale])
+    assert count[res] > 0 and scale_count > 0
     eng.set_model({"q50": 0.5, "q999": 2.0}, "v8")
-    st = eng._streams["s"]
-    assert st.stats["residual"].count == 0 and st.stats["scale"].count == scale_count
+    assert count[res] == 0 and count[scale] == scale_count
     e, s = normal(3, rng)
     e[1] *= 1e3
     ev, sc = eng.update_scored("s", starts(3, 10_000), W, e, s, now=0.0)

@@ -1,145 +1,72 @@
-"""The vectorised paths of the alert engine (pipeline.monitor.alerts.batch.batch_run, whole runs, and
-pipeline.monitor.alerts.steps.fast_run, runs up to a refresh) against the scalar reference step:
-identical scores, terms, alert states and events, bit for bit."""
+"""The vectorised path of the alert engine (pipeline.monitor.alerts.runs): many streams in one call score
+exactly as each stream alone, whatever the batching; the row-wise robust statistics equal numpy's."""
 
 import numpy as np
 import pytest
 
-from pipeline.monitor.alerts.terms import Robust, refresh_many
-from pipeline.monitor.alerts import engine as alerts
-from pipeline.monitor.alerts.batch import batch_run
-from pipeline.monitor.alerts.engine import AlertEngine, window_features
-from pipeline.monitor.alerts.steps import fast_run
+from pipeline.monitor.alerts.engine import AlertEngine
+from pipeline.monitor.alerts.terms import robust_stats
 from pipeline.settings import AlertSettings
-
-W, H = 64, 32
-CAL = {"q50": 0.01, "q999": 0.1}
+from tests.test_alerts_reference import CAL, W, stream_inputs
 
 
-def _stream(rng, n):
-    """Windows/outputs of a noisy sine with injected anomalies of every kind the features see."""
-    t = np.arange(n * H + W)
-    sig = np.sin(2 * np.pi * t / 50.0) + 0.1 * rng.standard_normal(t.size)
-    for _ in range(n // 150):
-        a = int(rng.integers(0, t.size - 400))
-        kind = rng.integers(5)
-        if kind == 0:
-            sig[a] += 20.0
-        elif kind == 1:
-            sig[a:] += rng.choice([-1, 1]) * rng.uniform(0.2, 3.0)
-        elif kind == 2:
-            sig[a : a + 300] += rng.uniform(0.5, 2.0) * rng.standard_normal(300)
-        elif kind == 3:
-            sig[a : a + 200] = sig[a]
-        else:
-            sig[a : a + 300] = np.clip(sig[a : a + 300], -0.3, 0.3)
-    idx = H * np.arange(n)[:, None] + np.arange(W)[None, :]
-    x = sig[idx][:, None, :]
-    y = np.sin(2 * np.pi * t / 50.0)[idx][:, None, :] * rng.uniform(0.9, 1.0)
-    r = (x - y).reshape(n, -1)
-    errors = np.mean(r * r, axis=1) / np.maximum(x.reshape(n, -1).var(axis=1), 1e-12)
-    scales = x.reshape(n, -1).std(axis=1)
-    return H * np.arange(n), errors, scales, x, y
-
-
-def _run(eng, parts):
-    events, scores = [], []
-    for kind, args in parts:
-        if kind == "model":
-            eng.set_model(*args)
+@pytest.mark.parametrize("small", [False, True])
+def test_streams_batched_together_score_exactly_as_each_stream_alone(small):
+    rng = np.random.default_rng(3 + small)
+    cfg = AlertSettings(min_windows=8, warmup_windows=16, stats_windows=64, refresh_every=5, slow_windows=16,
+                        cooldown_windows=3) if small else AlertSettings()
+    n, k = 1500, 12
+    streams = {f"s{j}": stream_inputs(rng, n, offset=float(j)) for j in range(k)}
+    ends = {sid: 0 for sid in streams}
+    together, alone = AlertEngine(cfg, CAL, "v1"), AlertEngine(cfg, CAL, "v1")
+    got = {sid: [] for sid in streams}
+    want = {sid: [] for sid in streams}
+    while any(e < n for e in ends.values()):
+        segs = []
+        for sid in streams:  # each stream's next 0-40 windows: streams at different ages and phases
+            m = min(n - ends[sid], int(rng.integers(0, 41)))
+            if m:
+                segs.append((sid, ends[sid], ends[sid] + m))
+                ends[sid] += m
+        if not segs:
             continue
-        ev, sc = eng.update_scored(*args)
-        events += [e.to_dict() for e in ev]
-        scores.append(sc)
-    return events, scores
+        cat = [np.concatenate([streams[s][j][a:b] for s, a, b in segs]) for j in range(3)]
+        feats = {t: np.concatenate([streams[s][3][t][a:b] for s, a, b in segs]) for t in streams["s0"][3]}
+        r = together.update_batch([s for s, _, _ in segs], [b - a for _, a, b in segs], cat[0], W, cat[1], cat[2],
+                                  now=1.0, features=feats)
+        i = 0
+        for s, a, b in segs:
+            got[s].append((r.scores.score[i : i + b - a], r.scores.active[i : i + b - a]))
+            i += b - a
+            st, e, sc, f = streams[s]
+            ev, one = alone.update_scored(s, st[a:b], W, e[a:b], sc[a:b], 1.0, features={t: v[a:b] for t, v in f.items()})
+            want[s].append((one.score, one.active))
+            assert [x.to_dict() for x in r.events if x.stream == s] == [x.to_dict() for x in ev]
+    raised = 0
+    for s in streams:
+        for (gs, ga), (ws, wa) in zip(got[s], want[s]):
+            np.testing.assert_array_equal(gs, ws)
+            np.testing.assert_array_equal(ga, wa)
+        raised += int(np.concatenate([a for _, a in got[s]]).any())
+    assert raised >= k // 2  # alerts happened
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_fast_path_and_scalar_path_give_identical_scores_and_events(seed, monkeypatch):
-    rng = np.random.default_rng(seed)
-    small = dict(min_windows=8, warmup_windows=16, stats_windows=64, refresh_every=int(rng.integers(1, 9)),
-                 slow_windows=16, cooldown_windows=int(rng.integers(0, 10)), resolve_windows=3)
-    cfg = AlertSettings(**small) if seed % 2 else AlertSettings(cooldown_windows=int(rng.integers(0, 10)))
-    n = 4000
-    s, e, sc, x, y = _stream(rng, n)
-    e[rng.integers(0, n, 5)] = np.nan  # non-finite inputs
-    e[rng.integers(0, n, 20)] *= 300.0  # lone hot windows
-    s = s.copy()
-    s[2500:] -= 40 * H  # a rewound producer
-    feats = window_features(x, y)
-    parts, i = [], 0
-    while i < n:
-        k = int(rng.integers(1, 200))
-        sl = slice(i, i + k)
-        stream = "a" if rng.random() < 0.8 else "b"
-        f = {t: v[sl] for t, v in feats.items()} if i < 3000 or rng.random() < 0.5 else {}
-        parts.append(("call", (stream, s[sl], W, e[sl], sc[sl], 1.0, None, None, f)))
-        if i < 2000 <= i + k:
-            parts.append(("model", ({"q50": 0.02, "q999": 0.2}, "v2")))
-        i += k
-    used: dict[tuple[str, str], int] = {}
-
-    def build(name, **paths):  # an engine whose vectorised paths count the windows they take
-        def counted(path, fn):
-            def run(*a):
-                n = fn(*a)
-                used[name, path] = used.get((name, path), 0) + n
-                return n
-            return run
-
-        monkeypatch.setattr(alerts, "batch_run", counted("batch", batch_run))
-        monkeypatch.setattr(alerts, "fast_run", counted("fast", fast_run))
-        return AlertEngine(cfg, CAL, "v1", **paths)
-
-    full, segments, scalar = build("full"), build("segments", batch_path=False), build("scalar", fast_path=False)
-    ev0, sc0 = _run(scalar, parts)
-    assert any(ev["kind"] == "resolved" for ev in ev0)  # alerts, resolves and cooldowns were exercised
-    for eng in (full, segments):
-        ev1, sc1 = _run(eng, parts)
-        assert ev1 == ev0
-        for a, b in zip(sc1, sc0):
-            np.testing.assert_array_equal(a.score, b.score)
-            np.testing.assert_array_equal(a.active, b.active)
-            for t in a.terms:
-                np.testing.assert_array_equal(a.terms[t], b.terms[t], err_msg=t)
-    # both vectorised paths carried real work; without the batch path, fast_run carries the runs
-    assert used["full", "batch"] > 300 and used["full", "fast"] > 100, used
-    assert used["segments", "fast"] > used["full", "batch"] and ("segments", "batch") not in used, used
-    assert not any(name == "scalar" for name, _ in used), used
-
-
-def test_refresh_matches_numpy_quantile_and_median_bit_for_bit():
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_robust_stats_match_numpy_quantile_and_median(dtype):
     rng = np.random.default_rng(0)
     for size in (8, 37, 64, 512):
-        for count in (1, 2, 3, size - 1, size, 3 * size):
-            rs = []
+        for p in (0.01, 0.2, 0.5 - 1e-9):
+            v = np.round(rng.standard_normal((3, size)), int(rng.integers(0, 4))).astype(dtype)
+            floor, margin, thr = 0.01, np.array([3.0, 4.0, 0.0]), 6.0
+            med, hi, lo = robust_stats(v.copy(), p, floor, margin, thr)
             for j in range(3):
-                r = Robust(size, 0.01, float(rng.choice([0.01, 0.2, 0.5 - 1e-9])), 3.0, 6.0)
-                r.count = count
-                r.buf[:] = np.round(rng.standard_normal(size), int(rng.integers(0, 4)))
-                rs.append(r)
-            refresh_many(rs)
-            for r in rs:
-                v = r.buf[: min(r.count, size)]
-                q_lo, med, q_hi = (float(q) for q in np.quantile(v, (r.p, 0.5, 1.0 - r.p)))
-                sigma = max(1.4826 * float(np.median(np.abs(v - med))), r.floor)
-                assert r.med == med
-                assert r.hi == max(sigma, (q_hi - med + r.margin * sigma) / r.thr)
-                assert r.lo == max(sigma, (med - q_lo + r.margin * sigma) / r.thr)
-
-
-@pytest.mark.parametrize("shape", [(64, 1, 256), (50, 3, 64), (7, 1, 3000), (3, 2, 1), (1, 1, 2)])
-def test_window_features_in_chunks_equal_the_whole_batch_at_once(shape, monkeypatch):
-    from pipeline.monitor.alerts import terms as alert_terms
-
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(shape).astype(np.float32)
-    x[:, :, :1] = x.max()  # pinned samples for the clip feature
-    y = (0.9 * x).astype(np.float32)
-    chunked = [window_features(x, y), window_features(x, None)]
-    monkeypatch.setattr(alert_terms, "_CHUNK_SAMPLES", 10**12)
-    whole = [window_features(x, y), window_features(x, None)]
-    for a, b in zip(chunked, whole):
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+                x = v[j].astype(np.float64)
+                q_lo, m, q_hi = np.quantile(x, (p, 0.5, 1.0 - p))
+                assert med[j] == m
+                sigma = max(1.4826 * float(np.median(np.abs(x - m))), floor)
+                want_hi = max(sigma, (q_hi - m + margin[j] * sigma) / thr)
+                want_lo = max(sigma, (m - q_lo + margin[j] * sigma) / thr)
+                if dtype is np.float64:  # the same arithmetic, bit for bit
+                    assert (hi[j], lo[j]) == (want_hi, want_lo)
+                else:  # deviations from the median in the values' float32
+                    assert hi[j] == pytest.approx(want_hi, rel=1e-6) and lo[j] == pytest.approx(want_lo, rel=1e-6)

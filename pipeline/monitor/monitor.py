@@ -9,8 +9,14 @@ producer's ``send`` bound to the alerts topic and a delivery policy; this packag
   event is never lost behind a commit. After a restart a stream's alert
   statistics start afresh (warm-up), as after a rebalance; an alert raised before and not yet
   resolved is not resolved by the next owner (documented in docs/alerts.md).
+- A micro-batch is scored in one engine call: :meth:`Monitor.observe_batch` announces a batch of N
+  windows, :meth:`Monitor.score` queues each of its segments, and the batch is scored once all N
+  windows are queued (windows of segments the caller skipped, a revoked partition's, are scored at
+  the next batch, before a model switch). While an event is published, :attr:`Monitor.publishing`
+  is the partition of its stream (the publish function's transaction in exactly-once mode).
 - Alert state outlives the stream's window state (a stream silent for ``idle_flush_s`` keeps its
-  statistics) and is dropped after ``ALERT_STATE_TTL_S`` of silence or when the partition goes
+  statistics) and is dropped after ``alerts.state_ttl_s`` of silence (:meth:`Monitor.expire`),
+  beyond ``alerts.max_streams`` streams (least recently seen first), or when the partition goes
   (:meth:`Monitor.forget_partition`, the commit manager's callback).
 - Drift events (:mod:`pipeline.monitor.drift`) are advisory, worker-wide: published as advisory
   (a failed send is logged).
@@ -21,7 +27,6 @@ producer's ``send`` bound to the alerts topic and a delivery policy; this packag
 from __future__ import annotations
 
 import logging
-import time
 from typing import Protocol
 
 import numpy as np
@@ -33,11 +38,6 @@ from pipeline.settings import Settings
 from pipeline.stream.state import OutputRecord, PartitionState, Segment
 
 log = logging.getLogger(__name__)
-
-# A stream silent this long loses its alert statistics (bounded memory for streams that never return).
-ALERT_STATE_TTL_S = 3600.0
-# How often the silent streams are looked for (a scan over every stream's last-seen time).
-EXPIRY_SCAN_S = 60.0
 
 
 class Publish(Protocol):
@@ -54,6 +54,22 @@ def _q50(engine) -> float | None:
     return float(v) if v is not None else None
 
 
+def _rows(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)``, without a copy when the parts are consecutive rows of one array (the
+    slices of a batch the caller hands in, in order)."""
+    if len(parts) == 1:
+        return parts[0]
+    base = parts[0].base
+    if (isinstance(base, np.ndarray) and base.flags.c_contiguous and base.dtype == parts[0].dtype
+            and base.shape[1:] == parts[0].shape[1:] and all(p.base is base and p.flags.c_contiguous for p in parts)):
+        addr = [p.__array_interface__["data"][0] for p in parts]
+        row = max(1, base[:1].nbytes)
+        first, rest = divmod(addr[0] - base.__array_interface__["data"][0], row)
+        if rest == 0 and all(a + p.nbytes == b for a, p, b in zip(addr, parts, addr[1:])):
+            return base[first : first + sum(len(p) for p in parts)]
+    return np.concatenate(parts)
+
+
 class Monitor:
     def __init__(self, settings: Settings, engine, window: int, metrics: WorkerMetrics, *,
                  publish_alert: Publish, publish_drift: Publish):
@@ -64,12 +80,15 @@ class Monitor:
         self._publish_drift_event = publish_drift
         self.alerts = AlertEngine(settings.alerts, engine.meta.error_quantiles, engine.version)
         self.drift = DriftMonitor(settings.drift, engine.version, _q50(engine))
-        self._seen: dict[str, float] = {}  # stream id -> monotonic time of its last scored window
-        self._next_expiry = time.monotonic() + EXPIRY_SCAN_S
+        self._queued: list[tuple[PartitionState, Segment, tuple]] = []  # segments scored by the next flush
+        self._expect = self._got = 0  # windows of the announced batch, and of them queued so far
+        self.publishing: PartitionState | None = None  # the partition of the alert event being published
 
     def observe_batch(self, engine, errors: np.ndarray) -> None:
-        """One applied batch of ``engine``: switch the calibration with the model, feed the drift
-        monitor, publish a drift event when one is due."""
+        """A batch of ``engine`` applied: its segments follow (:meth:`score`). Switch the calibration with
+        the model, feed the drift monitor, publish a drift event when one is due."""
+        self._flush()  # a previous batch's windows still queued: the caller skipped some of its segments
+        self._expect, self._got = len(errors), 0
         if engine.version != self.alerts.model_version:
             self.alerts.set_model(engine.meta.error_quantiles, engine.version)
         if engine.version != self.drift.model_version:
@@ -84,16 +103,31 @@ class Monitor:
 
     def score(self, part: PartitionState, seg: Segment, starts: np.ndarray, errors: np.ndarray,
               scales: np.ndarray, windows: np.ndarray, outputs: np.ndarray) -> None:
-        """Advance the alert state of ``seg``'s stream by these windows; publish its events."""
+        """Queue the windows of ``seg``'s stream; the batch's last segment scores them all in one call."""
         if not self.enabled:
             return
-        sid = seg.stream.id
-        self._seen[sid] = time.monotonic()
-        events = self.alerts.update(sid, starts, self.window, errors, scales, windows=windows, outputs=outputs)
-        for ev in events:
+        self._queued.append((part, seg, (starts, errors, scales, windows, outputs)))
+        self._got += len(starts)
+        if self._got >= self._expect:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Score the queued segments in one engine call; publish their events."""
+        if not self._queued:
+            return
+        queued, self._queued = self._queued, []
+        arrays = list(zip(*(q[2] for q in queued)))
+        lengths = [len(a) for a in arrays[0]]
+        starts, errors, scales, windows, outputs = (_rows(list(a)) for a in arrays)
+        res = self.alerts.update_batch([seg.stream.id for _, seg, _ in queued], lengths, starts, self.window,
+                                       errors, scales, windows=windows, outputs=outputs)
+        if not res.events:
+            return
+        ends = np.cumsum(lengths)
+        for ev, i in zip(res.events, res.event_windows):
+            part, seg, _ = queued[int(np.searchsorted(ends, i, side="right"))]
             self._publish_alert(part, seg, ev)
-        if events:
-            self.metrics.alerts_active.set(self.alerts.active())
+        self.metrics.alerts_active.set(self.alerts.active())
 
     def _publish_alert(self, part: PartitionState, seg: Segment, ev: AlertEvent) -> None:
         log.info("alert %s: stream %s samples [%d, %d) peak %.1f (model %s)", ev.kind, ev.stream, ev.start,
@@ -103,8 +137,12 @@ class Monitor:
         rec = OutputRecord(ev.start, ev.end, None)
         part.events.append((need if need is not None else part.consumed, rec))
         headers = [("dae.event", ev.kind.encode()), ("dae.model", ev.model_version.encode())]
-        self._publish_alert_event(ev.stream.encode("utf-8"), ev.to_json(), headers, record=rec,
-                                  what=f"the {ev.kind} alert of stream {ev.stream} [{ev.start}, {ev.end})")
+        self.publishing = part
+        try:
+            self._publish_alert_event(ev.stream.encode("utf-8"), ev.to_json(), headers, record=rec,
+                                      what=f"the {ev.kind} alert of stream {ev.stream} [{ev.start}, {ev.end})")
+        finally:
+            self.publishing = None
 
     def _publish_drift(self, ev: DriftEvent) -> None:
         log.warning("drift: error median %.4g is %.2fx the reference %.4g of model %s (%d windows over %.0f s)",
@@ -114,21 +152,14 @@ class Monitor:
         self._publish_drift_event(b"dae.drift", ev.to_json(), headers, what="a drift event")
 
     def expire(self) -> None:
-        """Drop the alert state of streams silent for ``ALERT_STATE_TTL_S`` (scans at most every minute)."""
-        now = time.monotonic()
-        if now < self._next_expiry:
-            return
-        self._next_expiry = now + EXPIRY_SCAN_S
-        limit = now - ALERT_STATE_TTL_S
-        for sid in [sid for sid, t in self._seen.items() if t < limit]:
-            self._forget(sid)
+        """Drop the alert state of streams silent for ``alerts.state_ttl_s`` (cheap: looks at the least
+        recently seen streams only)."""
+        if self.alerts.expire():
+            self.metrics.alerts_active.set(self.alerts.active())
 
     def forget_partition(self, part: PartitionState) -> None:
-        """The partition went (revoked or lost): its streams' alert state goes with it."""
+        """The partition went (revoked or lost): its streams' alert state goes with it, queued windows too."""
+        self._queued = [q for q in self._queued if q[0] is not part]
         for sid in list(part.streams) + list(part.resume):
-            self._forget(sid)
-
-    def _forget(self, sid: str) -> None:
-        self._seen.pop(sid, None)
-        self.alerts.forget(sid)
+            self.alerts.forget(sid)
         self.metrics.alerts_active.set(self.alerts.active())

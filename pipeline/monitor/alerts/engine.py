@@ -34,97 +34,105 @@ an alert up, but only per-window terms extend its range: the slow mean still hol
 up to ``slow_windows`` windows after it ended, so the resolve comes that much later than the range. Ranges are
 ``[start, end)`` sample indices: first sample of the first window to one past the last window's last.
 
-Cost. :func:`pipeline.monitor.alerts.steps.scalar_step` is the reference, one window at a time. Ordinary
-windows (finite, increasing, stream past warm-up, no alert up, not hot) take the vectorised paths:
-whole runs at once (:mod:`pipeline.monitor.alerts.batch`) or runs up to the next refresh
-(:func:`pipeline.monitor.alerts.steps.fast_run`), with the same arithmetic value for value
-(``tests/test_alerts_fastpath.py``): the combination of terms into a score and the other shared
-arithmetic is in :mod:`pipeline.monitor.alerts.scoring`, once for all paths.
+Cost. :meth:`AlertEngine.update_batch` scores every window of a micro-batch, across streams, in one
+call. Per-stream state lives in struct-of-arrays slots (:mod:`pipeline.monitor.alerts.slots`). Quiet
+runs of streams past warm-up (most windows) are scored and admitted for all streams at once in array
+operations (:mod:`pipeline.monitor.alerts.runs`); every other window (warm-up, hot windows and what
+follows them in the call, open alerts, rewinds, non-finite inputs) takes the scalar step
+(:mod:`pipeline.monitor.alerts.scalar`). Both apply the same rules; ``tests/test_alerts_reference.py``
+compares them with each other and with the engine before the slots. Streams silent for
+``state_ttl_s`` are dropped by :meth:`AlertEngine.expire`; beyond ``max_streams`` the least recently
+seen is evicted.
 
 Modules: ``events`` (what is emitted; a leaf), ``terms`` (features, robust statistics), ``scoring``
-(shared arithmetic and the :class:`~pipeline.monitor.alerts.scoring.Scoring` parameters the steps
-read), ``state`` (per-stream state, one call's windows), ``steps`` and ``batch`` (the paths), and
-this module, which owns the streams and dispatches windows to the paths.
+(the :class:`~pipeline.monitor.alerts.scoring.Scoring` parameters and shared arithmetic), ``slots``
+(per-stream state), ``runs`` and ``scalar`` (the paths), and this module, which owns the streams and
+dispatches windows to the paths.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.monitor.alerts.batch import batch_run
 from pipeline.monitor.alerts.events import EVENT_TYPE, TERMS, AlertEvent, WindowScores
+from pipeline.monitor.alerts.runs import quiet_runs
+from pipeline.monitor.alerts.scalar import Cursor
 from pipeline.monitor.alerts.scoring import Scoring
-from pipeline.monitor.alerts.state import Batch, StreamState
-from pipeline.monitor.alerts.steps import fast_run, scalar_step
-from pipeline.monitor.alerts.terms import TINY, Robust, window_features
-from pipeline.settings import ALERT_FEATURES as FEATURES, ALERT_SLOWABLE as SLOWABLE, AlertSettings
+from pipeline.monitor.alerts.slots import SlotTable
+from pipeline.monitor.alerts.terms import TINY, FeatureWork, window_features
+from pipeline.settings import AlertSettings
 
-# Terms whose statistics depend on the model (restarted by set_model).
-_MODEL = ("residual", "error", "noise", "peak", "freq")
-# Slow terms' floors are this share of their feature's: a mean over many windows varies less.
-_SLOW_FLOOR = 0.5
+
+class BatchResult(NamedTuple):
+    events: list[AlertEvent]  # in the order of the call's streams, then of their windows
+    event_windows: list[int]  # per event: the index (into the call's windows) of the window that caused it
+    scores: WindowScores  # per window of the call, in the call's order
 
 
 class AlertEngine:
     """Per-stream scores and alert state for many streams (one instance per worker process).
 
-    ``fast_path=False`` sends every window through the scalar reference step and ``batch_path=False``
-    stops the vectorised runs at each refresh (:func:`~pipeline.monitor.alerts.steps.fast_run` only);
-    the results are the same, tests compare them.
+    ``fast_path=False`` sends every window through the scalar step (the vectorised runs give the same
+    results; tests compare them). ``clock`` (monotonic seconds) times the streams' silence for
+    :meth:`expire`; ``on_evict(stream, reason)`` is called for each stream dropped by :meth:`expire`
+    (``"idle"``) or to make room beyond ``max_streams`` (``"cap"``).
     """
 
     def __init__(self, cfg: AlertSettings, calibration: dict[str, float] | None, model_version: str, *,
-                 fast_path: bool = True, batch_path: bool = True):
+                 fast_path: bool = True, clock: Callable[[], float] = time.monotonic,
+                 on_evict: Callable[[str, str], None] | None = None):
         self.cfg = cfg
-        self._streams: dict[str, StreamState] = {}
-        floors = {f: getattr(cfg, f"{f}_floor") for f in FEATURES}
-        self._floors = {**floors, **{f + "_slow": _SLOW_FLOOR * floors[f] for f in SLOWABLE}}
-        # The vectorised paths a window tries, in order, before the scalar step.
-        self._runs = (((batch_run,) if batch_path else ()) + (fast_run,)) if fast_path else ()
-        self.set_model(calibration, model_version)
+        self._fast, self._clock, self._on_evict = fast_path, clock, on_evict
+        self._active: set[str] = set()
+        self._work = FeatureWork()
+        self._use_model(calibration, model_version)
+        self._tab = SlotTable(self._scoring, cfg.max_streams, cfg.state_ttl_s, self._evicted)
 
     # ----------------------------------------------------------------------------- lifecycle
     def set_model(self, calibration: dict[str, float] | None, model_version: str) -> None:
         """Switch to a new model: its calibration becomes the warm-up prior and the model-dependent
         statistics restart; scale, level and clip statistics are kept."""
+        p = self._use_model(calibration, model_version)
+        self._tab.reset_cols(p.model_cols, [q for q, (f, _) in enumerate(p.slow) if f in p.model_cols])
+
+    def _use_model(self, calibration: dict[str, float] | None, model_version: str) -> Scoring:
         self.model_version = str(model_version)
         self.calibration = dict(calibration or {})
         self._scoring = Scoring.build(self.cfg, self.calibration, self.model_version)
-        for st in self._streams.values():
-            for f in _MODEL:
-                st.slow.pop(f, None)
-                for t in (f, f + "_slow"):
-                    if t in st.stats:
-                        st.stats[t] = self._robust(t)
-
-    def _robust(self, term: str) -> Robust:
-        c = self.cfg
-        margin = c.model_tail_margin if term in ("residual", "noise") else c.tail_margin
-        return Robust(c.stats_windows, self._floors[term], c.tail_quantile, margin, c.raise_threshold)
+        return self._scoring
 
     def forget(self, stream: str) -> None:
         """Drop a stream's state (partition revoked, stream closed). An active alert is dropped silently."""
-        self._streams.pop(stream, None)
+        self._tab.release(stream)
+        self._active.discard(stream)
+
+    def expire(self) -> list[str]:
+        """Drop the state of streams without a window for ``state_ttl_s``; returns their ids."""
+        return self._tab.expire(self._clock())
+
+    def _evicted(self, stream: str, reason: str) -> None:
+        self._active.discard(stream)
+        if self._on_evict is not None:
+            self._on_evict(stream, reason)
+
+    @property
+    def evictions(self) -> dict[str, int]:
+        """Streams dropped so far: ``{"idle": n, "cap": n}``."""
+        return dict(self._tab.evictions)
 
     def active(self) -> int:
         """Number of streams with a raised (not yet resolved) alert."""
-        return sum(1 for st in self._streams.values() if st.active)
+        return len(self._active)
 
     def is_active(self, stream: str) -> bool:
-        st = self._streams.get(stream)
-        return st is not None and st.active
+        return stream in self._active
 
     def streams(self) -> int:
-        return len(self._streams)
-
-    def _stream(self, stream: str) -> StreamState:
-        st = self._streams.get(stream)
-        if st is None:
-            st = StreamState(stats={t: self._robust(t) for t in TERMS})
-            self._streams[stream] = st
-        return st
+        return len(self._tab)
 
     # -------------------------------------------------------------------------------- update
     def update(self, stream: str, starts: np.ndarray, window: int, errors: np.ndarray, scales: np.ndarray,
@@ -137,57 +145,134 @@ class AlertEngine:
                       scales: np.ndarray, now: float | None = None, windows: np.ndarray | None = None,
                       outputs: np.ndarray | None = None,
                       features: dict[str, np.ndarray] | None = None) -> tuple[list[AlertEvent], WindowScores]:
-        """:meth:`update` plus each window's score, terms and alert state (evaluation, metrics).
+        """:meth:`update` plus each window's score, terms and alert state (evaluation, metrics)."""
+        n = np.asarray(starts).size
+        r = self.update_batch([stream], [n], starts, window, errors, scales, now, windows, outputs, features)
+        return r.events, r.scores
+
+    def update_batch(self, streams: Sequence[str], lengths: Sequence[int], starts: np.ndarray, window: int,
+                     errors: np.ndarray, scales: np.ndarray, now: float | None = None,
+                     windows: np.ndarray | None = None, outputs: np.ndarray | None = None,
+                     features: dict[str, np.ndarray] | None = None) -> BatchResult:
+        """Score the windows of a micro-batch: segment ``j`` is the next ``lengths[j]`` windows, of stream
+        ``streams[j]`` (a stream's segments in order; its windows in increasing start order).
 
         ``features`` passes :func:`~pipeline.monitor.alerts.terms.window_features` precomputed instead of
         ``windows``/``outputs``. A window whose start is not after the previous one's (a rewound
         producer) starts a new debounce history; an alert already raised stays raised. Non-finite
         inputs score 0 and are not admitted.
         """
-        cfg = self.cfg
+        cfg, p = self.cfg, self._scoring
         starts = np.asarray(starts, dtype=np.int64).reshape(-1)
         errors = np.asarray(errors, dtype=np.float64).reshape(-1)
         scales = np.asarray(scales, dtype=np.float64).reshape(-1)
-        m = starts.size
-        if not (starts.shape == errors.shape == scales.shape):
-            raise ValueError(f"starts {starts.shape}, errors {errors.shape} and scales {scales.shape} must match")
-        if features is None:
-            features = window_features(windows, outputs)
-        wanted = set(cfg.terms) | set(cfg.slow_terms)
-        extra = {t: np.asarray(v, dtype=np.float64).reshape(-1) for t, v in features.items() if t in wanted}
-        for t, v in extra.items():
-            if v.shape != starts.shape:
-                raise ValueError(f"{t} features {v.shape} must match starts {starts.shape}")
-        score = np.zeros(m)
-        zs = {t: np.zeros(m) for t in TERMS}
-        act = np.zeros(m, dtype=bool)
+        N = starts.size
+        if not (starts.shape == errors.shape == scales.shape) or sum(lengths) != N or len(lengths) != len(streams):
+            raise ValueError(f"starts {starts.shape}, errors {errors.shape}, scales {scales.shape} and the "
+                             f"segment lengths (sum {sum(lengths)}) must match")
+        score, act = np.zeros(N), np.zeros(N, dtype=bool)
+        z = np.zeros((len(p.cols), N))
         events: list[AlertEvent] = []
-        if not cfg.enabled or m == 0:
-            return events, WindowScores(starts, score, zs, act, cfg.raise_threshold, cfg.resolve_threshold)
-        ts = time.time() if now is None else float(now)
+        ev_win: list[int] = []
+        if cfg.enabled and N:
+            if features is None:
+                features = window_features(windows, outputs, self._work)
+            self._score(streams, lengths, starts, int(window), errors, scales, features,
+                        time.time() if now is None else float(now), score, act, z, events, ev_win)
+        zs = np.zeros((len(TERMS), N))
+        zs[p.term_rows] = z
+        return BatchResult(events, ev_win, WindowScores(starts, score, dict(zip(TERMS, zs)), act,
+                                                        cfg.raise_threshold, cfg.resolve_threshold))
+
+    def _values(self, errors, scales, features, n) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
+        """``(values (columns, N), their columns, finite (N,), log error (N,))`` of the call's windows."""
+        p = self._scoring
+        extra = {}
+        for t, v in features.items():
+            c = p.col(t)
+            if 0 <= c < p.features:
+                extra[c] = np.asarray(v, dtype=np.float64).reshape(-1)
+                if extra[c].shape != (n,):
+                    raise ValueError(f"{t} features {extra[c].shape} must match starts ({n},)")
         finite = np.isfinite(errors) & np.isfinite(scales) & (errors >= 0) & (scales >= 0)
         for v in extra.values():
             finite &= np.isfinite(v)
         log_err = np.log(np.maximum(np.where(finite, errors, 1.0), TINY))
         log_scale = np.log(np.maximum(np.where(finite, scales, 1.0), TINY))
-        values = {"residual": log_err + 2.0 * log_scale, "error": log_err, "scale": log_scale, **extra}
-        self._process(self._stream(stream), Batch(stream, starts, int(window), finite, values, log_err, score, zs,
-                                                  act, events, ts))
-        return events, WindowScores(starts, score, zs, act, cfg.raise_threshold, cfg.resolve_threshold)
+        vals = {0: log_err + 2.0 * log_scale, 1: log_err, p.col("scale"): log_scale, **extra}
+        cols = sorted(vals)
+        return np.stack([vals[c] for c in cols]), cols, finite, log_err
 
-    def _process(self, st: StreamState, b: Batch) -> None:
-        """Every window of ``b`` in order: runs of ordinary windows through the first vectorised path
-        that takes them, any other window through the scalar step."""
-        p, runs, i, m = self._scoring, self._runs, 0, b.starts.size
-        while i < m:
-            for run in runs:
-                n = run(p, st, b, i)
-                if n:
-                    break
-            else:
-                scalar_step(p, st, b, i)
-                n = 1
-            i += n
+    def _score(self, streams, lengths, starts, window, errors, scales, features, ts, score, act, z, events,
+               ev_win) -> None:
+        """:meth:`update_batch` past the checks: group the windows by stream, run the quiet runs, then
+        the scalar step for the rest; outputs into ``score``, ``act``, ``z``, ``events``, ``ev_win``."""
+        p = self._scoring
+        vals, cols, finite, log_err = self._values(errors, scales, features, starts.size)
+        uniq: dict[str, int] = {}
+        seg_u = [uniq.setdefault(s, len(uniq)) for s in streams]
+        order = None
+        if len(uniq) < len(seg_u):  # a stream in several segments: its windows together, in order
+            order = np.argsort(np.repeat(seg_u, lengths), kind="stable")
+            starts, vals, finite, log_err = starts[order], vals[:, order], finite[order], log_err[order]
+            lengths = np.bincount(np.repeat(seg_u, lengths), minlength=len(uniq))
+        ids = list(uniq)
+        n_u = np.asarray(lengths, dtype=np.int64)
+        first = np.concatenate(([0], np.cumsum(n_u)[:-1]))
+        slots = self._tab.claim(ids, self._clock())
+        o_score, o_act, o_z = (score, act, z) if order is None else (np.zeros_like(score), np.zeros_like(act),
+                                                                     np.zeros_like(z))
+        done = self._runs(slots, first, n_u, vals, cols, starts, finite, o_score, o_z) if self._fast \
+            else np.zeros_like(n_u)
+        for u in np.flatnonzero(done < n_u).tolist():
+            a, b = int(first[u] + done[u]), int(first[u] + n_u[u])
+            self._scalar(ids[u], int(slots[u]), window, ts, a, b, starts, finite, vals, cols, log_err,
+                         o_score, o_act, o_z, events, ev_win)
+        if order is not None:
+            score[order], act[order], z[:, order] = o_score, o_act, o_z
+            ev_win[:] = order[ev_win].tolist()
+
+    def _runs(self, slots, first, n_u, vals, cols, starts, finite, score, z) -> np.ndarray:
+        """The quiet runs of the streams that can take them; returns the windows done per stream."""
+        p, tab = self._scoring, self._tab
+        done = np.zeros_like(n_u)
+        cnt = tab.count[slots]
+        ok = ~tab.active[slots] & (cnt[:, cols] >= p.warmup_windows).all(axis=1)
+        for q, (f, t) in enumerate(p.slow):
+            if f in cols:
+                ok &= (tab.slow_n[slots, q] >= p.slow_windows) & (cnt[:, t] >= p.slow_min)
+        ok &= ~tab.has_last[slots] | (starts[first] > tab.last_start[slots])
+        ok &= finite[first]
+        if not ok.any():
+            return done
+        # a run ends before the first non-finite window or window not after the previous one
+        bad = ~finite
+        bad[1:] |= starts[1:] <= starts[:-1]
+        bad[first] = ~finite[first]
+        nxt = np.append(np.flatnonzero(bad), starts.size)
+        stop = nxt[np.searchsorted(nxt, first, side="right")]
+        length = np.minimum(stop - first, n_u)
+        e = np.flatnonzero(ok)
+        done[e] = quiet_runs(p, tab, slots[e], first[e], length[e], vals, cols, starts, score, z)
+        return done
+
+    def _scalar(self, stream, slot, window, ts, a, b, starts, finite, vals, cols, log_err, score, act, z,
+                events, ev_win) -> None:
+        """Windows ``[a, b)`` of one stream through the scalar step."""
+        cur = Cursor(self._scoring, self._tab, slot, stream, window, ts)
+        T = len(self._scoring.cols)
+        rows = []
+        for i, x in zip(range(a, b), vals[:, a:b].T.tolist()):
+            zi = [0.0] * T
+            score[i], ev = cur.step(int(starts[i]), bool(finite[i]), x, cols, float(log_err[i]), zi)
+            act[i] = cur.active
+            rows.append(zi)
+            if ev is not None:
+                events.append(ev)
+                ev_win.append(i)
+                (self._active.add if ev.kind == "raised" else self._active.discard)(stream)
+        z[:, a:b] = np.array(rows).T
+        cur.store()
 
 
-__all__ = ["AlertEngine", "AlertEvent", "WindowScores", "TERMS", "EVENT_TYPE", "window_features"]
+__all__ = ["AlertEngine", "AlertEvent", "BatchResult", "WindowScores", "TERMS", "EVENT_TYPE", "window_features"]

@@ -1,28 +1,33 @@
-"""The arithmetic every path of the alert engine shares (pure numpy), and what it reads.
+"""What every path of the alert engine reads, and the arithmetic they share (pure numpy).
 
-:class:`Scoring` is the engine's settings as the steps need them, built once per model. The
-functions turn values into scores the same way for one window (the scalar reference step) and for a
-run of windows (the vectorised paths): :func:`window_scores` combines per-term z values into the
-window score (residual gated by error, voting, capping), :func:`zscore` and :func:`winsorise`
-apply a statistic to values, :func:`slow_means` forms the slow terms' means. Sharing them keeps
-the paths bit for bit equal (``tests/test_alerts_fastpath.py``).
+:class:`Scoring` is the engine's settings as the paths need them, with the term layout: every term
+with statistics has a *column* (the features in ``ALERT_FEATURES`` order, then the slow terms), the
+index the per-stream arrays of :mod:`pipeline.monitor.alerts.slots` use. It is built once per model.
+:func:`window_scores` combines per-term z values into the window score (residual gated by error,
+voting, capping) for a run of windows; the scalar path does the same per window in
+:mod:`pipeline.monitor.alerts.scalar`; :func:`zscore` and :func:`winsorise` apply a statistic to values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.monitor.alerts.events import TERMS
 from pipeline.monitor.alerts.terms import calibration_prior
-from pipeline.settings import AlertSettings
+from pipeline.settings import ALERT_FEATURES, AlertSettings
+
+# Terms whose statistics depend on the model (restarted by set_model); their slow means too.
+MODEL_FEATURES = ("residual", "error", "noise", "peak", "freq")
+# Slow terms' floors are this share of their feature's: a mean over many windows varies less.
+SLOW_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
 class Scoring:
-    """What the steps read: the settings they use, the voting terms, the model's warm-up prior and
-    the model version the events carry. Fixed until the engine's next ``set_model``."""
+    """What the paths read: the settings they use, the term columns, the voting columns, the model's
+    warm-up prior and the model version the events carry. Fixed until the engine's next ``set_model``."""
 
     cap: float  # max_score
     raise_threshold: float
@@ -39,61 +44,59 @@ class Scoring:
     tail_quantile: float
     slow_windows: int
     slow_min: int  # admitted values before a slow term votes
-    slow_terms: tuple[str, ...]  # features with a slow mean
-    votes: tuple[str, ...]  # per-window terms voting beside residual (noise shares its vote)
-    slow_votes: tuple[str, ...]  # the voting slow terms
-    scored: tuple[str, ...]  # every term window_scores reads
+    cols: tuple[str, ...]  # the terms with statistics: per-window features, then slow terms
+    features: int  # cols[:features] are per-window features
+    slow: tuple[tuple[int, int], ...]  # (feature column, slow column) of each slow term
+    votes: tuple[int, ...]  # per-window columns voting beside residual (noise shares its vote)
+    slow_votes: tuple[int, ...]  # the slow columns (all vote)
+    floors: np.ndarray  # (cols,) smallest spread
+    margins: np.ndarray  # (cols,) tail margin
+    model_cols: tuple[int, ...]  # columns restarted by a model swap
+    term_rows: np.ndarray  # (cols,) each column's row in events.TERMS
     prior: tuple[float, float] | None  # (centre, spread) of log(error) from the calibration
     model_version: str
 
     @classmethod
     def build(cls, cfg: AlertSettings, calibration: dict[str, float], model_version: str) -> Scoring:
+        wanted = {"residual", "error", "scale"} | set(cfg.terms) | set(cfg.slow_terms)
+        feats = tuple(f for f in ALERT_FEATURES if f in wanted)
+        cols = feats + tuple(f + "_slow" for f in cfg.slow_terms)
+        col = {t: i for i, t in enumerate(cols)}
         votes = (("noise",) if "noise" in cfg.terms else ()) + tuple(
             t for t in cfg.terms if t not in ("residual", "noise"))
-        slow_votes = tuple(f + "_slow" for f in cfg.slow_terms)
+        floors = [getattr(cfg, f"{t}_floor") for t in feats] + [SLOW_FLOOR * getattr(cfg, f"{f}_floor")
+                                                                 for f in cfg.slow_terms]
+        margins = [cfg.model_tail_margin if t in ("residual", "noise") else cfg.tail_margin for t in feats]
+        margins += [cfg.tail_margin] * len(cfg.slow_terms)
         return cls(
             cap=cfg.max_score, raise_threshold=cfg.raise_threshold, resolve_threshold=cfg.resolve_threshold,
             k=cfg.k, n=cfg.n, resolve_windows=cfg.resolve_windows, cooldown_windows=cfg.cooldown_windows,
             alert_admit_every=cfg.alert_admit_every, min_windows=cfg.min_windows,
             warmup_windows=cfg.warmup_windows, refresh_every=cfg.refresh_every, stats_windows=cfg.stats_windows,
             tail_quantile=cfg.tail_quantile, slow_windows=cfg.slow_windows,
-            slow_min=max(cfg.warmup_windows, 2 * cfg.slow_windows), slow_terms=tuple(cfg.slow_terms),
-            votes=votes, slow_votes=slow_votes, scored=("residual", "error") + votes + slow_votes,
+            slow_min=max(cfg.warmup_windows, 2 * cfg.slow_windows), cols=cols, features=len(feats),
+            slow=tuple((col[f], col[f + "_slow"]) for f in cfg.slow_terms),
+            votes=tuple(col[t] for t in votes), slow_votes=tuple(col[f + "_slow"] for f in cfg.slow_terms),
+            floors=np.array(floors, dtype=np.float64), margins=np.array(margins, dtype=np.float64),
+            model_cols=tuple(i for i, t in enumerate(cols) if t.removesuffix("_slow") in MODEL_FEATURES),
+            term_rows=np.array([TERMS.index(t) for t in cols]),
             prior=calibration_prior(calibration, cfg.residual_floor), model_version=model_version)
 
-
-class FloatOps:
-    """The element-wise operations of :func:`window_scores` on Python floats: one window, without
-    numpy's per-call cost (the same values: min, max and abs are exact)."""
-
-    abs = staticmethod(abs)
-    maximum = staticmethod(max)
-    minimum = staticmethod(min)
-
-    @staticmethod
-    def where(cond, a, b):
-        return a if cond else b
+    def col(self, term: str) -> int:
+        """The column of ``term``, or -1 when it has none."""
+        return self.cols.index(term) if term in self.cols else -1
 
 
-def window_scores(z: Mapping[str, np.ndarray], p: Scoring, gate: bool = True, ops=np) -> tuple[np.ndarray, np.ndarray]:
-    """``(fast, score)`` of windows from their per-term z values (terms missing from ``z`` do not
-    vote): ``fast`` is the largest ``|z|`` of the per-window voters, ``score`` that of all voters
-    (slow terms too), capped at ``p.cap``. With ``gate`` the residual's high side counts only as far
-    as the standardised error's z: a loud window's larger misfit is not an anomaly unless the relative
-    error agrees (off while the residual's own statistics warm up: its z is then the calibration's).
-    ``ops``: numpy for arrays of windows, :class:`FloatOps` for one window's floats."""
-    zr = z["residual"]
-    if gate:
-        zr = ops.where(zr > 0, ops.minimum(zr, ops.maximum(z["error"], 0.0)), zr)
-    fast = ops.abs(zr)
-    for t in p.votes:
-        if t in z:
-            fast = ops.maximum(fast, ops.abs(z[t]))
-    score = fast
-    for t in p.slow_votes:
-        if t in z:
-            score = ops.maximum(score, ops.abs(z[t]))
-    return fast, ops.minimum(score, p.cap)
+def window_scores(z: np.ndarray, p: Scoring) -> np.ndarray:
+    """The score of windows from their z values ``z`` (columns first, 0 where a term has no z yet),
+    with the residual gated by the standardised error: its high side counts only as far as the
+    error's z (a loud window's larger misfit is not an anomaly unless the relative error agrees).
+    The largest ``|z|`` of the voters (per-window and slow), capped at ``p.cap``."""
+    zr, ze = z[0], z[1]  # residual and error are the first two columns
+    score = np.abs(np.where(zr > 0, np.minimum(zr, np.maximum(ze, 0.0)), zr))
+    for t in p.votes + p.slow_votes:
+        score = np.maximum(score, np.abs(z[t]))
+    return np.minimum(score, p.cap, out=score)
 
 
 def zscore(d: np.ndarray, hi, lo, cap: float) -> np.ndarray:
@@ -105,19 +108,3 @@ def zscore(d: np.ndarray, hi, lo, cap: float) -> np.ndarray:
 def winsorise(x, med, hi, lo, thr: float):
     """``x`` limited to ``thr`` spreads either side of the median, the form values are admitted in."""
     return np.minimum(np.maximum(x, med - thr * lo), med + thr * hi)
-
-
-def first_hot(score: np.ndarray, thr: float) -> int:
-    """Index of the first window scoring at least ``thr`` (the run's length when none does)."""
-    hot = score >= thr
-    return int(np.argmax(hot)) if hot.any() else score.size
-
-
-def slow_means(last: np.ndarray, x: np.ndarray, first: int = 0) -> np.ndarray:
-    """Slow means of windows ``first, first+1, ...`` of a run with values ``x``, ``last`` being the
-    stream's ``sw = last.size`` values before the run: each the mean of the last ``sw`` values at its
-    window, with the additions of ``sum(deque) / len(deque)``, left to right (a column per window)."""
-    sw = last.size
-    hist = np.concatenate((last, x))
-    idx = np.arange(sw)[:, None] + np.arange(first + 1, x.size + 1)[None, :]
-    return np.add.accumulate(hist[idx], axis=0)[-1] / sw

@@ -1,7 +1,7 @@
-"""Per-window features and robust running statistics behind the alert scores (pure numpy).
+"""Per-window features and the robust statistics behind the alert scores (pure numpy).
 
 :mod:`pipeline.monitor.alerts.engine` turns each feature into a robust z-score against the stream's own history
-(:class:`Robust`) and runs the alert state machine on the largest one. What each feature sees:
+and runs the alert state machine on the largest one. What each feature sees:
 
 * ``residual`` — ``log(error * scale**2)``: the reconstruction error put back into input units, the
   power of what the model removed (noise floor + model misfit). Its high side is *gated* by
@@ -26,6 +26,9 @@
 Slow terms (``AlertSettings.slow_terms``) are the mean of a feature over the last ``slow_windows``
 windows, with statistics of their own: small but lasting shifts (a drifting sensor's level step, a
 faster ECG) that no single window shows.
+
+Statistics. :func:`robust_stats` is one refresh of a term's median and tail-aware spreads from its
+last admitted values, for many (stream, term) rows at once.
 """
 
 from __future__ import annotations
@@ -43,96 +46,84 @@ _MAD_TO_SIGMA = 1.4826
 _Z999 = 3.0902
 
 
-# window_features works through this many (window, channel) samples at a time: temporaries of
-# 128 KiB and more go to mmap and cost a page fault per 4 KiB each time (3x slower than the maths).
-_CHUNK_SAMPLES = 8192
+class FeatureWork:
+    """Reused float32 scratch buffers for :func:`window_features`: a fresh temporary of 128 KiB and more
+    goes to mmap and costs a page fault per 4 KiB each time (3x slower than the maths)."""
+
+    def __init__(self):
+        self._buf = np.empty(0, np.float32)
+
+    def take(self, k: int, size: int) -> list[np.ndarray]:
+        """``k`` flat float32 buffers of ``size`` values (valid until the next call)."""
+        if self._buf.size < k * size:
+            self._buf = np.empty(k * size, np.float32)
+        return [self._buf[i * size : (i + 1) * size] for i in range(k)]
 
 
-def window_features(windows: np.ndarray | None, outputs: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Per-window features from raw windows and model outputs, ``(N, C, W)`` each, input units."""
-    out: dict[str, np.ndarray] = {}
+def window_features(windows: np.ndarray | None, outputs: np.ndarray | None,
+                    work: FeatureWork | None = None) -> dict[str, np.ndarray]:
+    """Per-window features from raw windows and model outputs, ``(N, C, W)`` each, input units.
+
+    Element-wise passes run in float32 (the inputs' precision), reductions of squares and the logs in
+    float64; row maxima use ``fmax``/``fmin`` (numpy's NaN-propagating ``max`` is 1.5x slower; the
+    inputs are finite).
+    """
     if windows is None:
+        return {}
+    x = np.ascontiguousarray(windows, dtype=np.float32)
+    n, c, w = x.shape
+    m = c * w
+    out: dict[str, np.ndarray] = {}
+    if n == 0:
+        names = ("level", "clip") if outputs is None else ("level", "clip", "peak", "noise", "freq")
+        return {k: np.zeros(0) for k in names}
+    rows = x.reshape(n * c, w)
+    flat = x.reshape(n, m)
+    out["level"] = (flat @ np.ones(m, np.float32)).astype(np.float64) / m
+    pinned = (rows == np.fmax.reduce(rows, axis=1, keepdims=True)).view(np.uint8).sum(axis=1, dtype=np.int32)
+    pinned += (rows == np.fmin.reduce(rows, axis=1, keepdims=True)).view(np.uint8).sum(axis=1, dtype=np.int32)
+    out["clip"] = (pinned.reshape(n, c) / w).mean(axis=1)
+    if outputs is None:
         return out
-    x = np.asarray(windows)
-    y = None if outputs is None else np.asarray(outputs)
-    n = x.shape[0]
-    names = ("level", "clip") if y is None else ("level", "clip", "peak", "noise", "freq")
-    out = {k: np.empty(n) for k in names}
-    step = max(1, _CHUNK_SAMPLES // max(1, x.shape[1] * x.shape[2]))
-    for a in range(0, n, step):
-        _features(x[a : a + step], None if y is None else y[a : a + step], out, a)
+    y = np.ascontiguousarray(outputs, dtype=np.float32).reshape(n, m)
+    r, d, e = (b.reshape(n, m) for b in (work or FeatureWork()).take(3, n * m))
+    np.subtract(flat, y, out=r)
+    ss = np.einsum("ij,ij->i", r, r).astype(np.float64)
+    rms = np.sqrt(ss / m)
+    np.abs(r, out=d)
+    out["peak"] = np.log(np.maximum(np.fmax.reduce(d, axis=1).astype(np.float64), TINY) / np.maximum(rms, TINY))
+    noise = _sum_sq_diff(r, d, e, 2) / (6.0 * (m - 2)) if m > 2 else np.zeros(n)
+    out["noise"] = np.log(np.maximum(noise, TINY))
+    out["freq"] = _freq(y.reshape(n, c, w), d.reshape(n, c, w), e.reshape(n, c, w))
     return out
 
 
-def _features(x: np.ndarray, y: np.ndarray | None, out: dict[str, np.ndarray], a: int) -> None:
-    """:func:`window_features` of windows ``a, a+1, ...`` into ``out``; rows are independent."""
-    x = np.asarray(x, dtype=np.float64)
-    b = a + x.shape[0]
-    out["level"][a:b] = x.mean(axis=(1, 2))
-    pinned = (x == x.max(axis=2, keepdims=True)).sum(axis=2) + (x == x.min(axis=2, keepdims=True)).sum(axis=2)
-    out["clip"][a:b] = (pinned / x.shape[2]).mean(axis=1)
-    if y is None:
-        return
-    y = np.asarray(y, dtype=np.float64)
-    n = x.shape[0]
-    r = (x - y).reshape(n, -1)
-    rms = np.sqrt(np.mean(r * r, axis=1))
-    out["peak"][a:b] = np.log(np.maximum(np.abs(r).max(axis=1), TINY) / np.maximum(rms, TINY))
-    d2 = np.diff(r, n=2, axis=1) if r.shape[1] > 2 else np.zeros((n, 1))
-    out["noise"][a:b] = np.log(np.maximum(np.mean(d2 * d2, axis=1) / 6.0, TINY))
-    yc = y - y.mean(axis=2, keepdims=True)
-    dy = np.diff(y, axis=2) if y.shape[2] > 1 else np.zeros_like(y)
-    out["freq"][a:b] = np.log(np.maximum((dy * dy).mean(axis=(1, 2)), TINY) / np.maximum((yc * yc).mean(axis=(1, 2)), TINY))
+def _sum_sq_diff(a: np.ndarray, d: np.ndarray, e: np.ndarray, order: int) -> np.ndarray:
+    """Per row of ``a`` ``(N, M)``: the sum of squares of its ``order``-th differences (1 or 2; those
+    of ``np.diff(a, order)``). The differences are taken over the flat buffers ``d`` then ``e``
+    (scratch of ``a``'s size), so each row's last ``order`` columns straddle two rows and are left out."""
+    n, m = a.shape
+    src = a.reshape(-1)
+    for dst in (d, e)[:order]:
+        dst = dst.reshape(-1)
+        np.subtract(src[1:], src[:-1], out=dst[:-1])
+        src = dst
+    v = src.reshape(n, m)[:, : m - order]
+    return np.einsum("ij,ij->i", v, v).astype(np.float64)
 
 
-class Robust:
-    """Median and tail-aware spreads of the last ``size`` admitted values of one feature.
-
-    ``z(x) = (x - median) / spread``, one spread per side: the MAD sigma (floored), widened when the
-    stream's own tail is heavier than a normal one's so that the raise threshold lies at least
-    ``margin`` sigmas beyond the ``p`` / ``1 - p`` quantile. A normal tail leaves the MAD sigma in
-    charge; a stream whose feature regularly swings gets a proportionately higher bar. Recomputed
-    exactly from the ring buffer after every value during warm-up and every ``refresh_every``
-    afterwards, so scores do not depend on how windows were split into calls.
-    """
-
-    __slots__ = ("buf", "count", "pos", "med", "hi", "lo", "pending", "floor", "p", "margin", "thr")
-
-    def __init__(self, size: int, floor: float, p: float, margin: float, thr: float):
-        self.buf = np.empty(size, dtype=np.float64)
-        self.count = 0  # values admitted so far (not capped at size)
-        self.pos = 0
-        self.med = 0.0
-        self.hi = self.lo = floor
-        self.pending = 0
-        self.floor, self.p, self.margin, self.thr = floor, p, margin, thr
-
-    def push(self, x: float, refresh_every: int, warm: int, clip: bool) -> bool:
-        """Admit one value; returns whether a refresh is due (refresh several at once with
-        :func:`refresh_many`)."""
-        if clip:  # winsorise at the raise threshold: one extreme value cannot stretch the tails
-            x = min(max(x, self.med - self.thr * self.lo), self.med + self.thr * self.hi)
-        self.buf[self.pos] = x
-        self.pos = (self.pos + 1) % self.buf.size
-        self.count += 1
-        self.pending += 1
-        return self.count <= warm or self.pending >= refresh_every
-
-    def extend(self, x: np.ndarray) -> None:
-        """Admit the values ``x`` as ``len(x)`` calls of :meth:`push` without clipping would, no refresh."""
-        buf, pos, i, n = self.buf, self.pos, 0, x.size
-        while i < n:
-            k = min(n - i, buf.size - pos)
-            buf[pos : pos + k] = x[i : i + k]
-            pos = (pos + k) % buf.size
-            i += k
-        self.pos = pos
-        self.count += n
-        self.pending += n
-
-    def z(self, x: float) -> float:
-        d = x - self.med
-        return d / self.hi if d >= 0 else d / self.lo
+def _freq(y: np.ndarray, d: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """``log(mean(diff(y)**2) / var(y))`` per window over its channels (``y``: ``(N, C, W)``)."""
+    n, c, w = y.shape
+    rows, dr = y.reshape(n * c, w), d.reshape(n * c, w)
+    if w > 1:
+        dd = _sum_sq_diff(rows, dr, e.reshape(n * c, w), 1).reshape(n, c).sum(axis=1) / (c * (w - 1))
+    else:
+        dd = np.zeros(n)
+    mean = (rows @ np.ones(w, np.float32)) / np.float32(w)
+    np.subtract(rows, mean[:, None], out=dr)
+    var = np.einsum("ij,ij->i", dr, dr).astype(np.float64).reshape(n, c).sum(axis=1) / (c * w)
+    return np.log(np.maximum(dd, TINY) / np.maximum(var, TINY))
 
 
 @functools.lru_cache(maxsize=64)
@@ -147,34 +138,36 @@ def _lerp_plan(n: int, qs: tuple[float, ...]) -> tuple[np.ndarray, ...]:
         kb.append(min(k + 1, n - 1))
         ts.append(t)
         up.append(t >= 0.5)
-    return np.array(ka), np.array(kb), np.array(ts), np.array([1 - t for t in ts]), np.array(up)
+    return np.array(ka + kb), np.array(ts), np.array([1 - t for t in ts]), np.array(up)
 
 
 def _quantiles(srt: np.ndarray, n: int, qs: tuple[float, ...]) -> np.ndarray:
-    """``np.quantile(v, q)`` (method "linear") of each row of the row-sorted ``srt``, bit for bit:
-    the same virtual index, neighbours and two-sided lerp as numpy's ``_quantile``/``_lerp``
-    (a past-the-end index reads the last value: ``a + 0 * 0``). Returns ``(len(qs), rows)``."""
-    ka, kb, t, t1, up = _lerp_plan(n, qs)
-    a, b = srt[:, ka], srt[:, kb]
+    """``np.quantile(v, q)`` (method "linear") of each row of the row-sorted ``srt``: the same virtual
+    index, neighbours and two-sided lerp as numpy's ``_quantile``/``_lerp`` (a past-the-end index
+    reads the last value). Returns ``(len(qs), rows)`` in float64."""
+    k, t, t1, up = _lerp_plan(n, qs)
+    ab = srt[:, k].astype(np.float64)
+    a, b = ab[:, : len(qs)], ab[:, len(qs) :]
     d = b - a
     return np.where(up, b - d * t1, a + d * t).T
 
 
 def robust_stats(v: np.ndarray, p: float, floor, margin, thr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(med, hi, lo) of a :class:`Robust`'s refresh for each row of ``v`` (all values of one statistic per
-    row), with exactly the arithmetic of ``np.quantile(v, (p, 0.5, 1 - p))`` and
-    ``np.median(|v - med|)``; ``floor`` and ``margin`` are scalars or one per row."""
+    """(med, hi, lo) of each row of ``v`` (the values of one statistic per row; sorted in place): ``med``
+    and the ``p``/``1 - p`` quantiles as ``np.quantile``, the MAD as ``np.median(|v - med|)``; the
+    spreads are the MAD sigma (at least ``floor``), widened per side so that the raise threshold
+    ``thr`` lies at least ``margin`` sigmas beyond the quantile. ``floor``, ``margin``: scalars or per row."""
     n = v.shape[1]
-    qs = (p, 0.5, 1.0 - p)
-    srt = np.sort(v, axis=1)  # one (vectorised, branch-free) sort beats two partitions on fresh data
-    q_lo, med, q_hi = _quantiles(srt, n, qs)
+    v.sort(axis=1)  # one (vectorised, branch-free) sort beats two partitions on fresh data
+    q_lo, med, q_hi = _quantiles(v, n, (p, 0.5, 1.0 - p))
     # median of |v - med|: the k values nearest med are k consecutive sorted values, so the k-th
-    # smallest deviation is the least over windows of k of the larger of its two end deviations (the
-    # same subtractions as |v - med|: x - m == -(m - x) exactly).
-    m = med[:, None]
+    # smallest deviation is the least over windows of k of the larger of its two end deviations
+    # (med - v[j] and v[j + k - 1] - med), in the values' precision.
+    m = med.astype(v.dtype)[:, None]
+    below, above = m - v, v - m
 
     def kth(k: int) -> np.ndarray:
-        return np.maximum(m - srt[:, : n - k + 1], srt[:, k - 1 :] - m).min(axis=1)
+        return np.fmin.reduce(np.fmax(below[:, : n - k + 1], above[:, k - 1 :]), axis=1).astype(np.float64)
 
     h = n // 2
     mad = kth(h + 1) if n % 2 else (kth(h) + kth(h + 1)) / 2.0
@@ -182,20 +175,6 @@ def robust_stats(v: np.ndarray, p: float, floor, margin, thr) -> tuple[np.ndarra
     hi = np.maximum(sigma, (q_hi - med + margin * sigma) / thr)
     lo = np.maximum(sigma, (med - q_lo + margin * sigma) / thr)
     return med, hi, lo
-
-
-def refresh_many(robusts) -> None:
-    """Recompute the median and spreads of each :class:`Robust` from its values (one stacked
-    :func:`robust_stats` call per distinct length)."""
-    groups: dict[tuple, list[Robust]] = {}
-    for r in robusts:
-        groups.setdefault((min(r.count, r.buf.size), r.p, r.thr), []).append(r)
-    for (n, p, thr), rs in groups.items():
-        v = np.stack([r.buf[:n] for r in rs]) if len(rs) > 1 else rs[0].buf[None, :n]
-        floor = np.array([r.floor for r in rs])
-        margin = np.array([r.margin for r in rs])
-        for r, m, hi, lo in zip(rs, *(a.tolist() for a in robust_stats(v, p, floor, margin, thr))):
-            r.med, r.hi, r.lo, r.pending = m, hi, lo, 0
 
 
 def calibration_prior(calibration: dict[str, float] | None, floor: float) -> tuple[float, float] | None:

@@ -1,0 +1,231 @@
+"""The common path of the alert engine: quiet runs of many streams at once, in array operations.
+
+A stream past warm-up with no alert up, whose windows are finite and increasing, is in a *run*: while
+none of its windows is hot, every window is admitted (winsorised at the raise threshold), slow
+values from the window the stream has been quiet for ``slow_windows`` on, and each term's statistics
+change only at its own refreshes (every ``refresh_every`` admissions). So every term evolves on its
+own: its admitted values are its own winsorised values. :func:`quiet_runs` takes the runs of all
+eligible streams of a call together: each (stream, term) pair is a *row* of ``(rows, windows)``
+arrays. The refreshes are computed in rounds: round ``k`` holds the ``k``-th refresh of every row,
+stacked into one :func:`~pipeline.monitor.alerts.terms.robust_stats` call, and each row's statistics
+in effect at each window are kept as matrices. Only ``level`` (in units of the median scale) and its
+slow mean depend on another term: their refreshes wait for the scale refreshes before them. Then
+every window is scored at once and each stream's run is committed up to its first hot window
+(refreshes after it are dropped unused); the rest of its windows go to the scalar path
+(:mod:`pipeline.monitor.alerts.scalar`), which applies the same rules one window at a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.monitor.alerts.scoring import Scoring, window_scores, winsorise, zscore
+from pipeline.monitor.alerts.slots import SlotTable
+from pipeline.monitor.alerts.terms import TINY, robust_stats
+
+
+def quiet_runs(p: Scoring, tab: SlotTable, slots: np.ndarray, first: np.ndarray, length: np.ndarray,
+               vals: np.ndarray, cols: list[int], starts: np.ndarray, score: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Score and commit the runs of ``slots`` (windows ``first[e] .. first[e] + length[e] - 1`` of the
+    call: ``vals[:, i]`` the values of columns ``cols``, ``starts[i]`` the start); scores into ``score``
+    and per-column z into ``z`` ``(columns, windows)``. Returns the windows committed per stream."""
+    run = _Run(p, tab, slots, first, length, vals, cols)
+    run.refresh()
+    zz, sc = run.scores()
+    hot = (sc >= p.raise_threshold) & run.valid
+    done = np.where(hot.any(axis=1), hot.argmax(axis=1), length)
+    run.commit(done, starts, zz, sc, score, z)
+    return done
+
+
+def _slow_means(hist: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per row: the mean of the last ``hist.shape[1]`` values at each column of ``x``, ``hist`` holding
+    the values before ``x`` (oldest first)."""
+    sw = hist.shape[1]
+    cs = np.cumsum(np.concatenate((hist, x), axis=1), axis=1)
+    return (cs[:, sw:] - cs[:, : x.shape[1]]) / sw
+
+
+class _Run:
+    """The runs of one call. Rows ``e * C + c``: stream ``e``, term ``c`` (the per-window columns
+    present, then the slow terms whose feature is present). ``x`` holds each row's values and ``m``
+    the statistics (median, upper and lower spread) in effect at each window, ``(rows, windows)``."""
+
+    def __init__(self, p: Scoring, tab: SlotTable, slots, first, length, vals, cols):
+        self.p, self.tab, self.slots, self.length = p, tab, slots, length
+        E, L, P = slots.size, int(length.max()), len(cols)
+        self.jj = jj = np.arange(L)
+        self.valid = jj < length[:, None]
+        self.widx = first[:, None] + np.minimum(jj, length[:, None] - 1)
+        self.slow_q = [q for q, (f, _) in enumerate(p.slow) if f in cols]
+        self.rowcol = rc = np.array(list(cols) + [p.slow[q][1] for q in self.slow_q], dtype=np.int64)
+        self.E, self.P, self.C = E, P, rc.size
+        self.x3 = np.empty((E, self.C, L))
+        self.x3[:, :P] = vals[:, self.widx].transpose(1, 0, 2)
+        self.x = self.x3.reshape(-1, L)
+        self.lv = cols.index(p.col("level")) if p.col("level") in cols else -1
+        self.sc = cols.index(p.col("scale"))
+        self.raw_level = self.x3[:, self.lv].copy() if self.lv >= 0 else None
+        self.cnt0 = tab.count[slots][:, rc].reshape(-1)
+        self.pend0 = tab.pending[slots][:, rc].reshape(-1)
+        self.m = np.empty((3, E * self.C, L))
+        for k, name in enumerate(("med", "hi", "lo")):
+            self.m[k] = getattr(tab, name)[slots][:, rc].reshape(-1, 1)
+        off = np.zeros((E, self.C), dtype=np.int64)  # first window admitted per row
+        off[:, P:] = np.maximum(0, p.slow_windows - tab.quiet[slots] - 1)[:, None]
+        self.off = off.reshape(-1)
+        sw = p.slow_windows
+        self.hist = []  # each slow term's feature history, oldest first
+        for q in self.slow_q:
+            n = tab.slow_n[slots, q]
+            self.hist.append(tab.slow[slots[:, None], (n[:, None] + np.arange(sw)[None, :]) % sw, q])
+        self._slow_values(levels=False)
+        self._levels()
+
+    def _slow_values(self, levels: bool) -> None:
+        """Slow rows' values: of ``level`` only (``levels``, after its values changed) or of the others."""
+        for j, q in enumerate(self.slow_q):
+            f = self.p.slow[q][0]
+            if (f == self.p.col("level")) == levels:
+                self.x3[:, self.P + j] = _slow_means(self.hist[j], self.x3[:, self._row(f)])
+
+    def _row(self, col: int) -> int:
+        return int(np.flatnonzero(self.rowcol[: self.P] == col)[0])
+
+    def _levels(self) -> None:
+        """``level`` in units of the scale median in effect at each window, and its slow mean."""
+        if self.lv >= 0:
+            scale_med = self.m[0].reshape(self.E, self.C, -1)[:, self.sc]
+            self.x3[:, self.lv] = self.raw_level / np.maximum(np.exp(scale_med), TINY)
+            self._slow_values(levels=True)
+
+    def _schedule(self):
+        """Per row and refresh ``k``: admissions before it (``ik``), its window (``wk``), its round (``rk``)
+        and whether it happens within the run (``ok``). Round ``k`` is each row's ``k``-th refresh; a
+        level row's refresh waits for the scale refreshes before its window."""
+        every, C = self.p.refresh_every, self.C
+        n_adm = np.maximum(0, np.repeat(self.length, C) - self.off)
+        i0 = np.maximum(every - self.pend0, 1)
+        n_ref = np.where(n_adm >= i0, (n_adm - i0) // every + 1, 0)
+        kk = np.arange(int(n_ref.max()))
+        ik = i0[:, None] + every * kk
+        ok = kk < n_ref[:, None]
+        wk = self.off[:, None] + ik - 1
+        rk = np.broadcast_to(kk, ok.shape).copy()
+        if self.lv >= 0 and kk.size:
+            lev = self.p.col("level")
+            deps = [self.lv] + [self.P + j for j, q in enumerate(self.slow_q) if self.p.slow[q][0] == lev]
+            base = np.arange(self.E) * C
+            ws, wsv = wk[base + self.sc], ok[base + self.sc]
+            for c in deps:
+                before = ((ws[:, None, :] < wk[base + c][:, :, None]) & wsv[:, None, :]).sum(axis=2)
+                rk[base + c] = np.maximum.accumulate(before - kk, axis=1) + kk
+        return ik, wk, rk, ok
+
+    def refresh(self) -> None:
+        """Every refresh of the runs, round by round, into ``m`` from the window after it on."""
+        p, S, thr, jj = self.p, self.p.stats_windows, self.p.raise_threshold, self.jj
+        self.ik, self.wk, rk, self.ok = ik, wk, rk, ok = self._schedule()
+        self.ref = np.zeros((3,) + ik.shape)
+        if not ok.any():
+            return
+        g = self.tab.ring[self.slots]
+        if not np.array_equal(self.rowcol, np.arange(g.shape[2])):
+            g = g[:, :, self.rowcol]
+        ring = np.ascontiguousarray(g.transpose(0, 2, 1)).reshape(-1, S)  # (rows, positions)
+        pos0, held0 = self.cnt0 % S, np.minimum(self.cnt0, S)
+        prev = self.off - 1  # window of each row's last refresh so far
+        rk = np.where(ok, rk, -1)
+        for r in range(int(rk.max()) + 1):
+            hit = rk == r
+            rows = np.flatnonzero(hit.any(axis=1))
+            k = hit[rows].argmax(axis=1)
+            w = wk[rows, k]
+            # the admissions since the row's last refresh, winsorised by the statistics in effect
+            mm = self.m[:, rows]
+            win = winsorise(self.x[rows], mm[0], mm[1], mm[2], thr)
+            rr, jr = np.nonzero((jj > prev[rows, None]) & (jj <= w[:, None]))
+            rw = rows[rr]
+            ring[rw, (pos0[rw] + jr - self.off[rw]) % S] = win[rr, jr]
+            n = np.minimum(held0[rows] + ik[rows, k], S)
+            fc = self.rowcol[rows % self.C]
+            if n.min() == n.max():  # the common case: every ring full
+                new = np.stack(robust_stats(ring[rows, : n[0]], p.tail_quantile, p.floors[fc], p.margins[fc], thr))
+            else:
+                new = np.empty((3, rows.size))
+                for nv in np.unique(n):
+                    g = np.flatnonzero(n == nv)
+                    new[:, g] = robust_stats(ring[rows[g], :nv], p.tail_quantile, p.floors[fc[g]], p.margins[fc[g]], thr)
+            self.m[:, rows] = np.where(jj > w[:, None], new[:, :, None], mm)
+            self.ref[:, rows, k] = new
+            prev[rows] = w
+            if self.lv >= 0 and (rows % self.C == self.sc).any():
+                self._levels()
+
+    def scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """(z of every column, ``(columns, streams, windows)``; score ``(streams, windows)``)."""
+        m = self.m
+        zr = zscore(self.x - m[0], m[1], m[2], self.p.cap).reshape(self.E, self.C, -1)
+        zz = np.zeros((len(self.p.cols),) + self.valid.shape)
+        zz[self.rowcol] = zr.transpose(1, 0, 2)
+        return zz, window_scores(zz, self.p)
+
+    def commit(self, done, starts, zz, sc, score, z) -> None:
+        """Commit windows ``[0, done[e])`` of each run: outputs, debounce history, slow histories,
+        admissions, statistics (the last refresh among them) and counters."""
+        p, tab, slots, jj = self.p, self.tab, self.slots, self.jj
+        take = jj < done[:, None]
+        wi = self.widx[take]
+        score[wi] = sc[take]
+        z[:, wi] = zz[:, take]
+        busy = done > 0
+        s_b, d_b = slots[busy], done[busy]
+        tab.last_start[s_b], tab.has_last[s_b] = starts[self.widx[busy, d_b - 1]], True
+        tab.cooldown[s_b] = np.maximum(0, tab.cooldown[s_b] - d_b)
+        tab.quiet[s_b] += d_b
+        self._recent(done, starts, sc)
+        sw = p.slow_windows
+        for j, q in enumerate(self.slow_q):
+            e, i = np.nonzero(take & (jj >= done[:, None] - sw))
+            n = tab.slow_n[slots, q]
+            tab.slow[slots[e], (n[e] + i) % sw, q] = self.x3[e, self._row(p.slow[q][0]), i]
+            tab.slow_n[slots, q] = n + done
+        self._admit(done)
+
+    def _recent(self, done, starts, sc) -> None:
+        """The last ``n`` windows of each stream (right-aligned), the run's windows appended (not hot)."""
+        n, slots, tab = self.p.n, self.slots, self.tab
+        if done.min() >= n:  # the common case: the run's own last n windows
+            pick = done[:, None] - n + np.arange(n)[None, :]
+            tab.rec_start[slots] = starts[np.take_along_axis(self.widx, pick, axis=1)]
+            tab.rec_score[slots] = np.take_along_axis(sc, pick, axis=1)
+            tab.rec_hot[slots] = False
+            tab.rec_len[slots] = n
+            return
+        pick = done[:, None] + np.arange(n)[None, :]
+        for name, new in (("rec_start", starts[self.widx]), ("rec_score", sc), ("rec_hot", np.zeros(sc.shape, bool))):
+            arr = getattr(tab, name)
+            arr[slots] = np.take_along_axis(np.concatenate((arr[slots], new), axis=1), pick, axis=1)
+        tab.rec_len[slots] = np.minimum(n, tab.rec_len[slots] + done)
+
+    def _admit(self, done) -> None:
+        """Each row's admissions among the committed windows into the ring, its count, pending and stats."""
+        p, tab, slots, S, m, C = self.p, self.tab, self.slots, self.p.stats_windows, self.m, self.C
+        win = winsorise(self.x, m[0], m[1], m[2], p.raise_threshold)
+        d = np.repeat(done, C)
+        rows, j = np.nonzero((self.jj >= self.off[:, None]) & (self.jj < d[:, None]) & (self.jj >= d[:, None] - S))
+        e = rows // C
+        tab.ring[slots[e], (self.cnt0[rows] + j - self.off[rows]) % S, self.rowcol[rows % C]] = win[rows, j]
+        n_adm = np.maximum(0, d - self.off)
+        ix = (slots[:, None], self.rowcol[None, :])
+        tab.count[ix] = (self.cnt0 + n_adm).reshape(self.E, C)
+        used = (self.ok & (self.wk < d[:, None])).sum(axis=1)  # refreshes among the committed windows
+        got = np.flatnonzero(used)
+        pending = self.pend0 + n_adm
+        if got.size:
+            k = used[got] - 1
+            pending[got] = n_adm[got] - self.ik[got, k]
+            e, c = got // C, self.rowcol[got % C]
+            for i, name in enumerate(("med", "hi", "lo")):
+                getattr(tab, name)[slots[e], c] = self.ref[i, got, k]
+        tab.pending[ix] = pending.reshape(self.E, C)

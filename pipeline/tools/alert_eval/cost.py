@@ -1,0 +1,92 @@
+"""What the alert engine costs per window, alone (docs/bench.md, "The alert engine alone").
+
+8 streams x 9,600 windows of 256 samples (hop 128), white noise as window and 0.9 x it as the model's
+output, log-normal errors and scales, and now and then (one 64-window block in ten) three windows
+with a 300x error: an alert raised and resolved. Fed either as the worker feeds it
+(``--api batch``: one ``AlertEngine.update_batch`` call per micro-batch of N windows, N/8 from each
+stream) or one call per stream and N windows (``--api update``, the only way before the batch entry
+point). Prints µs per window, process CPU time and wall time, min and median over the repeats, and
+the number of events (the decisions must not depend on the API or on N).
+
+    .venv/bin/python -m pipeline.tools.alert_eval.cost --api batch --n 256 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from pipeline.monitor.alerts.engine import AlertEngine
+from pipeline.settings import AlertSettings
+
+STREAMS, BLOCKS, BLOCK, W, HOP = 8, 150, 64, 256, 128
+CAL = {"q50": 0.01, "q999": 0.1}
+
+
+def make_streams(seed: int = 0) -> list[tuple[np.ndarray, ...]]:
+    """Per stream: starts, errors, scales, windows ``(n, 1, W)`` and outputs."""
+    rng = np.random.default_rng(seed)
+    parts: list[list] = [[] for _ in range(STREAMS)]
+    for b in range(BLOCKS):
+        for s in range(STREAMS):
+            win = rng.standard_normal((BLOCK, 1, W)).astype(np.float32)
+            out = (0.9 * win).astype(np.float32)
+            err = np.exp(rng.normal(np.log(0.01), 0.3, BLOCK))
+            sc = np.exp(rng.normal(0.0, 0.05, BLOCK))
+            if rng.random() < 0.1:  # an occasional anomaly: three hot windows
+                j = int(rng.integers(0, BLOCK - 4))
+                err[j : j + 3] *= 300.0
+            parts[s].append(((b * BLOCK + np.arange(BLOCK)) * HOP, err, sc, win, out))
+    return [tuple(np.concatenate([p[k] for p in ps]) for k in range(5)) for ps in parts]
+
+
+def run(streams, api: str, n: int) -> tuple[float, float, int]:
+    """(CPU seconds, wall seconds, events) of one pass over ``streams`` by a fresh engine."""
+    eng = AlertEngine(AlertSettings(), CAL, "v1")
+    ids = [f"s{s}" for s in range(len(streams))]
+    total = streams[0][0].size
+    cpu = wall = 0.0
+    events = 0
+    step = n if api == "update" else max(1, n // len(streams))
+    for a in range(0, total, step):
+        sl = slice(a, a + step)
+        if api == "update":
+            calls = [(lambda x=x, sid=sid: eng.update_scored(sid, x[0][sl], W, *(v[sl] for v in x[1:3]), 1.0,
+                                                            x[3][sl], x[4][sl])[0])
+                     for sid, x in zip(ids, streams)]
+        else:
+            cat = [np.concatenate([x[k][sl] for x in streams]) for k in range(5)]
+            lengths = [x[0][sl].size for x in streams]
+            calls = [lambda: eng.update_batch(ids, lengths, cat[0], W, cat[1], cat[2], now=1.0, windows=cat[3],
+                                              outputs=cat[4]).events]
+        for call in calls:
+            c0, t0 = time.process_time(), time.perf_counter()
+            ev = call()
+            cpu += time.process_time() - c0
+            wall += time.perf_counter() - t0
+            events += len(ev)
+    return cpu, wall, events
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--api", choices=("batch", "update"), default="batch")
+    ap.add_argument("--n", type=int, default=256, help="windows per call (batch: across the 8 streams)")
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    streams = make_streams()
+    windows = sum(x[0].size for x in streams)
+    events = run(streams, a.api, a.n)[2]  # warm-up
+    runs = [run(streams, a.api, a.n) for _ in range(a.repeats)]
+    for name, k in (("cpu", 0), ("wall", 1)):
+        us = [r[k] / windows * 1e6 for r in runs]
+        print(f"{a.api} n={a.n} {name}: us/window min {min(us):.2f} median {statistics.median(us):.2f} "
+              f"({' '.join(f'{u:.2f}' for u in us)})")
+    print(f"{windows} windows, {events} events")
+
+
+if __name__ == "__main__":
+    main()
