@@ -77,6 +77,10 @@ target_up() {  # target_up JOB
   prom targets | python3 -c "import json, sys; t = [t for t in json.load(sys.stdin)['activeTargets']
 if t['labels']['job'] == '$1']; sys.exit(0 if t and all(x['health'] == 'up' for x in t) else 1)"
 }
+kafka_from_host() {
+  docker run --rm --network host --entrypoint /opt/kafka/bin/kafka-broker-api-versions.sh \
+    dae-offline/kafka:4.1.1 --bootstrap-server localhost:19092
+}
 alertmanager_known() { prom alertmanagers | grep -q 'alertmanager:9093'; }
 retrain_line() { docker logs "$(cid retrain)" 2>&1 | grep -E '^retrain (promoted|rejected|failed)' | head -1; }
 retrain_ran() { [[ -n "$(retrain_line)" ]]; }
@@ -146,8 +150,7 @@ exited_ok kafka-init || fail "kafka-init: $(state kafka-init)"
 topics="$("${compose[@]}" logs --no-color kafka-init | grep -c 'PartitionCount' || true)"
 [[ "$topics" == 4 ]] || fail "kafka-init described $topics topics, not 4"
 # The listener the host uses (localhost:19092, advertised as such), from the host's network.
-docker run --rm --network host --entrypoint /opt/kafka/bin/kafka-broker-api-versions.sh dae-offline/kafka:4.1.1 \
-  --bootstrap-server localhost:19092 >/dev/null 2>&1 || fail "Kafka does not answer on localhost:19092 from the host"
+wait_for 180 "Kafka answers on localhost:19092 from the host" kafka_from_host
 stage_done kafka "broker healthy, 4 topics created, answers on localhost:19092 from the host"
 
 # -------------------------------------------------------------------------------------- model
