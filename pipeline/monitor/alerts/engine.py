@@ -59,6 +59,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pipeline.monitor.alerts.events import EVENT_TYPE, TERMS, AlertEvent, WindowScores
+from pipeline.monitor.alerts.fresh import first_windows
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scalar import Cursor
 from pipeline.monitor.alerts.scoring import Scoring
@@ -222,8 +223,13 @@ class AlertEngine:
         slots = self._tab.claim(ids, self._clock())
         o_score, o_act, o_z = (score, act, z) if order is None else (np.zeros_like(score), np.zeros_like(act),
                                                                      np.zeros_like(z))
-        done = self._runs(slots, first, n_u, vals, cols, starts, finite, o_score, o_z) if self._fast \
-            else np.zeros_like(n_u)
+        done = np.zeros_like(n_u)
+        if self._fast:
+            new = np.flatnonzero(~self._tab.has_last[slots])  # streams without a window so far
+            if new.size:
+                first_windows(p, self._tab, slots[new], first[new], vals, cols, starts, finite, log_err, o_score, o_z)
+                done[new] = 1
+            done += self._runs(slots, first, n_u, vals, cols, starts, finite, o_score, o_z)
         for u in np.flatnonzero(done < n_u).tolist():
             a, b = int(first[u] + done[u]), int(first[u] + n_u[u])
             self._scalar(ids[u], int(slots[u]), window, ts, a, b, starts, finite, vals, cols, log_err,

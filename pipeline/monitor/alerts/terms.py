@@ -162,15 +162,19 @@ def robust_stats(v: np.ndarray, p: float, floor, margin, thr) -> tuple[np.ndarra
     q_lo, med, q_hi = _quantiles(v, n, (p, 0.5, 1.0 - p))
     # median of |v - med|: the k values nearest med are k consecutive sorted values, so the k-th
     # smallest deviation is the least over windows of k of the larger of its two end deviations
-    # (med - v[j] and v[j + k - 1] - med), in the values' precision.
-    m = med.astype(v.dtype)[:, None]
-    below, above = m - v, v - m
-
-    def kth(k: int) -> np.ndarray:
-        return np.fmin.reduce(np.fmax(below[:, : n - k + 1], above[:, k - 1 :]), axis=1).astype(np.float64)
-
+    # (med - v[j] and v[j + k - 1] - med), in the values' precision. For k = h or h + 1 (h = n // 2)
+    # the windows start at j <= n - h and end at j + k - 1 >= h - 1.
     h = n // 2
-    mad = kth(h + 1) if n % 2 else (kth(h) + kth(h + 1)) / 2.0
+    m = med.astype(v.dtype)[:, None]
+    below, above = m - v[:, : n - h + 1], v[:, max(h - 1, 0) :] - m
+
+    def kth(k: int) -> np.ndarray:  # window j ends at above[:, j + k - h] (v[j + k - 1])
+        return np.fmin.reduce(np.fmax(below[:, : n - k + 1], above[:, k - h :]), axis=1).astype(np.float64)
+
+    if n == 1:
+        mad = np.zeros(v.shape[0])
+    else:
+        mad = kth(h + 1) if n % 2 else (kth(h) + kth(h + 1)) / 2.0
     sigma = np.maximum(_MAD_TO_SIGMA * mad, floor)
     hi = np.maximum(sigma, (q_hi - med + margin * sigma) / thr)
     lo = np.maximum(sigma, (med - q_lo + margin * sigma) / thr)
