@@ -3,8 +3,9 @@
 The signal is cut into chunks (like producer messages), each chunk goes through
 :class:`~pipeline.stream.windowing.StreamWindowing`, each round's windows through one batched
 ``InferenceEngine.infer``, the outputs back through overlap-add, and errors, scales and window
-features through :meth:`AlertEngine.update_scored`. The recorded per-window inputs let
-:func:`replay` score the same streams under other alert settings without inference.
+features through one :meth:`AlertEngine.update_batch` per round, as the worker does. The recorded
+per-window inputs let :func:`replay` score the same streams under other alert settings without
+inference.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def run_streams(
     hop: int | None = None, t0: float = 1.7e9, max_batch: int = 4096,
 ) -> dict[str, StreamRun]:
     """Streams through the worker's path: chunks → StreamWindowing → one batched ``engine.infer``
-    per round across all streams (the micro-batcher) → overlap-add → :class:`AlertEngine`.
+    per round across all streams (the micro-batcher) → overlap-add, and one
+    :meth:`AlertEngine.update_batch` per round.
 
     Every stream gets its next ``chunk`` samples per round; a stream that runs out is flushed
     (its padded tail window, as on idle) in that round. The raw windows and the model's outputs go
@@ -69,31 +71,43 @@ def run_streams(
         pos += chunk
         for i in range(0, len(blocks), max_batch):
             group = blocks[i : i + max_batch]
-            if not group:
-                continue
-            inf = engine.infer(np.concatenate([b.data for _, b in group]))
-            j = 0
-            for k, b in group:
-                sl = slice(j, j + len(b))
-                j += len(b)
-                wins[k].add_output(b.start, inf.outputs[sl])
-                wins[k].ready()
-                starts = b.starts
-                now = t0 + float(starts[-1] + W) / sample_rate
-                feats = window_features(b.data, inf.outputs[sl])
-                ev, sc = alerts.update_scored(k, starts, W, inf.errors[sl], inf.scales[sl], now=now, features=feats)
-                events[k].extend(ev)
-                parts[k].append((sc, {"errors": inf.errors[sl], "scales": inf.scales[sl], **feats}))
+            if group:
+                _score_group(engine, alerts, group, wins, events, parts, t0, sample_rate)
     out = {}
     for k, x in xs.items():
         alerts.forget(k)
         p = parts[k]
         cat = (lambda arrs, dt=np.float64: np.concatenate(arrs) if arrs else np.zeros(0, dt))
-        terms = {t: cat([q[0].terms[t] for q in p]) for t in TERMS}
-        inputs = {name: cat([q[1][name] for q in p]) for name in (p[0][1] if p else {})}
-        out[k] = StreamRun(k, x.shape[0], cat([q[0].starts for q in p], np.int64), cat([q[0].score for q in p]),
-                           terms, cat([q[0].active for q in p], bool), events[k], inputs)
+        terms = {t: cat([q[2][t] for q in p]) for t in TERMS}
+        inputs = {name: cat([q[4][name] for q in p]) for name in (p[0][4] if p else {})}
+        out[k] = StreamRun(k, x.shape[0], cat([q[0] for q in p], np.int64), cat([q[1] for q in p]),
+                           terms, cat([q[3] for q in p], bool), events[k], inputs)
     return out
+
+
+def _score_group(engine, alerts: AlertEngine, group, wins, events, parts, t0: float, sample_rate: float) -> None:
+    """One micro-batch: ``engine.infer`` and overlap-add per block, then the alert engine once for all of
+    them (each event stamped with its stream's time: its block's last complete window)."""
+    W = engine.window
+    data = np.concatenate([b.data for _, b in group])
+    inf = engine.infer(data)
+    lengths = [len(b) for _, b in group]
+    ends = np.cumsum(lengths)
+    for (k, b), j in zip(group, ends - lengths):
+        wins[k].add_output(b.start, inf.outputs[j : j + len(b)])
+        wins[k].ready()
+    feats = window_features(data, inf.outputs)
+    res = alerts.update_batch([k for k, _ in group], lengths, np.concatenate([b.starts for _, b in group]), W,
+                              inf.errors, inf.scales, features=feats)
+    for ev, w in zip(res.events, res.event_windows):
+        k, b = group[int(np.searchsorted(ends, w, side="right"))]
+        ev.time = t0 + float(b.starts[-1] + W) / sample_rate
+        events[k].append(ev)
+    sc = res.scores
+    for (k, _), j, n in zip(group, ends - lengths, lengths):
+        sl = slice(j, j + n)
+        inputs = {"errors": inf.errors[sl], "scales": inf.scales[sl], **{t: v[sl] for t, v in feats.items()}}
+        parts[k].append((sc.starts[sl], sc.score[sl], {t: v[sl] for t, v in sc.terms.items()}, sc.active[sl], inputs))
 
 
 def replay(alerts: AlertEngine, run: StreamRun, window: int) -> StreamRun:
