@@ -306,3 +306,12 @@ def test_a_lasting_level_shift_is_learnt_by_the_slow_term_too():
     ev, sc = eng.update_scored("s", starts(n), W, e, s, now=0.0, windows=x)
     assert [v.kind for v in ev][:2] == ["raised", "resolved"]
     assert not sc.active[-300:].any()
+
+
+def test_a_constant_stream_scores_nothing_whatever_its_level():
+    # A flat window's level in units of its median scale (0) is huge: it must still equal its median.
+    eng = engine(k=1, n=1, slow_terms=("level",), slow_windows=16)
+    n = 300
+    x = np.full((n, 1, W), 45.0, np.float32)
+    ev, sc = eng.update_scored("flat", starts(n), W, np.full(n, 6e-5), np.zeros(n), now=0.0, windows=x, outputs=x)
+    assert ev == [] and sc.score.max() == 0.0

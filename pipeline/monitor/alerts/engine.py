@@ -64,7 +64,7 @@ from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scalar import Cursor
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.slots import SlotTable
-from pipeline.monitor.alerts.terms import TINY, FeatureWork, window_features
+from pipeline.monitor.alerts.terms import TINY, FeatureWork, stored, window_features
 from pipeline.settings import AlertSettings
 
 
@@ -202,7 +202,7 @@ class AlertEngine:
         log_scale = np.log(np.maximum(np.where(finite, scales, 1.0), TINY))
         vals = {0: log_err + 2.0 * log_scale, 1: log_err, p.col("scale"): log_scale, **extra}
         cols = sorted(vals)
-        return np.stack([vals[c] for c in cols]), cols, finite, log_err
+        return stored(np.stack([vals[c] for c in cols])), cols, finite, log_err
 
     def _score(self, streams, lengths, starts, window, errors, scales, features, ts, score, act, z, events,
                ev_win) -> None:

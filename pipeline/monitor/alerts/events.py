@@ -37,7 +37,7 @@ class AlertEvent:
 
 @dataclass(frozen=True)
 class WindowScores:
-    """Per-window diagnostics of one ``AlertEngine.update_scored`` call."""
+    """Per-window diagnostics of one ``AlertEngine.update_batch`` (or ``update_scored``) call."""
 
     starts: np.ndarray  # (N,) int64
     score: np.ndarray  # (N,) float64: the voting max |z|, capped; compare with the thresholds

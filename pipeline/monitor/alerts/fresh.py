@@ -40,7 +40,7 @@ def first_windows(p: Scoring, tab: SlotTable, slots: np.ndarray, idx: np.ndarray
     ix = (s[:, None], c[None, :])
     tab.ring[s[:, None], 0, c[None, :]] = v
     tab.count[ix], tab.pending[ix] = 1, 0
-    tab.med[ix] = v.astype(np.float32)  # the stored value, as a refresh reads it back
+    tab.med[ix] = v  # (values are float32 already: terms.stored)
     spread = np.maximum(p.floors[c], p.margins[c] * p.floors[c] / p.raise_threshold)
     tab.hi[ix] = tab.lo[ix] = spread[None, :]
     for q, (f, _) in enumerate(p.slow):  # each slow term's feature history starts

@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.monitor.alerts.scoring import Scoring, window_scores, winsorise, zscore
 from pipeline.monitor.alerts.slots import SlotTable
-from pipeline.monitor.alerts.terms import TINY, robust_stats
+from pipeline.monitor.alerts.terms import TINY, robust_stats, stored
 
 
 def quiet_runs(p: Scoring, tab: SlotTable, slots: np.ndarray, first: np.ndarray, length: np.ndarray,
@@ -87,7 +87,7 @@ class _Run:
         for j, q in enumerate(self.slow_q):
             f = self.p.slow[q][0]
             if (f == self.p.col("level")) == levels:
-                self.x3[:, self.P + j] = _slow_means(self.hist[j], self.x3[:, self._row(f)])
+                self.x3[:, self.P + j] = stored(_slow_means(self.hist[j], self.x3[:, self._row(f)]))
 
     def _row(self, col: int) -> int:
         return int(np.flatnonzero(self.rowcol[: self.P] == col)[0])
@@ -96,7 +96,7 @@ class _Run:
         """``level`` in units of the scale median in effect at each window, and its slow mean."""
         if self.lv >= 0:
             scale_med = self.m[0].reshape(self.E, self.C, -1)[:, self.sc]
-            self.x3[:, self.lv] = self.raw_level / np.maximum(np.exp(scale_med), TINY)
+            self.x3[:, self.lv] = stored(self.raw_level / np.maximum(np.exp(scale_med), TINY))
             self._slow_values(levels=True)
 
     def _schedule(self):

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.slots import SlotTable
-from pipeline.monitor.alerts.terms import TINY, robust_stats
+from pipeline.monitor.alerts.terms import TINY, robust_stats, stored_one
 
 _RES, _ERR = 0, 1  # residual and error are the first two columns (scoring.Scoring.build)
 _STATE = ("below", "cooldown", "in_alert", "quiet", "fast_below", "alert_start", "alert_end")
@@ -101,7 +101,7 @@ class Cursor:
             if c == self.level:  # in units of the stream's median scale
                 if count[self.scale] < min_w:
                     continue
-                x /= max(math.exp(med[self.scale]), TINY)
+                x = stored_one(x / max(math.exp(med[self.scale]), TINY))
             admit.append((c, x))
             if count[c] < min_w:
                 if c != _RES:
@@ -122,7 +122,7 @@ class Cursor:
                 d.append(have[f])
                 self.slow_n[q] += 1
                 if len(d) == p.slow_windows:
-                    x = sum(d) / len(d)
+                    x = stored_one(sum(d) / len(d))
                     admit.append((t, x))
                     if count[t] >= p.slow_min:
                         dd = x - med[t]

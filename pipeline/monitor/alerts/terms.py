@@ -44,6 +44,21 @@ TINY = 1e-30
 _MAD_TO_SIGMA = 1.4826
 # z of the 99.9th percentile of a normal distribution: turns (q999 - q50) into a spread.
 _Z999 = 3.0902
+# Values are limited to this magnitude before they are rounded to float32 (a flat window's level in
+# units of its median scale, 0, would otherwise overflow).
+_F32_MAX = float(np.finfo(np.float32).max) / 2
+
+
+def stored(x):
+    """``x`` as the statistics hold it: rounded to float32 (within its range), as float64. Every value
+    is scored and admitted in this form, so a value equals the median it made (a constant stream
+    scores 0 even where its values are huge)."""
+    return np.clip(x, -_F32_MAX, _F32_MAX).astype(np.float32).astype(np.float64)
+
+
+def stored_one(x: float) -> float:
+    """:func:`stored` of one value."""
+    return float(np.float32(min(max(x, -_F32_MAX), _F32_MAX)))
 
 
 class FeatureWork:

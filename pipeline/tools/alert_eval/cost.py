@@ -8,7 +8,12 @@ stream) or one call per stream and N windows (``--api update``, the only way bef
 point). Prints µs per window, process CPU time and wall time, min and median over the repeats, and
 the number of events (the decisions must not depend on the API or on N).
 
+``--many K``: instead, rounds of K new stream ids with one window each (a 64-sample chunk flushed as
+one padded window), micro-batches of 512; prints the time per round, the RSS per tracked stream and
+the RSS after the state timeout (Linux: reads /proc/self/statm).
+
     .venv/bin/python -m pipeline.tools.alert_eval.cost --api batch --n 256 --repeats 5
+    .venv/bin/python -m pipeline.tools.alert_eval.cost --many 20000 --rounds 3
 """
 
 from __future__ import annotations
@@ -71,12 +76,48 @@ def run(streams, api: str, n: int) -> tuple[float, float, int]:
     return cpu, wall, events
 
 
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def many_streams(k: int, rounds: int, batch: int = 512) -> None:
+    """Rounds of ``k`` new streams with one window each; prints time and memory per round."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, W)).astype(np.float32)
+    x[:, :, 64:] = 0.0  # a 64-sample chunk padded to a window
+    y, err = (0.9 * x).astype(np.float32), np.exp(rng.normal(np.log(0.01), 0.3, batch))
+    sc = x.reshape(batch, -1).std(axis=1).astype(np.float64)
+    clock = [0.0]
+    eng = AlertEngine(AlertSettings(), CAL, "v1", clock=lambda: clock[0])
+    base = _rss()
+    for r in range(rounds):
+        c0, t0 = time.process_time(), time.perf_counter()
+        for a in range(0, k, batch):
+            m = min(batch, k - a)
+            eng.update_batch([f"r{r}-s{a + i}" for i in range(m)], [1] * m, np.zeros(m, np.int64), W, err[:m], sc[:m],
+                             now=0.0, windows=x[:m], outputs=y[:m])
+        grown = _rss() - base
+        print(f"round {r + 1}: {time.process_time() - c0:.2f} s CPU, {time.perf_counter() - t0:.2f} s wall; RSS "
+              f"+{grown / 2**20:.1f} MiB, {grown / eng.streams():.0f} bytes per tracked stream ({eng.streams()})")
+    clock[0] = 1e9
+    t0 = time.perf_counter()
+    gone = len(eng.expire())
+    print(f"state timeout: {gone} streams dropped in {time.perf_counter() - t0:.2f} s; "
+          f"RSS +{(_rss() - base) / 2**20:.1f} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--api", choices=("batch", "update"), default="batch")
     ap.add_argument("--n", type=int, default=256, help="windows per call (batch: across the 8 streams)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--many", type=int, default=0, help="rounds of this many new one-window streams instead")
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
+    if a.many:
+        many_streams(a.many, a.rounds)
+        return
     streams = make_streams()
     windows = sum(x[0].size for x in streams)
     events = run(streams, a.api, a.n)[2]  # warm-up

@@ -2,8 +2,8 @@
 
 Both parts run every stream through the worker's own path, offline: the signal is cut into chunks
 (``chunk`` samples, like producer messages), each chunk goes through :class:`StreamWindowing`,
-each block of windows through ``InferenceEngine.infer``, its outputs back through overlap-add, and
-its ``errors``/``scales`` through :meth:`AlertEngine.update_scored`; the tail is flushed as the
+each round's windows through ``InferenceEngine.infer``, the outputs back through overlap-add, and
+their ``errors``/``scales`` through one :meth:`AlertEngine.update_batch`; the tail is flushed as the
 worker does when a stream goes idle.
 
 Synthetic (held-out)
