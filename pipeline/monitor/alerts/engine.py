@@ -37,17 +37,18 @@ up to ``slow_windows`` windows after it ended, so the resolve comes that much la
 Cost. :meth:`AlertEngine.update_batch` scores every window of a micro-batch, across streams, in one
 call. Per-stream state lives in struct-of-arrays slots (:mod:`pipeline.monitor.alerts.slots`). Quiet
 runs of streams past warm-up (most windows) are scored and admitted for all streams at once in array
-operations (:mod:`pipeline.monitor.alerts.runs`); every other window (warm-up, hot windows and what
-follows them in the call, open alerts, rewinds, non-finite inputs) takes the scalar step
-(:mod:`pipeline.monitor.alerts.scalar`). Both apply the same rules; ``tests/test_alerts_reference.py``
+operations (:mod:`pipeline.monitor.alerts.runs`), new streams' first windows too
+(:mod:`pipeline.monitor.alerts.fresh`); every other window (warm-up, hot windows and what follows
+them in the call, open alerts, rewinds, non-finite inputs) takes the scalar step
+(:mod:`pipeline.monitor.alerts.scalar`). They apply the same rules; ``tests/test_alerts_reference.py``
 compares them with each other and with the engine before the slots. Streams silent for
 ``state_ttl_s`` are dropped by :meth:`AlertEngine.expire`; beyond ``max_streams`` the least recently
 seen is evicted.
 
 Modules: ``events`` (what is emitted; a leaf), ``terms`` (features, robust statistics), ``scoring``
 (the :class:`~pipeline.monitor.alerts.scoring.Scoring` parameters and shared arithmetic), ``slots``
-(per-stream state), ``runs`` and ``scalar`` (the paths), and this module, which owns the streams and
-dispatches windows to the paths.
+(per-stream state), ``runs``, ``fresh`` and ``scalar`` (the paths), and this module, which owns the
+streams and dispatches windows to the paths.
 """
 
 from __future__ import annotations
