@@ -76,12 +76,13 @@ def exported_metrics(registry) -> dict[str, set[str]]:
     declared label names (``le`` on buckets); samples already present add theirs (e.g. the keys of
     an Info).
     """
-    from prometheus_client.metrics import MetricWrapperBase
-
     declared: dict[str, set[str]] = {}
     for collector in getattr(registry, "_collector_to_names", {}):
-        if isinstance(collector, MetricWrapperBase):
-            declared[collector._name] = set(collector._labelnames)
+        # prometheus_client's metrics and the project's own collectors (BatchHistogram) both
+        # keep their name and declared label names.
+        name, labels = getattr(collector, "_name", None), getattr(collector, "_labelnames", None)
+        if name is not None and labels is not None:
+            declared[name] = set(labels)
 
     suffixes = {
         "counter": ("_total", "_created"),
