@@ -65,6 +65,8 @@ def model_registry(tmp_path_factory):
     from models.training import TrainConfig, train_synthetic
 
     root = tmp_path_factory.mktemp("registry")
-    model, meta = train_synthetic(TrainConfig(sample_rate=1000.0, seed=1), progress=False)
+    # The full 2,500 steps whatever the load (the 50 s default cap cut it short on a busy machine,
+    # and a half-trained model failed the SNR assertions downstream).
+    model, meta = train_synthetic(TrainConfig(sample_rate=1000.0, seed=1, max_seconds=3600.0), progress=False)
     ModelRegistry(root).publish(model, meta, promote=True)
     return root

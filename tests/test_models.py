@@ -141,7 +141,8 @@ def test_error_quantiles_are_the_forward_paths_per_window_errors():
 # ------------------------------------------------------------------------------ short training
 SHORT = dict(
     sample_rate=1000.0, window=64, hidden=64, steps=300, batch_size=128, lr=3e-3,
-    families=("vibration", "drift"), val_streams=2, max_seconds=30.0,
+    # A step budget only: a wall-clock cap made this model (and the test) depend on machine load.
+    families=("vibration", "drift"), val_streams=2, max_seconds=3600.0,
 )
 
 
