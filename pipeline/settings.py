@@ -26,6 +26,11 @@ class KafkaSettings(BaseModel):
     alerts_topic: str = "dae.alerts"
     dead_letter_topic: str = "dae.deadletter"
     group_id: str = "dae-worker"
+    # Static membership: a worker restarted with the same id gets its partitions back at once, with
+    # no rebalance and no wait for its session to expire (one id per replica, e.g. a pod name).
+    group_instance_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    # Compacted topic holding each stream's resume entry (README "Delivery"); None: "<group_id>.state".
+    state_topic: str | None = None
     client_id: str = "dae"
     # Partitions for topics this project creates (raw/clean/alerts/dead-letter) when absent.
     partitions: int = Field(4, ge=1)
@@ -123,6 +128,10 @@ class WorkerSettings(BaseModel):
     shutdown_timeout_s: float = Field(10.0, gt=0)
     # Forward pass in a second thread, overlapping Kafka I/O; off: it stalled on the GIL (docs/bench.md).
     inference_thread: bool = False
+    # at_least_once: outputs may repeat after a crash, always with the same values; exactly_once:
+    # outputs, alert events, dead letters and offsets in one transaction per input partition, for
+    # readers with isolation_level=read_committed (README "Delivery").
+    delivery: Literal["at_least_once", "exactly_once"] = "at_least_once"
     # Longest poll when no batch is waiting (a waiting batch shortens it to its deadline); it
     # bounds how late an idle flush or a commit can be.
     poll_timeout_ms: int = Field(100, ge=1)

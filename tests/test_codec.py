@@ -82,3 +82,42 @@ def test_size_limit():
 def test_output_headers_carry_model_version():
     _, _, h = encode_chunk("s", 7, 360, np.zeros(3, np.float32), model="v12")
     assert dict(h)[H_MODEL] == b"v12" and dict(h)[H_INDEX] == b"7" and dict(h)[H_RATE] == b"360"
+
+
+@pytest.mark.parametrize(
+    "name,raw",
+    [(H_INDEX, v) for v in (b" 12", b"12 ", b"+12", b"1_000", b"12\n", b"012", b"00", b"1e3", b"0x10", b"",
+                            "١٢".encode(), b"12.0", b"9223372036854775808", b"99999999999999999999")]
+    + [(H_FORMAT, v) for v in (b"01", b" 1", b"+1", b"1\n")]
+    + [(H_CHANNELS, v) for v in (b"01", b"+1", b"1_0", b" 1")]
+    + [(H_RATE, v) for v in (b" 1000", b"+1000", b"1_000", b"1000\n", b"inf", b"nan", b"-5", b"1000.", b".5",
+                             b"0x10", b"1e", b"1e1000", b"0", b"0.0", b"1" * 40)],
+)
+def test_lenient_header_text_is_rejected(name, raw):
+    """The header grammar is strict: what Python's int()/float() would forgive is invalid_header."""
+    key, value, headers = encode_chunk("s", 5, 1000, np.zeros((4, 1), np.float32))
+    with pytest.raises(DecodeError) as err:
+        decode_chunk(key, value, replace(headers, name, raw))
+    assert err.value.reason in ("invalid_header", "unsupported_format"), err.value
+    if name != H_FORMAT:
+        assert err.value.reason == "invalid_header"
+
+
+@pytest.mark.parametrize("raw,rate", [(b"1000", 1000.0), (b"0.2", 0.2), (b"44100.5", 44100.5),
+                                      (b"1e-05", 1e-05), (b"1.5e-07", 1.5e-07), (b"150000000000000000000", 1.5e20), (b"360", 360.0)])
+def test_rate_grammar_accepts_what_the_encoder_writes(raw, rate):
+    key, value, headers = encode_chunk("s", 0, rate, np.zeros((2, 1), np.float32))
+    assert dict(headers)[H_RATE] == raw
+    assert decode_chunk(key, value, headers).rate == rate
+
+
+def test_index_plus_frames_must_fit_in_int64():
+    """The reported poison pill: index 2^63-1 with one frame decoded, then crashed the windowing."""
+    top = 2**63 - 1
+    k, v, h = encode_chunk("s", top - 4, 10, np.zeros(4, np.float32))
+    assert decode_chunk(k, v, h).end == top  # the last sample index is 2^63-2: fine
+    for index, frames in ((top, 1), (top - 3, 4)):
+        k, v, h = encode_chunk("s", index, 10, np.zeros(frames, np.float32))
+        with pytest.raises(DecodeError, match="exceeds 2") as err:
+            decode_chunk(k, v, h)
+        assert err.value.reason == "invalid_header"

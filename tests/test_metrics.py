@@ -64,6 +64,8 @@ SPEC = {
     "dae_reconstruction_error": ("histogram", {"model_version"}),
     "dae_dead_letter_messages": ("counter", {"reason"}),
     "dae_dead_letter_write_failures": ("counter", set()),
+    "dae_processing_errors": ("counter", set()),
+    "dae_commit_age_seconds": ("gauge", set()),
     "dae_stream_discontinuities": ("counter", {"kind"}),
     "dae_idle_flushes": ("counter", set()),
     "dae_active_streams": ("gauge", set()),

@@ -1,9 +1,10 @@
-"""Commit bookkeeping without Kafka: which offset is committable, and resuming from it."""
+"""Commit bookkeeping without Kafka: which offset is committable, the resume entries, and
+resuming from them."""
 
 import numpy as np
 
 from pipeline.wire.codec import Chunk
-from pipeline.stream.state import OutputRecord, PartitionState
+from pipeline.stream.state import OutputRecord, PartitionState, Resume
 
 W, H = 32, 16
 
@@ -38,7 +39,7 @@ def test_unacknowledged_output_holds_the_commit_back():
     for off in range(5):
         recs += process(part, "s", off, chunk("s", off * 100, 100), ack=False)[1]
     offset, meta = part.committable()
-    assert offset == 0 and meta["s"] == [0, 0, 0]
+    assert offset == 0 and meta["s"] == Resume(0, 0, 0, needed=True)
     for r in recs:
         r.acked = True
     offset, meta = part.committable()
@@ -47,7 +48,7 @@ def test_unacknowledged_output_holds_the_commit_back():
     assert unpublished == recs[-1].end
     need = seg.win.needed_index(unpublished)
     assert offset == need // 100  # the message holding the first sample a replay needs
-    assert meta["s"] == [offset, 0, unpublished]
+    assert meta["s"] == Resume(offset, 0, unpublished, needed=True)
 
 
 def test_committed_offset_is_the_minimum_over_streams_and_dead_letters():
@@ -86,8 +87,8 @@ def test_resume_skips_published_messages_and_continues_the_grid():
         process(part, "s", off, chunk("s", off * 100, 100))
     offset, meta = part.committable()
     # A new owner with that commit: messages before the committed one are not even seen...
-    new = PartitionState("tp", resume={k: tuple(v) for k, v in meta.items()}, loaded=True)
-    r_off, anchor, emit_from = meta["s"]
+    new = PartitionState("tp", resume=dict(meta), loaded=True)
+    r_off, anchor, emit_from = meta["s"].offset, meta["s"].anchor, meta["s"].emit_from
     # ...but if it sees an older message of the stream (commit held back by another stream), it skips it.
     if r_off > 0:
         assert process(new, "s", r_off - 1, chunk("s", (r_off - 1) * 100, 100))[0] == "skip"
@@ -108,3 +109,68 @@ def test_gap_and_rewind_start_new_segments_and_retire_the_old():
     assert kind == "rewind" and len(part.streams["s"].retired) == 2
     kind, _ = process(part, "s", 3, chunk("s", 100, 100, rate=200.0))
     assert kind == "format"
+
+
+def finish(part, stream_id):
+    """Flush the stream's open segment, 'infer', publish (acknowledged) and forget what is done."""
+    st = part.streams[stream_id]
+    seg = st.open
+    st.retired.append(seg)
+    st.open = None
+    tail = seg.win.flush()
+    if tail is not None:
+        seg.win.add_output(tail.start, tail.data)
+    out = seg.win.ready()
+    if out is not None:
+        seg.outputs.append(OutputRecord(out.start, out.end, None, acked=True))
+    part.forget_finished()
+
+
+def test_a_finished_stream_keeps_an_entry_until_the_commit_passes_it():
+    """Stream a finishes while b holds the commit back: a replay from that commit must not restart
+    a on a new grid in the middle of its data, so a's entry says its messages are done."""
+    part = PartitionState("tp", loaded=True)
+    process(part, "b", 0, chunk("b", 0, 100), ack=False)
+    for off in range(1, 4):
+        process(part, "a", off, chunk("a", (off - 1) * 100, 100))
+    finish(part, "a")
+    assert "a" not in part.streams
+    offset, entries = part.committable()
+    assert offset == 0 and entries["a"] == Resume(4)  # not needed: does not hold the commit
+    # A new owner from that commit skips a's old messages, and starts a fresh segment after them.
+    new = PartitionState("tp", resume=dict(entries), loaded=True, start=offset)
+    assert process(new, "a", 2, chunk("a", 100, 100))[0] == "skip"
+    assert process(new, "a", 4, chunk("a", 300, 100))[0] == "start"
+    # Once the committed offset passes it, the entry goes (a tombstone in the changes).
+    part.durable = dict(entries)
+    part.committed = 5
+    part.consumed = 5
+    part.streams["b"].open.outputs[0].acked = True
+    _, entries = part.committable()
+    assert "a" not in entries
+    assert ("a", None) in part.changes(entries)
+    assert "a" not in part.durable and part.changes(entries) == []
+
+
+def test_changes_are_only_the_entries_that_differ():
+    part = PartitionState("tp", loaded=True)
+    process(part, "s", 0, chunk("s", 0, 100))
+    _, entries = part.committable()
+    assert [sid for sid, _ in part.changes(entries)] == ["s"]
+    _, entries = part.committable()
+    assert part.changes(entries) == []
+    process(part, "s", 1, chunk("s", 100, 100))
+    _, entries = part.committable()
+    assert [sid for sid, _ in part.changes(entries)] == ["s"]
+
+
+def test_recorded_idle_flushes_travel_in_the_entry_and_are_replayed():
+    part = PartitionState("tp", loaded=True)
+    process(part, "s", 0, chunk("s", 0, 100), ack=False)
+    st = part.streams["s"]
+    st.flushes.append(0)  # an idle flush after message 0
+    e = part.entry(st)
+    assert e.flushes == (0,) and e.needed and e.offset == 0
+    new = PartitionState("tp", resume={"s": e}, loaded=True)
+    process(new, "s", 0, chunk("s", 0, 100))
+    assert new.streams["s"].replay == {0} and new.streams["s"].flushes == [0]

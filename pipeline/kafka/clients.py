@@ -17,6 +17,11 @@ from pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
+# kafka-python backs off reconnecting up to 30 s by default: after a broker outage the worker then
+# sat idle for up to that long with the broker back. The Java client's default is 1 s.
+RECONNECT_BACKOFF_MAX_MS = 1000
+
+
 def make_producer(k: KafkaSettings, **extra) -> KafkaProducer:
     opts = dict(
         client_id=f"{k.client_id}-producer",
@@ -27,6 +32,7 @@ def make_producer(k: KafkaSettings, **extra) -> KafkaProducer:
         batch_size=1 << 20,
         max_request_size=k.max_request_size,
         request_timeout_ms=k.request_timeout_ms,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
     opts.update(extra)
     return KafkaProducer(**k.client_options(), **opts)
@@ -46,6 +52,7 @@ def make_consumer(k: KafkaSettings, *topics: str, group_id: str | None = None, *
         max_partition_fetch_bytes=k.max_request_size,
         # A fetch response may carry up to fetch_max_bytes; kafka-python refuses larger frames.
         receive_message_max_bytes=(32 << 20) + (1 << 20),
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
     )
     opts.update(extra)
     return KafkaConsumer(*topics, **k.client_options(), **opts)
@@ -123,8 +130,10 @@ def verify_connection(k: KafkaSettings, timeout_s: float = 10.0) -> None:
     )
 
 
-def ensure_topics(k: KafkaSettings, topics: list[str] | tuple[str, ...], partitions: int | None = None) -> None:
-    """Create the topics that do not exist yet (idempotent, safe against concurrent creators)."""
+def ensure_topics(k: KafkaSettings, topics: list[str] | tuple[str, ...], partitions: int | None = None,
+                  configs: dict[str, str] | None = None) -> None:
+    """Create the topics that do not exist yet (idempotent, safe against concurrent creators);
+    ``configs``: topic configuration of the ones created."""
     admin = make_admin(k)
     try:
         existing = set(admin.list_topics())
@@ -132,7 +141,7 @@ def ensure_topics(k: KafkaSettings, topics: list[str] | tuple[str, ...], partiti
         if not missing:
             return
         # replication_factor -1: the broker's default.replication.factor.
-        specs = [NewTopic(t, partitions or k.partitions, -1) for t in missing]
+        specs = [NewTopic(t, partitions or k.partitions, -1, topic_configs=configs or {}) for t in missing]
         try:
             admin.create_topics(specs)
         except TopicAlreadyExistsError:

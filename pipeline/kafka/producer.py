@@ -10,6 +10,10 @@ handle a refusal by the record's delivery policy — written once for every kind
 Whatever the policy, a refused record stays unacknowledged, so no commit ever passes the input
 it was published for. Acknowledgments and errors arrive on the producer's IO thread; they only
 mark the :class:`~pipeline.stream.state.OutputRecord` and call the given hooks.
+
+In exactly-once mode (``transactions`` given) a record sent on behalf of an input partition
+(``source``) goes out through that partition's transactional producer, inside its open
+transaction; a record without a source (drift events) through the plain producer.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 from typing import Callable
 
 from pipeline.kafka.clients import make_producer
+from pipeline.kafka.transactions import Transactions
 from pipeline.settings import KafkaSettings
 from pipeline.stream.state import OutputRecord
 
@@ -36,8 +41,9 @@ class Delivery(enum.Enum):
 
 
 class TrackedProducer:
-    def __init__(self, kafka: KafkaSettings):
+    def __init__(self, kafka: KafkaSettings, transactions: Transactions | None = None):
         self._kafka = kafka
+        self.transactions = transactions
         self._producer = None
         self._fatal: list[str] = []  # appended on the IO thread, read by check() on the main thread
 
@@ -56,10 +62,18 @@ class TrackedProducer:
         what: str = "a record",
         on_ack: Callable[[], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
+        source=None,
+        partition: int | None = None,
     ) -> None:
         """Send one record. ``record`` (if given) is marked acknowledged or failed; ``what`` names
-        the record in the failure message; ``on_ack``/``on_error`` run on the producer's IO thread."""
-        future = self._producer.send(topic, key=key, value=value, headers=headers)
+        the record in the failure message; ``on_ack``/``on_error`` run on the producer's IO thread;
+        ``source``: the input partition the record is published for; ``partition``: an explicit one."""
+        producer = self._producer
+        if self.transactions is not None and source is not None:
+            producer = self.transactions.producer(source)
+            if producer is None:
+                raise FatalWorkerError(f"no transaction is open for {source} (publishing {what})")
+        future = producer.send(topic, key=key, value=value, headers=headers, partition=partition)
         future.add_callback(self._acked, record, on_ack)
         future.add_errback(self._failed, delivery, f"publishing {what} to {topic} failed", on_error)
 
@@ -89,8 +103,12 @@ class TrackedProducer:
     def flush(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for every record sent so far to be acknowledged or refused."""
         self._producer.flush(timeout=timeout)
+        if self.transactions is not None:
+            self.transactions.flush_all(timeout)
 
     def close(self, timeout: float) -> None:
+        if self.transactions is not None:
+            self.transactions.close_all()
         if self._producer is None:
             return
         try:

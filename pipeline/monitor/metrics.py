@@ -53,6 +53,18 @@ class WorkerMetrics:
         self.dead_letter_failures = Counter(
             "dae_dead_letter_write_failures_total", "Dead-letter writes the broker did not acknowledge", registry=r
         )
+        self.processing_errors = Counter(
+            "dae_processing_errors_total",
+            "Exceptions while handling one message (dead-lettered as processing_error) or applying a batch "
+            "to one stream (its segments dropped); the worker carries on",
+            registry=r,
+        )
+        self.commit_age = Gauge(
+            "dae_commit_age_seconds",
+            "Seconds since this worker's consumed input was last fully committed (grows while commits fail "
+            "or the group re-joins)",
+            registry=r,
+        )
         self.discontinuities = Counter(
             "dae_stream_discontinuities_total",
             "Sample-index gaps and rewinds (each starts a new segment)",

@@ -1,4 +1,5 @@
-"""Bookkeeping behind the worker's commits: which source messages still feed unpublished output.
+"""Bookkeeping behind the worker's commits: which source messages still feed unpublished output,
+and where the next owner of a partition picks each stream up.
 
 Pure logic (no Kafka client, no torch) so the offset arithmetic is unit-tested on its own.
 
@@ -7,6 +8,10 @@ Per partition: streams → segments (a segment is a contiguous run of sample ind
 range, timestamp) and the output chunks it published (with their acknowledgment state). The
 committable offset of a partition is the smallest of: the next offset to consume, the oldest
 message still needed by any segment, and every dead-letter write not yet acknowledged.
+
+Each stream also has a :class:`Resume` entry (kept durable by the worker, see README "Delivery"):
+which of its messages are done, the grid and first unpublished index of the segment the next one
+continues, and the idle flushes (a wall-clock decision) the replay must repeat rather than recompute.
 """
 
 from __future__ import annotations
@@ -30,6 +35,28 @@ class OutputRecord:
     acked: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Where a new owner picks one stream up.
+
+    - ``offset``: the stream's messages before this offset are done (a replay skips them);
+    - ``anchor``/``emit_from``: the stream's message at ``offset`` continues a segment on the grid
+      ``anchor + k*hop`` whose output before ``emit_from`` is published; None: that message starts a
+      new segment (the stream had finished);
+    - ``flushes``: offsets (>= ``offset``) of the stream's messages after which an idle flush ended
+      the segment: the replay ends it there too, so the released tail is the same;
+    - ``needed``: the message at ``offset`` is input to unpublished output, so the partition's
+      committed offset must not pass it (False: everything before ``offset`` is done, and a replay
+      only needs the entry to know how the stream goes on).
+    """
+
+    offset: int
+    anchor: int | None = None
+    emit_from: int | None = None
+    flushes: tuple[int, ...] = ()
+    needed: bool = False
+
+
 @dataclass(eq=False)
 class InputRecord:
     offset: int
@@ -46,6 +73,9 @@ class Segment:
         self.version: str | None = None  # model version of the last batch applied to this segment
         self.inputs: deque[InputRecord] = deque()
         self.outputs: deque[OutputRecord] = deque()
+        # The durable record of this segment's idle flush: its tail is published only once the
+        # record is acknowledged (None: no record to wait for).
+        self.gate: OutputRecord | None = None
 
     def add_input(self, offset: int, start: int, end: int, timestamp: float | None) -> None:
         self.inputs.append(InputRecord(offset, start, end, timestamp))
@@ -92,6 +122,9 @@ class StreamState:
         self.retired: list[Segment] = []  # flushed (or being flushed) segments with unpublished output
         self.closing: list[Segment] = []  # segments to flush now (filled by route())
         self.last_seen = 0.0
+        self.last_offset: int | None = None  # offset of the stream's last message routed
+        self.flushes: list[int] = []  # idle flushes (after these offsets) a replay must repeat
+        self.replay: set[int] = set()  # recorded flushes this owner has still to repeat
 
     def segments(self) -> list[Segment]:
         return self.retired + ([self.open] if self.open is not None else [])
@@ -100,10 +133,17 @@ class StreamState:
 @dataclass
 class PartitionState:
     tp: Any
-    # From the last commit's metadata: stream -> (offset, anchor, first unpublished index).
-    resume: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    # Resume entries read on assignment, of streams not seen again yet.
+    resume: dict[str, Resume] = field(default_factory=dict)
     consumed: int | None = None  # next offset to consume
-    loaded: bool = False  # resume points read from the committed offset's metadata
+    loaded: bool = False  # committed offset and resume entries read
+    start: int | None = None  # the committed offset when loaded: earlier records are not handled
+    committed: int | None = None  # the last offset the broker confirmed for this partition
+    # Entries of streams that finished (all output published, state dropped), kept until the
+    # committed offset passes them: a replay from an older commit must not restart them mid-way.
+    finished: dict[str, Resume] = field(default_factory=dict)
+    # The entry last written (or read) per stream: only changes are written.
+    durable: dict[str, Resume] = field(default_factory=dict)
     streams: dict[str, StreamState] = field(default_factory=dict)
     # Dead-letter writes by source offset; an unacknowledged one (failed ones stay so) holds the commit.
     dead_letters: dict[int, OutputRecord] = field(default_factory=dict)
@@ -124,14 +164,16 @@ class PartitionState:
         before the last commit; segment None), "gap", "rewind" or "format" (rate/channels
         changed): the last three retire the open segment into ``stream.closing`` for flushing.
         """
+        stream.last_offset = offset
         r = self.resume.get(stream.id)
         if stream.open is None and stream.expected is None and r is not None:
-            r_offset, anchor, emit_from = r
-            if offset < r_offset:
+            if offset < r.offset:
                 return None, "skip"
             del self.resume[stream.id]
-            if anchor <= chunk.index <= emit_from:
-                seg = self._open(stream, chunk, window, hop, anchor=anchor, emit_from=emit_from)
+            stream.flushes = list(r.flushes)
+            stream.replay = set(r.flushes)
+            if r.anchor is not None and r.anchor <= chunk.index <= r.emit_from:
+                seg = self._open(stream, chunk, window, hop, anchor=r.anchor, emit_from=r.emit_from)
                 return seg, "resume"
         kind = classify(stream.expected, chunk.index)
         if stream.open is not None and (chunk.rate != stream.rate or chunk.channels != stream.channels):
@@ -168,23 +210,37 @@ class PartitionState:
                     st.open = None
             if st.open is None and not st.retired and not st.closing:
                 del self.streams[sid]
+                self.finished[sid] = Resume(st.last_offset + 1)
 
-    def committable(self) -> tuple[int, dict[str, list[int]]]:
-        """(offset to commit, resume metadata) for this partition."""
+    def entry(self, st: StreamState) -> Resume:
+        """The stream's resume entry now."""
+        for seg in st.segments():  # oldest first: the segment a replay has to continue
+            off = seg.needed_offset()
+            if off is not None:
+                st.flushes = [o for o in st.flushes if o >= off]
+                return Resume(off, seg.win.anchor, seg.first_unpublished(), tuple(st.flushes), needed=True)
+        nxt = st.last_offset + 1
+        st.flushes = [o for o in st.flushes if o >= nxt]
+        seg = st.open
+        if seg is not None and not seg.win.flushed:  # open, but no input needed yet: continue it
+            return Resume(nxt, seg.win.anchor, seg.first_unpublished(), tuple(st.flushes))
+        return Resume(nxt, flushes=tuple(st.flushes))
+
+    def committable(self) -> tuple[int, dict[str, Resume]]:
+        """(offset to commit, every stream's resume entry) for this partition. The entries must be
+        durable before the offset is committed (and a replay from the offset never meets a message
+        of a stream without an entry that does not start a new segment there)."""
         candidates = [self.consumed] if self.consumed is not None else []
-        meta: dict[str, list[int]] = {}
+        if self.committed is not None:  # a finished stream's entry matters only to replays before it
+            self.finished = {sid: r for sid, r in self.finished.items() if r.offset > self.committed}
+            self.resume = {sid: r for sid, r in self.resume.items()
+                           if r.anchor is not None or r.offset > self.committed}
+        entries: dict[str, Resume] = dict(self.finished)
+        entries.update(self.resume)  # streams not seen again yet keep their entries
         for sid, st in self.streams.items():
-            for seg in st.segments():
-                off = seg.needed_offset()
-                if off is None:
-                    continue
-                candidates.append(off)
-                if sid not in meta:
-                    meta[sid] = [off, seg.win.anchor, seg.first_unpublished()]
-        for sid, r in self.resume.items():  # committed streams not seen again yet: keep them
-            if sid not in meta:
-                candidates.append(r[0])
-                meta[sid] = list(r)
+            if sid not in self.resume:  # (a stream still in resume was only seen in skipped messages)
+                entries[sid] = self.entry(st)
+        candidates.extend(e.offset for e in entries.values() if e.needed)
         for off in sorted(self.dead_letters):
             if self.dead_letters[off].acked:
                 del self.dead_letters[off]
@@ -194,4 +250,15 @@ class PartitionState:
         candidates.extend(off for off, _ in self.events)
         if not candidates:
             raise ValueError(f"{self.tp}: nothing consumed yet, nothing to commit")
-        return min(candidates), meta
+        return min(candidates), entries
+
+    def changes(self, entries: dict[str, Resume]) -> list[tuple[str, Resume | None]]:
+        """Entries that differ from the durable ones (None: delete), recorded as written."""
+        out: list[tuple[str, Resume | None]] = [(sid, e) for sid, e in entries.items() if self.durable.get(sid) != e]
+        out += [(sid, None) for sid in self.durable if sid not in entries]
+        for sid, e in out:
+            if e is None:
+                del self.durable[sid]
+            else:
+                self.durable[sid] = e
+        return out

@@ -1,15 +1,18 @@
-"""`dae bench`: three legs on the same broker, same input, in one run.
+"""`dae bench`: four legs on the same broker, same input, in one run.
 
 (a) raw ceiling — a kafka-python consumer copying every message to another topic, no model;
 (b) the worker end to end with the seed MLP (windowing, micro-batching, overlap-add, commits);
-(c) the naive loop — one message at a time through the model, each output produced and flushed.
+(c) the naive loop — one message at a time through the model, each output produced and flushed;
+(d) the worker in exactly-once mode (``worker.delivery=exactly_once``): a transaction per input
+    partition and commit interval; its throughput clock stops once the last transaction commits.
 
 Two phases per leg, each on a fresh topic and consumer group:
 - **throughput**: the whole input is already in the topic (a backlog); samples/s and MB/s count
   from the first record polled to the last output acknowledged (group join excluded);
 - **latency**: a separate producer process publishes the input paced in real time at
   ``--live-rate`` samples/s in total; latency = output ack time − the timestamp of the input
-  record holding the output's last sample (p50/p99).
+  record holding the output's last sample (p50/p99). For (d) a read_committed reader sees an
+  output only when its transaction commits, up to ``worker.commit_interval_s`` after the ack.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ class WorkerLeg:
     name = "worker, seed MLP (b)"
 
     def __init__(self, s: Settings, topic: str, n_samples: int, n_streams: int):
+        if s.worker.delivery == "exactly_once":
+            self.name = "worker, exactly-once (d)"
         from pipeline.inference.engine import InferenceEngine
         from pipeline.worker import Worker
 
@@ -134,6 +139,11 @@ class WorkerLeg:
 
     def done(self) -> bool:
         return self.w.metrics.output_samples._value.get() >= self.target
+
+    def settle(self) -> None:
+        """Exactly-once: commit the open transactions (readers see the output only then)."""
+        if self.w.exactly_once:
+            self.w.commits.final_commit()
 
     def close(self):
         self.w.stop_event.set()
@@ -192,6 +202,8 @@ def _run_leg(make, s: Settings, messages, samples: int, live_rate: float) -> Leg
         # The clock starts after the first poll that returned records (the group join is excluded).
         if leg.pump() and t0 is None:
             t0 = time.perf_counter()
+    if isinstance(leg, WorkerLeg):
+        leg.settle()
     secs = time.perf_counter() - t0
     name = leg.name
     leg.close()
@@ -221,17 +233,19 @@ def run_bench(s: Settings, *, streams: int, seconds: float, sample_rate: float, 
     messages, samples = make_messages(streams, seconds, sample_rate, chunk)
     console.print(f"input: {len(messages)} messages, {samples:,} samples ({samples * 4 / 1e6:.1f} MB), "
                   f"{streams} streams, chunks of {chunk} samples; live phase at {live_rate:,.0f} samples/s")
+    eos = s.model_copy(update={"worker": s.worker.model_copy(update={"delivery": "exactly_once"})})
     legs = [
         lambda t: RawCopy(s, t, len(messages)),
         lambda t: WorkerLeg(s, t, samples, streams),
         lambda t: NaiveLoop(s, t, len(messages)),
+        lambda t: WorkerLeg(eos, t, samples, streams),
     ]
     results = []
     for make in legs:
         results.append(_run_leg(make, s, messages, samples, live_rate))
         r = results[-1]
         console.print(f"  {r.name}: {r.samples_per_s:,.0f} samples/s, p50 {r.latency_p50_ms:.1f} ms")
-    a, b, c = results
+    a, b, c, d = results
     table = Table(title="dae bench")
     for col in ("leg", "samples/s", "MB/s", "p50 ms", "p99 ms", "seconds"):
         table.add_column(col, justify="right" if col != "leg" else "left")
@@ -239,8 +253,10 @@ def run_bench(s: Settings, *, streams: int, seconds: float, sample_rate: float, 
         table.add_row(r.name, f"{r.samples_per_s:,.0f}", f"{r.mb_per_s:.1f}", f"{r.latency_p50_ms:.1f}",
                       f"{r.latency_p99_ms:.1f}", f"{r.seconds:.2f}")
     console.print(table)
-    ratios = {"b_over_a": b.samples_per_s / a.samples_per_s, "b_over_c": b.samples_per_s / c.samples_per_s}
-    console.print(f"b/a = {ratios['b_over_a']:.2f}   b/c = {ratios['b_over_c']:.1f}")
+    ratios = {"b_over_a": b.samples_per_s / a.samples_per_s, "b_over_c": b.samples_per_s / c.samples_per_s,
+              "d_over_b": d.samples_per_s / b.samples_per_s}
+    console.print(f"b/a = {ratios['b_over_a']:.2f}   b/c = {ratios['b_over_c']:.1f}   "
+                  f"exactly-once/at-least-once d/b = {ratios['d_over_b']:.2f}")
     report = {"legs": [asdict(r) for r in results], **ratios,
               "input": {"streams": streams, "seconds": seconds, "sample_rate": sample_rate, "chunk": chunk,
                         "messages": len(messages), "samples": samples, "live_rate": live_rate},

@@ -1,10 +1,13 @@
 """Read a topic of chunks (by default the cleaned one) back into whole per-stream arrays.
 
 No consumer group: all partitions are assigned and read from the beginning, so capturing never
-disturbs the workers' commits and can be repeated. Chunks are assembled by sample index, so arrival
-order (partitions, retries, replays after a crash) does not matter; what the report tells is whether
-every stream is whole (gaps), delivered more than once (duplicates) and consistent (mismatched
-duplicates: the same ``(stream, index)`` with different values).
+disturbs the workers' commits and can be repeated. Reads with ``isolation_level=read_committed`` by
+default: an exactly-once worker's output counts once its transaction commits, and never when it was
+aborted; an at-least-once worker writes outside transactions, which read_committed sees at once.
+Chunks are assembled by sample index, so arrival order (partitions, retries, replays after a crash)
+does not matter; what the report tells is whether every stream is whole (gaps), delivered more than
+once (duplicates) and consistent (mismatched duplicates: the same ``(stream, index)`` with
+different values).
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ def capture(
     expected: dict[str, int] | None = None,
     out_dir: Path | None = None,
     wait: bool = True,
+    read_committed: bool = True,
 ) -> CaptureReport:
     """Read ``topic`` (default the cleaned topic) from the beginning into per-stream arrays.
 
@@ -119,7 +123,8 @@ def capture(
     while none has arrived unless ``wait``: waiting for a worker to start is normal for a caller that
     just started one), when ``max_seconds`` have passed, or as soon as every stream in ``expected``
     (stream -> sample count) covers [0, count) without gaps. ``out_dir``: also write
-    ``<out_dir>/<stream>.npy`` (listed in the report's ``written``).
+    ``<out_dir>/<stream>.npy`` (listed in the report's ``written``). ``read_committed=False`` also
+    reads the records of open and aborted transactions (what a crashed exactly-once worker left).
     """
     topic = topic or k.clean_topic
     expected = dict(expected or {})
@@ -131,7 +136,8 @@ def capture(
     messages = undecodable = 0
     last_msg: float | None = None if wait else t0
 
-    consumer = make_consumer(k, allow_auto_create_topics=False, fetch_max_wait_ms=100)
+    consumer = make_consumer(k, allow_auto_create_topics=False, fetch_max_wait_ms=100,
+                             isolation_level="read_committed" if read_committed else "read_uncommitted")
     try:
         assigned: set[TopicPartition] = set()
         checked = 0.0

@@ -2,7 +2,9 @@
 
 key    : stream id, UTF-8 (1..255 bytes)
 value  : little-endian float32 samples, interleaved by channel (frame-major), no framing bytes
-headers: UTF-8 decimal text, names below. Output chunks add ``dae.model``.
+headers: ASCII decimal text, names below, with a strict grammar (no sign, blanks, underscores,
+         leading zeros or exponents in integers; see INT_GRAMMAR and RATE_GRAMMAR). Output
+         chunks add ``dae.model``.
 
 Decoding never copies the payload: the samples are a read-only ``np.frombuffer`` view of the
 message value, reshaped to (frames, channels).
@@ -11,6 +13,7 @@ message value, reshaped to (frames, channels).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +30,15 @@ REQUIRED_HEADERS = (H_FORMAT, H_INDEX, H_RATE, H_CHANNELS)
 
 MAX_CHANNELS = 64
 INT64_MAX = 2**63 - 1
+
+# Integer headers: plain decimal digits, no sign, no leading zero, at most 19 digits (int64).
+# Python's int() also takes " 12", "+12", "1_000" and "12\n": a producer bug that must not rewind a stream.
+INT_GRAMMAR = re.compile(rb"(0|[1-9][0-9]{0,18})")
+# The rate: a positive decimal with an optional fraction and exponent ("1000", "0.2", "44100.5",
+# "1e-05", "1.5e+20": what encode_headers writes); no sign, blanks, "inf" or "nan".
+RATE_GRAMMAR = re.compile(rb"(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]{1,3})?")
+# Longest rate text accepted (repr of a float is at most 24 characters).
+RATE_MAX_BYTES = 32
 
 
 class DecodeError(ValueError):
@@ -99,11 +111,18 @@ def _header_map(headers) -> dict[str, bytes]:
 
 def _int_header(h: dict[str, bytes], name: str) -> int:
     raw = h[name]
-    try:
-        value = int(raw.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise DecodeError("invalid_header", f"header {name} must be a decimal integer, got {raw[:32]!r}")
-    return value
+    if INT_GRAMMAR.fullmatch(raw) is None:
+        raise DecodeError("invalid_header", f"header {name} must be a decimal integer "
+                                            f"(digits only, no sign or leading zero), got {raw[:32]!r}")
+    return int(raw)
+
+
+def _rate_header(h: dict[str, bytes]) -> float:
+    raw = h[H_RATE]
+    if len(raw) > RATE_MAX_BYTES or RATE_GRAMMAR.fullmatch(raw) is None:
+        raise DecodeError("invalid_header", f"{H_RATE} must be a decimal number such as 1000 or 0.2 "
+                                            f"(no sign, blanks, inf or nan), got {raw[:32]!r}")
+    return float(raw)
 
 
 def decode_chunk(
@@ -137,11 +156,7 @@ def decode_chunk(
     channels = _int_header(h, H_CHANNELS)
     if not 1 <= channels <= MAX_CHANNELS:
         raise DecodeError("invalid_header", f"{H_CHANNELS} must be in [1, {MAX_CHANNELS}], got {channels}")
-    raw_rate = h[H_RATE]
-    try:
-        rate = float(raw_rate.decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise DecodeError("invalid_header", f"{H_RATE} must be a decimal number, got {raw_rate[:32]!r}")
+    rate = _rate_header(h)
     if not (math.isfinite(rate) and rate > 0):
         raise DecodeError("invalid_header", f"{H_RATE} must be a positive finite number, got {rate}")
 
@@ -157,6 +172,8 @@ def decode_chunk(
     frames = len(value) // frame_bytes
     if max_frames is not None and frames > max_frames:
         raise DecodeError("too_large", f"chunk has {frames} frames, the limit is {max_frames}")
+    if index + frames > INT64_MAX:  # every sample index of the chunk must be an int64
+        raise DecodeError("invalid_header", f"{H_INDEX} {index} + {frames} frames exceeds 2^63-1")
     samples = np.frombuffer(value, dtype=SAMPLE_DTYPE).reshape(frames, channels)
     if check_finite and not np.isfinite(samples).all():
         bad = int(np.count_nonzero(~np.isfinite(samples)))

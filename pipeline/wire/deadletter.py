@@ -1,6 +1,7 @@
 """Dead-letter records (public contract: see README "Wire format"): a message that is not valid is
 forwarded unchanged — key, value and its own headers — plus the headers below naming why and where
-it came from. Reasons are the ``DecodeError.reason`` codes of :mod:`pipeline.wire.codec`.
+it came from. Reasons are the ``DecodeError.reason`` codes of :mod:`pipeline.wire.codec`, plus
+:data:`PROCESSING_ERROR`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ DLQ_TOPIC = "dae.dlq.topic"
 DLQ_PARTITION = "dae.dlq.partition"
 DLQ_OFFSET = "dae.dlq.offset"
 DLQ_TIME = "dae.dlq.time"
+
+# A message that decoded but raised while the worker handled it (a bug): the detail names the
+# exception's type and message; the worker carries on with the other messages and streams.
+PROCESSING_ERROR = "processing_error"
 
 # The detail is a human-readable message; bound it so a dead letter stays near its original size.
 DETAIL_MAX_BYTES = 1000
