@@ -141,9 +141,8 @@ def test_error_quantiles_are_the_forward_paths_per_window_errors():
 # ------------------------------------------------------------------------------ short training
 SHORT = dict(
     sample_rate=1000.0, window=64, hidden=64, steps=300, batch_size=128, lr=3e-3,
-    # A step budget only: a wall-clock cap made this model (and the test) depend on machine load.
-    families=("vibration", "drift"), val_streams=2, max_seconds=3600.0,
-)
+    families=("vibration", "drift"), val_streams=2,
+)  # a step budget, no time limit: the same model however busy the machine is
 
 
 @pytest.fixture(scope="module")
@@ -183,14 +182,55 @@ def test_short_training_meta(short_run):
     assert meta.created.endswith("+00:00")
 
 
+def _same_weights(a, b) -> bool:
+    return all(ka == kb and torch.equal(va, vb)
+               for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()))
+
+
 def test_training_is_reproducible(short_run):
     cfg = TrainConfig(**{**SHORT, "steps": 30})
     a, _ = train_synthetic(cfg, progress=False)
     state = torch.random.get_rng_state()
     b, _ = train_synthetic(cfg, progress=False)
     assert torch.equal(state, torch.random.get_rng_state())  # caller's global RNG left alone
-    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert ka == kb and torch.equal(va, vb)
+    assert _same_weights(a, b)
+
+
+def test_the_recommended_recipe_is_reproducible_whatever_the_callers_thread_count():
+    # A conv's floating-point sums depend on torch's thread count (1 vs 2 threads gave weights 5e-3
+    # apart with bf16 steps); the recipe pins one thread, so the caller's setting (or the machine's
+    # load) does not change the model.
+    from models.training import best_config
+
+    cfg = best_config(1000.0, window=64, arch_config={"channels": [4, 8], "kernel": 5}, families=("ecg",),
+                      steps=12, batch_size=16, val_streams=1, eval_every=6)
+    assert cfg.max_seconds is None and cfg.cpu_threads == 1 and cfg.cpu_bf16
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a, meta_a = train_synthetic(cfg, progress=False)
+        torch.set_num_threads(1)
+        b, meta_b = train_synthetic(cfg, progress=False)
+    finally:
+        torch.set_num_threads(saved)
+    assert _same_weights(a, b)
+    assert meta_a.metrics == meta_b.metrics and meta_a.training["steps"] == 12
+
+
+def test_budgets_are_steps_and_a_time_limit_says_when_it_cut_the_run():
+    from models.training import best_config
+
+    assert TrainConfig(sample_rate=1000.0).max_seconds is None
+    assert TrainConfig(sample_rate=1000.0).steps == 2500  # the seed MLP's budget
+    assert best_config(1000.0).max_seconds is None and best_config(1000.0).steps == 10_700
+    with pytest.raises(ValueError, match="max_seconds"):
+        TrainConfig(sample_rate=1000.0, max_seconds=0.0)
+    _, meta = train_synthetic(TrainConfig(**{**SHORT, "steps": 3}), progress=False)
+    assert meta.training["stop_reason"] == "steps" and meta.training["stop_detail"] == "finished 3 of 3 steps"
+    # Generating the data alone takes longer than 1 ms: the limit cuts the run after its first step.
+    _, meta = train_synthetic(TrainConfig(**{**SHORT, "max_seconds": 0.001}), progress=False)
+    assert meta.training["stop_reason"] == "max_seconds" and meta.training["steps"] == 1
+    assert meta.training["stop_detail"] == "stopped at step 1 of 300: --max-seconds reached (0.001 s)"
 
 
 def test_train_config_validation():

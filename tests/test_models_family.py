@@ -172,7 +172,7 @@ def test_train_arrays_short(objective, tmp_path):
         sigs = [s + 0.3 * rng.standard_normal(s.shape).astype(np.float32) for s in sigs]
     sigs.append(np.stack([sigs[0], sigs[1]], axis=1))  # a 2-channel array: two streams
     cfg = TrainConfig(sample_rate=1000.0, window=64, arch="conv", arch_config={"channels": [4, 8]},
-                      objective=objective, steps=20, batch_size=32, max_seconds=20.0, n2n_draws=2)
+                      objective=objective, steps=20, batch_size=32, n2n_draws=2)
     model, meta = train_arrays(cfg, sigs, progress=False)
     assert meta.training["data"]["train_streams"] + meta.training["data"]["val_streams"] == 8
     assert meta.training["objective"] == objective
@@ -331,7 +331,7 @@ def test_short_run_with_the_v2_training_options():
     cfg = TrainConfig(sample_rate=1000.0, window=64, arch="conv", families=("ecg",) + GENERIC_FAMILIES,
                       arch_config={"channels": [4, 8], "concat": True}, steps=30, batch_size=32, val_streams=1,
                       sigma=(0.03, 0.6), sigma_log_uniform=True, noise_reference="stream", loss="nmse",
-                      eval_every=10, anneal_by_time=True, max_seconds=60.0, cpu_threads="auto")
+                      eval_every=10, anneal_by_time=True, max_seconds=600.0, cpu_threads="auto")
     threads = torch.get_num_threads()
     model, meta = train_synthetic(cfg, progress=False)
     assert torch.get_num_threads() == threads  # the caller's setting is restored

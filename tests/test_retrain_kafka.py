@@ -18,6 +18,9 @@ from pipeline.stream.windowing import denoise_offline
 
 pytestmark = pytest.mark.kafka
 
+# Step budgets, never time: the candidates are the same however busy the machine is.
+GOOD_STEPS = 60
+
 
 def gain_vs_truth(registry, version, sim):
     e = InferenceEngine.from_source(registry, version, device="cpu")
@@ -28,18 +31,19 @@ def gain_vs_truth(registry, version, sim):
     return float(np.mean(gains))
 
 
+@pytest.mark.timeout(2400)  # steps, not seconds: on a busy 2-core machine this takes 10-25 minutes
 def test_retrain_promotes_a_better_model_and_rejects_a_worse_one(make_settings, tmp_path):
     registry = tmp_path / "registry"
     reg = ModelRegistry(registry)
     # The model in service was trained on other shapes only (slow drifts).
-    old, old_meta = train_synthetic(TrainConfig(sample_rate=1000.0, families=("drift",), steps=400, seed=3,
-                                                max_seconds=20), progress=False)
+    old, old_meta = train_synthetic(TrainConfig(sample_rate=1000.0, families=("drift",), steps=400, seed=3),
+                                    progress=False)
     v1 = reg.publish(old, old_meta, promote=True)
     s = make_settings(model={"registry": registry})
     # Live data: noisy vibration streams; the clean truth is known only to this test.
     sim = simulate(s.kafka, streams=4, sample_rate=1000.0, seconds=40.0, snr_db=10.0, seed=17,
                    families=("vibration",))
-    r = retrain_once(s, last_seconds=3600, max_seconds=45, seed=1)
+    r = retrain_once(s, last_seconds=3600, steps=GOOD_STEPS, seed=1)
     print(r.summary())
     assert r.outcome == "promoted" and r.exit_code == EXIT_PROMOTED, r.summary()
     assert reg.current() == r.candidate != v1
@@ -47,9 +51,11 @@ def test_retrain_promotes_a_better_model_and_rejects_a_worse_one(make_settings, 
     print(f"against the truth: {v1} {before:+.2f} dB -> {r.candidate} {after:+.2f} dB")
     assert after > before + 1.0 and after > 3.0  # better than the old model, and really cleaning
     assert r.data["warm_start_from"] is None  # v1 is an MLP, the candidate the recommended conv
-    # A deliberately worse candidate (two training steps from a fresh init) is rejected and never
-    # becomes current.
-    bad = retrain_once(s, last_seconds=3600, steps=2, seed=2, warm_start=False)
+    # A deliberately worse candidate is rejected and never becomes current: two steps of a fresh MLP.
+    # (Not a 2-step conv: the conv is residual, so a fresh one is nearly the identity, and with the
+    # held-out data as the reference the identity scores about what a good denoiser does, ~0 dB.)
+    bad = retrain_once(s, last_seconds=3600, steps=2, seed=2, warm_start=False, arch="mlp")
+    print(bad.summary())
     assert bad.outcome == "rejected" and bad.exit_code == EXIT_REJECTED, bad.summary()
     assert reg.current() == r.candidate and bad.candidate in reg.versions()
     assert reg.meta(bad.candidate).training["retrain"]["decision"] == "rejected"
@@ -63,11 +69,12 @@ def test_parse_duration():
         parse_duration("6x")
 
 
+@pytest.mark.timeout(2400)  # 19 minutes measured beside other jobs on a 2-core machine
 def test_retrain_warm_starts_from_a_serving_model_of_the_same_network(make_settings, tmp_path):
     registry = tmp_path / "registry"
     reg = ModelRegistry(registry)
-    old, old_meta = train_synthetic(TrainConfig(sample_rate=1000.0, families=("drift",), steps=300, seed=3,
-                                                max_seconds=20), progress=False)
+    old, old_meta = train_synthetic(TrainConfig(sample_rate=1000.0, families=("drift",), steps=300, seed=3),
+                                    progress=False)
     v1 = reg.publish(old, old_meta, promote=True)
     s = make_settings(model={"registry": registry})
     simulate(s.kafka, streams=2, sample_rate=1000.0, seconds=20.0, snr_db=10.0, seed=4, families=("vibration",))

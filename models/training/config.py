@@ -31,7 +31,10 @@ class TrainConfig:
     sigma: tuple[float, float] = (0.05, 0.5)
     families: tuple[str, ...] = FAMILIES
     seed: int = 0
-    max_seconds: float = 50.0
+    # An explicit wall-clock limit (None: none). Budgets are steps, so that the same seed and settings
+    # give the same model however busy the machine is; a run this limit cuts says so in its metadata
+    # (training.stop_reason "max_seconds", training.stop_detail) and on the progress bar.
+    max_seconds: float | None = None
     val_streams: int = 16  # per family (synthetic data)
     log_every: int = field(default=25, repr=False)
     arch: str = "mlp"  # see DEFAULT_ARCH for what `dae train` uses
@@ -51,15 +54,17 @@ class TrainConfig:
     # "wmse": divided by the noise std instead (half way between the two).
     loss: str = "mse"
     eval_every: int = 100  # steps between validation passes
-    # Anneal the learning rate by whichever is further along, steps or the wall-clock budget, so a
-    # run cut by max_seconds (a busy machine) still ends at a low learning rate. With headroom the
-    # step fraction always leads and the run is exactly the step-scheduled, reproducible one.
+    # With max_seconds set: anneal the learning rate by whichever is further along, steps or the
+    # wall-clock limit, so a run the limit cuts still ends at a low learning rate. Without a limit
+    # (or with headroom) the step fraction leads and the run is exactly the step-scheduled one.
     anneal_by_time: bool = False
-    # CPU threads for training: None leaves torch's setting alone (bit-reproducible runs); "auto"
+    # CPU threads for training: None leaves torch's setting alone, an integer fixes it, "auto"
     # re-measures every few hundred steps whether all threads or one thread steps faster and uses
     # the faster. On a shared 2-core machine, OpenMP threads waiting at barriers while another process
-    # holds a core made a step 3-6x slower with 2 threads than with 1 (measured here); thread count
-    # changes the order of floating-point sums, so "auto" runs are reproducible only to rounding.
+    # holds a core made a step 3-6x slower with 2 threads than with 1 (measured here). The thread count
+    # changes the conv's floating-point sums (1 vs 2 threads, 60 steps: weights differ by 8e-7 in
+    # fp32 and 5e-3 with bf16 steps; the MLP's are identical), so "auto" makes a conv's weights depend
+    # on the machine's load: it is never a default.
     cpu_threads: int | str | None = None
     patience: int = 8  # validation passes without a 0.5 % improvement before stopping early
     # bf16 autocast for the training steps on CPU too (CUDA always uses it). On this AVX-512-BF16
@@ -86,8 +91,8 @@ class TrainConfig:
         bad = [f for f in self.families if f not in TRAIN_FAMILIES]
         if bad or not self.families:
             raise ValueError(f"TrainConfig.families: unknown {bad or 'empty'}; valid: {', '.join(TRAIN_FAMILIES)}")
-        if not self.max_seconds > 0:
-            raise ValueError(f"TrainConfig.max_seconds must be > 0, got {self.max_seconds}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"TrainConfig.max_seconds must be > 0 or None, got {self.max_seconds}")
         GaussianNoise(self.sigma, self.sigma_log_uniform, self.noise_reference)  # validates, naming what is wrong
         ct = self.cpu_threads
         if not (ct is None or ct == "auto" or (isinstance(ct, int) and not isinstance(ct, bool) and ct >= 1)):
@@ -130,10 +135,11 @@ BEST_TRAINING: dict = dict(
     families=TRAIN_FAMILIES,  # the four models.signals.families families + the generic ones
     batch_size=32,  # small batches, many steps: the best quality per CPU second measured here
     lr=4e-3,  # measured at equal wall time: 4e-3 ≥ 2e-3 (held-out +8.73 vs +8.71 dB at 10 dB)
-    steps=16000,  # an upper bound: on this 2-core CPU the 270 s budget ends the run first
-    max_seconds=270.0,  # the limit is 5 minutes on this 2-core CPU (final metrics come after)
-    anneal_by_time=True,  # a busy machine cuts steps, not the end of the learning-rate decay
-    cpu_threads="auto",  # one thread when another process holds a core (see TrainConfig)
+    # What the former 270 s budget reached on a quiet core (10,500-10,759 steps, docs/models.md): a
+    # step budget, so a busy machine takes longer instead of training a worse model.
+    steps=10_700,
+    anneal_by_time=True,  # only with an explicit --max-seconds: a cut run still ends at a low learning rate
+    cpu_threads=1,  # reproducible (the thread count changes a conv's sums) and fastest on a shared CPU
     cpu_bf16=True,  # ~1.3-1.7x the steps per second of fp32 on this CPU, same quality at equal steps
     sigma=(0.03, 0.6),
     sigma_log_uniform=True,  # as many low-noise windows as high-noise ones

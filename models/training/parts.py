@@ -17,7 +17,7 @@ from models.training.config import TrainConfig
 class LRSchedule:
     """The learning-rate factor of step ``s``: cosine decay to 5 % of lr over ``cfg.steps`` (late steps
     refine instead of bouncing). With ``cfg.anneal_by_time`` the decay follows whichever is further
-    along, the steps or the loop's wall-clock budget (set by :meth:`start`)."""
+    along, the steps or the loop's wall-clock limit (set by :meth:`start` when there is one)."""
 
     def __init__(self, cfg: TrainConfig):
         self.steps = cfg.steps
@@ -56,9 +56,12 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, **fields)
 
-    def close(self) -> None:
+    def close(self, detail: str | None = None) -> None:
+        """Stop the bar; ``detail`` (how the run ended) is its last line."""
         if self.bar is not None:
             self.bar.stop()
+            if detail:
+                self.bar.console.print(f"train: {detail}")
 
 
 class WeightEMA:

@@ -2,7 +2,7 @@
 learning-rate schedule, the fixed validation inputs and the loop's collaborators (weight EMA, CPU
 thread tuner, progress bar). :meth:`~Trainer.step` takes one optimisation step, :meth:`~Trainer.validate`
 scores the weights that would be saved, :meth:`~Trainer.fit` steps until the step budget, early
-stopping or the wall-clock budget, and :meth:`~Trainer.finalise` restores the best weights and
+stopping or an explicit wall-clock limit, and :meth:`~Trainer.finalise` restores the best weights and
 writes the checkpoint's metadata.
 """
 
@@ -80,7 +80,7 @@ class Trainer:
     """One training run on ``sampler``'s windows, validated on ``val``.
 
     ``s_batches`` seeds the batch draws; ``data`` describes the data for the metadata; ``t0`` is when
-    the run started (data generation counts against ``cfg.max_seconds``); ``init_from`` warm-starts
+    the run started (data generation counts against an explicit ``cfg.max_seconds``); ``init_from`` warm-starts
     the net from a model of the same network.
     """
 
@@ -158,12 +158,13 @@ class Trainer:
         return b.stale >= self.cfg.patience
 
     def fit(self, progress: bool = True) -> None:
-        """Step until ``cfg.steps``, early stopping or ``cfg.max_seconds`` (since ``t0``)."""
+        """Step until ``cfg.steps``, early stopping or the explicit ``cfg.max_seconds`` (since ``t0``)."""
         cfg = self.cfg
         bar = ProgressBar(progress, cfg.steps)
         self.tuner = tuner = ThreadTuner(cfg.cpu_threads, self.device)
         t_loop, running = time.perf_counter(), None
-        self.schedule.start(t_loop, max(1e-3, _LOOP_SHARE * cfg.max_seconds - (t_loop - self.t0)))
+        if cfg.max_seconds is not None:
+            self.schedule.start(t_loop, max(1e-3, _LOOP_SHARE * cfg.max_seconds - (t_loop - self.t0)))
         try:
             self.net.train()
             for step in range(1, cfg.steps + 1):
@@ -184,13 +185,23 @@ class Trainer:
                 if step % cfg.log_every == 0:
                     rate = self.seen * cfg.window / max(time.perf_counter() - t_loop, 1e-9)
                     bar.update(step, loss=running, rate=rate)
-                if time.perf_counter() - self.t0 > cfg.max_seconds:
+                if cfg.max_seconds is not None and time.perf_counter() - self.t0 > cfg.max_seconds and step < cfg.steps:
                     self.stop_reason = "max_seconds"
                     break
         finally:
-            bar.close()
+            bar.close(self.stop_detail())
             tuner.restore()
         self.loop_seconds = time.perf_counter() - t_loop
+
+    def stop_detail(self) -> str:
+        """One line on how the run ended, e.g. "stopped at step 158 of 2,500: --max-seconds reached"."""
+        done, planned = self.steps_done, self.cfg.steps
+        if self.stop_reason == "max_seconds":
+            return f"stopped at step {done:,} of {planned:,}: --max-seconds reached ({self.cfg.max_seconds:g} s)"
+        if self.stop_reason == "early_stopping":
+            return (f"stopped at step {done:,} of {planned:,}: early stopping (no 0.5 % validation improvement "
+                    f"in {self.cfg.patience} passes)")
+        return f"finished {done:,} of {planned:,} steps"
 
     def finalise(self) -> tuple[nn.Module, ModelMeta]:
         """Keep the best validated weights (the last ones if they are better), move the model to the
@@ -231,6 +242,7 @@ class Trainer:
             "steps": self.steps_done,
             "best_step": self.best.step,
             "stop_reason": self.stop_reason,
+            "stop_detail": self.stop_detail(),
             "seconds": round(seconds, 3),
             "train_samples_per_s": round(self.seen * cfg.window / max(self.loop_seconds, 1e-9), 1),
             "seed": cfg.seed,

@@ -36,6 +36,9 @@ from pipeline.settings import Settings
 log = logging.getLogger(__name__)
 
 EXIT_PROMOTED, EXIT_REJECTED, EXIT_FAILED = 0, 10, 1
+# The candidate's training budget in steps (batch 512): about what the former 240 s limit allowed
+# on a quiet core. A step budget, so the candidate does not depend on how busy the machine is.
+CANDIDATE_STEPS = 400
 
 
 @dataclass
@@ -115,8 +118,8 @@ def retrain_once(
     last_samples: int | None = None,
     arch: str | None = None,
     warm_start: bool = True,
-    steps: int | None = None,
-    max_seconds: float = 240.0,
+    steps: int | None = None,  # None: CANDIDATE_STEPS
+    max_seconds: float | None = None,
     margin_db: float = 0.0,
     eval_sigma: float = 0.3,
     anomaly_mads: float = 8.0,
@@ -127,11 +130,17 @@ def retrain_once(
     from models.registry import ModelRegistry
     from models.training import DEFAULT_ARCH, TrainConfig, train_arrays
     from pipeline.inference.engine import InferenceEngine
+    import torch
 
     t0 = time.monotonic()
     reg = ModelRegistry(s.model.registry)
     current = reg.current()
     result = RetrainResult("failed", current)
+    # One CPU thread for the whole run: a conv's weights depend on the thread count
+    # (models.training.config), a retrain shares the host with workers, and with the other core
+    # busy a 2-thread forward pass here was up to 20x slower than a 1-thread one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         if current is None:
             raise RuntimeError(f"registry {s.model.registry} has no current model to compare with")
@@ -162,8 +171,8 @@ def retrain_once(
         extra = {"hidden": base_cfg.get("hidden", 256), "arch_config": {k: v for k, v in base_cfg.items()
                  if k not in ("window", "hidden")}} if warm else {}
         cfg = TrainConfig(sample_rate=rate, window=engine.window, hop=engine.hop, arch=arch,
-                          objective="noisier2noise", seed=seed, max_seconds=max_seconds,
-                          **extra, **({"steps": steps} if steps is not None else {}))
+                          objective="noisier2noise", seed=seed, steps=steps or CANDIDATE_STEPS, max_seconds=max_seconds,
+                          cpu_threads=1, **extra)
         model, meta = train_arrays(cfg, train, progress=progress, source=f"kafka:{topic}",
                                    init_from=engine.model if warm else None, init_version=current if warm else None)
         candidate = InferenceEngine(model, meta, device=s.model.device, version="candidate")
@@ -184,6 +193,8 @@ def retrain_once(
     except Exception as exc:  # reported through the exit code and the summary line
         log.exception("retrain failed")
         result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        torch.set_num_threads(threads)
     result.seconds = time.monotonic() - t0
     _log_decision(Path(s.model.registry), result)
     return result
