@@ -1,0 +1,274 @@
+"""Harness of the chaos suite (tests/test_chaos_kafka.py): live producers, worker processes that
+can be killed and restarted, a broker of its own, the fuzzer, and the checks on the clean topics."""
+
+from __future__ import annotations
+
+import heapq
+import os
+import signal
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from pipeline.kafka.clients import ensure_topics, make_producer, wait_for_broker
+from pipeline.settings import KafkaSettings
+from pipeline.tools import kafka_local
+from pipeline.tools.capture import capture
+from pipeline.wire.codec import H_CHANNELS, H_FORMAT, H_INDEX, H_RATE, encode_chunk
+from pipeline.wire.deadletter import DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON
+from tests.workers import Zygote, wait_for
+
+MODES = ("at_least_once", "exactly_once")
+RATE = 1000.0
+# Short timings so that faults resolve quickly: the broker's minimum session timeout, tails released
+# after one silent second.
+FAST = dict(session_ms=6000, idle_flush_s=1.0)
+
+
+class Live:
+    """Streams produced in real time (a chunk goes out once its last sample exists; ``speed`` < 1
+    slows time down) until stop(); the truth is what was sent."""
+
+    def __init__(self, k, streams: list[str], *, rate: float = RATE, chunk=(20, 300), seed: int = 0,
+                 speed: float = 1.0):
+        self.k, self.ids, self.rate, self.chunk, self.speed = k, streams, rate, chunk, speed
+        self.rng = np.random.default_rng(seed)
+        self.sent = {s: 0 for s in streams}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+
+    def signal(self, sid: str, a: int, b: int) -> np.ndarray:
+        i = self.ids.index(sid)
+        t = np.arange(a, b, dtype=np.float64) / self.rate
+        return (np.sin(2 * np.pi * (3 + i % 7) * t) + 0.3 * np.sin(2 * np.pi * 41 * t + i)).astype(np.float32)
+
+    def start(self) -> "Live":
+        ensure_topics(self.k, [self.k.raw_topics[0]])
+        self._thread.start()
+        return self
+
+    def _run(self):
+        p = make_producer(self.k)
+        try:
+            t0 = time.monotonic()
+            heap = [(0.0, sid, int(self.rng.integers(*self.chunk))) for sid in self.ids]
+            heapq.heapify(heap)
+            while heap and not self._stop.is_set():
+                _, sid, n = heapq.heappop(heap)
+                a = self.sent[sid]
+                due = t0 + (a + n) / (self.rate * self.speed)
+                if due > time.monotonic():
+                    time.sleep(min(due - time.monotonic(), 0.05))
+                    heapq.heappush(heap, (due, sid, n))
+                    continue
+                p.send(self.k.raw_topics[0], **kvh(encode_chunk(sid, a, self.rate, self.signal(sid, a, a + n))))
+                self.sent[sid] = a + n
+                heapq.heappush(heap, (t0 + (a + n) / (self.rate * self.speed), sid, int(self.rng.integers(*self.chunk))))
+            p.flush(timeout=120)
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+        finally:
+            p.close(timeout=5)
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join(180)
+        assert not self._thread.is_alive(), "the producer did not finish"
+        if self.error is not None:
+            raise self.error
+        return dict(self.sent)
+
+
+def kvh(encoded) -> dict:
+    """``encode_chunk``'s (key, value, headers) as keyword arguments of ``KafkaProducer.send``."""
+    key, value, headers = encoded
+    return dict(key=key, value=value, headers=headers)
+
+
+def pair(make_settings, topics, **kw):
+    """Settings of the two worker groups on one raw topic: {mode: Settings}."""
+    out, extra = {}, kw.get("kafka", {})
+    for mode in MODES:
+        kafka = {"clean_topic": f"{topics['clean']}-{mode}", "dead_letter_topic": f"{topics['dead']}-{mode}",
+                 "alerts_topic": f"{topics['alerts']}-{mode}", "group_id": f"{topics['group']}-{mode}",
+                 "session_timeout_ms": FAST["session_ms"], **extra}
+        out[mode] = make_settings(kafka=kafka, worker={"delivery": mode, **kw.get("worker", {})},
+                                  window={"idle_flush_s": FAST["idle_flush_s"], **kw.get("window", {})},
+                                  model=kw["model"])
+    return out
+
+
+class Proc:
+    """A worker process (forked by the zygote) with a static member id, killed and restarted at will."""
+
+    def __init__(self, zygote: Zygote, settings, log_dir: Path, name: str):
+        self.s = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+            update={"group_instance_id": f"{name}-{settings.worker.delivery}"})})
+        self.zygote, self.log_dir, self.name, self.runs, self.p = zygote, log_dir, name, 0, None
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"{self.name}-{self.s.worker.delivery}-{self.runs}.log"
+
+    def start(self) -> "Proc":
+        self.runs += 1
+        self.p = self.zygote.spawn(self.s, self.log)
+        return self
+
+    def kill9(self) -> float:
+        t = time.time()
+        self.p.send_signal(signal.SIGKILL)
+        self.p.wait(30)
+        return t
+
+    def assigned(self) -> bool:
+        """This run logged a non-empty assignment."""
+        return self.log.exists() and "partitions assigned: ['" in self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.p is not None and self.p.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.p.terminate()
+            try:
+                self.p.wait(30)
+            except TimeoutError:
+                self.p.kill()
+
+
+@contextmanager
+def processes(*procs: Proc):
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def wait_assigned(procs, timeout=120.0):
+    for p in procs:
+        wait_for(lambda: p.assigned() or not p.alive(), timeout, 0.5, f"{p.log.name} to be assigned partitions")
+        assert p.alive(), p.log.read_text(errors="replace")[-3000:]
+
+
+def verify(settings: dict, truth: dict[str, int], label: str) -> dict:
+    """Capture both clean topics; assert completeness and the mode's duplicate rule; return counts."""
+    figures = {}
+    for mode, s in settings.items():
+        # Stops as soon as every stream is whole; a restarted worker may be silent for a while first.
+        rep = capture(s.kafka, idle_s=30.0, max_seconds=240, expected=truth)
+        missing = sum(n - covered(rep, sid, n) for sid, n in truth.items())
+        dups = sum(rep.duplicates.get(sid, 0) for sid in truth)
+        bad = sum(rep.mismatched_duplicates.get(sid, 0) for sid in truth)
+        figures[mode] = {"missing": missing, "duplicates": dups, "mismatched": bad, "samples": sum(truth.values())}
+        print(f"[chaos] {label} {mode}: {figures[mode]}")
+        assert missing == 0, f"{label} {mode}: {missing} samples missing"
+        assert bad == 0, f"{label} {mode}: {bad} duplicates with different values"
+        if mode == "exactly_once":
+            assert dups == 0, f"{label} {mode}: {dups} duplicated samples"
+    return figures
+
+
+def covered(rep, sid: str, n: int) -> int:
+    """Samples of [0, n) present in the capture of ``sid``."""
+    if sid not in rep.streams:
+        return 0
+    x, s0 = rep.streams[sid][:, 0], rep.start[sid]
+    return int(np.count_nonzero(~np.isnan(x[max(0, -s0): max(0, n - s0)])))
+
+
+def output_stalls(k, kills: list[float]) -> list[float]:
+    """Seconds from each kill to the first cleaned record published after it."""
+    c = KafkaConsumer(bootstrap_servers=k.bootstrap_servers, enable_auto_commit=False, consumer_timeout_ms=3000)
+    tps = [TopicPartition(k.clean_topic, p) for p in c.partitions_for_topic(k.clean_topic)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    stamps = sorted(m.timestamp / 1000.0 for m in c)
+    c.close()
+    return [min((t for t in stamps if t > kill), default=float("nan")) - kill for kill in kills]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@contextmanager
+def own_broker(tmp_path: Path):
+    """A second local broker with its own data directory (the shared test broker is never stopped)."""
+    port = next(p for p in range(39092, 39200, 3) if all(port_free(p + i) for i in range(3)))
+    old = os.environ.get("DAE_KAFKA_DATA")
+    os.environ["DAE_KAFKA_DATA"] = str(tmp_path / "kafka")
+    try:
+        bootstrap = kafka_local.start(port)
+        # Listening is not serving: wait until it has registered itself and creates topics.
+        probe = KafkaSettings(bootstrap_servers=bootstrap)
+        wait_for_broker(probe, 120)
+        wait_for(lambda: creates_topics(probe), 120, 1.0, f"the broker at {bootstrap} to create topics")
+        yield port, bootstrap
+    finally:
+        try:
+            kafka_local.stop(port)
+        finally:
+            if old is None:
+                os.environ.pop("DAE_KAFKA_DATA", None)
+            else:
+                os.environ["DAE_KAFKA_DATA"] = old
+
+
+def creates_topics(k) -> bool:
+    try:
+        ensure_topics(k, ["chaos.probe"], partitions=1)
+        return True
+    except KafkaError:
+        return False
+
+
+def capture_dead(k) -> list[tuple[int, int, str]]:
+    """(source partition, source offset, reason) of every dead letter (read_committed)."""
+    c = KafkaConsumer(bootstrap_servers=k.bootstrap_servers, enable_auto_commit=False, consumer_timeout_ms=4000,
+                      isolation_level="read_committed")
+    tps = [TopicPartition(k.dead_letter_topic, p) for p in (c.partitions_for_topic(k.dead_letter_topic) or [])]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    out = []
+    for m in c:
+        h = dict(m.headers)
+        out.append((int(h[DLQ_PARTITION]), int(h[DLQ_OFFSET]), h[DLQ_REASON].decode()))
+    c.close()
+    return out
+
+
+def fuzz_cases(key, x):
+    """Mutations of a good message of stream ``key``, each with the reason it must be dead-lettered with."""
+    k, v, h = encode_chunk(key, 100, RATE, x)
+
+    def hdr(name, raw):
+        return [(n, raw if n == name else val) for n, val in h]
+
+    lenient = [b" 12", b"12 ", b"+12", b"1_000", b"12\n", b"012", b"1e3", b"0x1f", b"", "١٢".encode()]
+    nan = x.copy()
+    nan[len(x) // 2] = np.nan
+    return (
+        [(k, v, hdr(H_INDEX, t), "invalid_header") for t in lenient]
+        + [(k, v, hdr(H_RATE, t), "invalid_header") for t in (b" 1000", b"+1000", b"1000.", b"inf", b"nan", b"1_000")]
+        + [(k, v, hdr(H_CHANNELS, t), "invalid_header") for t in (b"01", b"+1", b"0", b"65")]
+        + [(k, v, hdr(H_FORMAT, b"2"), "unsupported_format"), (k, v, hdr(H_FORMAT, b"01"), "invalid_header"),
+           (k, v, h[1:], "missing_header"), (k, v, h + [h[1]], "invalid_header"),
+           (k, v[:-2], h, "bad_length"), (k, b"", h, "bad_length"), (k, None, h, "bad_length"),
+           (*encode_chunk(key, 100, RATE, nan), "non_finite"),
+           (*encode_chunk(key, 100, 44100.0, x), "rate_mismatch"),
+           (*encode_chunk(key, 100, RATE, np.zeros(5000, np.float32)), "too_large"),
+           # The poison pill: index + frames beyond int64.
+           (*encode_chunk(key, 2**63 - 1, RATE, np.ones(1, np.float32)), "invalid_header"),
+           (*encode_chunk(key, 2**63 - 5, RATE, np.ones(10, np.float32)), "invalid_header"),
+           (b"\xff\xfe" + k, v, h, "invalid_key"), (None, v, h, "invalid_key"), (b"k" * 256, v, h, "invalid_key")]
+    )
