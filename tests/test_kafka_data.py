@@ -63,11 +63,12 @@ def test_last_seconds_uses_message_time(make_settings):
     topic = k.raw_topics[0]
     ensure_topics(k, [topic], partitions=2)
     old = simulate(k, streams=2, sample_rate=200.0, seconds=2.0, seed=1, prefix="old")
-    time.sleep(2.0)
+    time.sleep(4.0)
     t_new = time.time()
     new = simulate(k, streams=2, sample_rate=200.0, seconds=2.0, seed=2, prefix="new")
-    # From 0.5 s before the new streams' first message: after every old one (2 s older at least).
-    got = read_topic(k, topic, last_seconds=time.time() - t_new + 0.5)
+    # From 2 s before the new streams' first message: after every old one (4 s older at least).
+    # read_topic counts last_seconds back from its call, however long its consumer takes to start.
+    got = read_topic(k, topic, last_seconds=time.time() - t_new + 2.0)
     assert sorted(got) == sorted(new.noisy)
     for sid, noisy in new.noisy.items():
         np.testing.assert_array_equal(got[sid][:, 0], noisy)

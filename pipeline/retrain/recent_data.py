@@ -127,6 +127,8 @@ def read_topic_report(
     from pipeline.kafka.clients import make_consumer
 
     t0 = time.monotonic()
+    # "The last N seconds" as of the call, not of whenever the consumer has its metadata.
+    since_ms = None if last_seconds is None else int((time.time() - last_seconds) * 1000)
     acc = _Accumulator()
     consumer = make_consumer(k, group_id=None, allow_auto_create_topics=False, fetch_max_wait_ms=100)
     try:
@@ -143,8 +145,7 @@ def read_topic_report(
         ends = consumer.end_offsets(tps)
         begins = consumer.beginning_offsets(tps)
         if last_seconds is not None:
-            target = int((time.time() - last_seconds) * 1000)
-            found = consumer.offsets_for_times({tp: target for tp in tps})
+            found = consumer.offsets_for_times({tp: since_ms for tp in tps})
             starts = {tp: (found[tp].offset if found.get(tp) is not None else ends[tp]) for tp in tps}
         else:
             starts = dict(begins)
