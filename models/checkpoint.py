@@ -3,7 +3,8 @@
 Weights are only ever read as safetensors — never ``torch.load``/pickle, which can execute code.
 The JSON records the architecture and its config (so the model rebuilds from the files alone), the
 window/hop and sample rates it serves, its normalisation and training corruption, training summary,
-validation metrics, reconstruction-error quantiles (for alert thresholds) and the sha256 of the
+validation metrics, reconstruction-error quantiles (for alert thresholds), the forward cost measured
+when it was trained (``cost``: FLOPs and µs per window, ``models.cost``) and the sha256 of the
 weights file, checked on every load so a tampered or half-written file is refused.
 """
 
@@ -49,6 +50,7 @@ class ModelMeta:
     sha256: str
     version: str | None = None
     format_version: int = FORMAT_VERSION
+    cost: dict | None = None  # models.cost.measure_cost on the machine that trained it; None in older files
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +89,8 @@ class ModelMeta:
             raise bad("sample_rates", "a list of numbers")
         if self.version is not None and not isinstance(self.version, str):
             raise bad("version", "a string or null")
+        if self.cost is not None and not isinstance(self.cost, dict):
+            raise bad("cost", "an object or null")
 
 
 def _normalised(meta: ModelMeta) -> ModelMeta:

@@ -245,6 +245,16 @@ class DriftSettings(BaseModel):
     cooldown_s: float = Field(3600.0, ge=0)
 
 
+class RetrainSettings(BaseModel):
+    """`dae retrain` (mounted as ``Settings.retrain``, env ``DAE_RETRAIN__...``)."""
+
+    model_config = _FROZEN
+
+    # A candidate whose forward cost per window (FLOPs, or µs measured beside the serving model) is
+    # more than this many times the serving model's is refused: every worker would fall behind.
+    max_cost_ratio: float = Field(2.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="DAE_",
@@ -264,6 +274,7 @@ class Settings(BaseSettings):
     # Anomaly alerts per stream (pipeline/monitor/alerts/) and drift of the error distribution (pipeline/monitor/drift.py).
     alerts: AlertSettings = AlertSettings()
     drift: DriftSettings = DriftSettings()
+    retrain: RetrainSettings = RetrainSettings()
 
 
 def load_settings(**overrides) -> Settings:

@@ -56,6 +56,7 @@ def test_drift_event_triggers_an_early_retrain_that_brings_the_error_back(make_s
     v1 = reg.publish(old, meta, promote=True)
     s = make_settings(
         model={"registry": registry, "watch_interval_s": 0.5},
+        retrain={"max_cost_ratio": 1e6},  # v1 is a seed MLP; the conv candidate costs ~40x its FLOPs
         window={"idle_flush_s": 30.0},
         drift={"window_s": 30.0, "bucket_s": 1.0, "ratio": 2.0, "reference_windows": 400, "min_windows": 300,
                "cooldown_s": 600.0},

@@ -10,6 +10,7 @@ import pytest
 
 from models.registry import ModelRegistry
 from models.training import TrainConfig, train_synthetic
+from models.training.distill import DistilConfig
 from pipeline.inference.engine import InferenceEngine
 from pipeline.retrain.run import EXIT_PROMOTED, EXIT_REJECTED, parse_duration, retrain_once
 from models.signals.families import snr_db
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.kafka
 
 # Step budgets, never time: the candidates are the same however busy the machine is.
 GOOD_STEPS = 60
+TINY_DISTIL = DistilConfig(steps=2, pool=256, val_windows=64)  # where the candidate's quality is not the point
 
 
 def gain_vs_truth(registry, version, sim):
@@ -39,7 +41,9 @@ def test_retrain_promotes_a_better_model_and_rejects_a_worse_one(make_settings, 
     old, old_meta = train_synthetic(TrainConfig(sample_rate=1000.0, families=("drift",), steps=400, seed=3),
                                     progress=False)
     v1 = reg.publish(old, old_meta, promote=True)
-    s = make_settings(model={"registry": registry})
+    # v1 is a seed MLP: the conv candidate costs ~40x its FLOPs per window. This test is about the
+    # quality gate, so the cost limit is lifted (test_retrain_refuses_a_too_costly_candidate keeps it).
+    s = make_settings(model={"registry": registry}, retrain={"max_cost_ratio": 1e6})
     # Live data: noisy vibration streams; the clean truth is known only to this test.
     sim = simulate(s.kafka, streams=4, sample_rate=1000.0, seconds=40.0, snr_db=10.0, seed=17,
                    families=("vibration",))
@@ -51,6 +55,11 @@ def test_retrain_promotes_a_better_model_and_rejects_a_worse_one(make_settings, 
     print(f"against the truth: {v1} {before:+.2f} dB -> {r.candidate} {after:+.2f} dB")
     assert after > before + 1.0 and after > 3.0  # better than the old model, and really cleaning
     assert r.data["warm_start_from"] is None  # v1 is an MLP, the candidate the recommended conv
+    # The candidate is the noisy-target model distilled into one pass of its conv.
+    cand = reg.meta(r.candidate)
+    assert cand.arch == "conv" and cand.training["distilled"]["teacher"]["arch"] == "noisier2noise"
+    assert cand.cost["flops_per_window"] * 8 == cand.training["distilled"]["teacher"]["cost"]["flops_per_window"]
+    print(f"held-out score: teacher {r.figures['teacher_gain_db']:+.2f} dB, distilled {r.figures['candidate_gain_db']:+.2f} dB")
     # A deliberately worse candidate is rejected and never becomes current: two steps of a fresh MLP.
     # (Not a 2-step conv: the conv is residual, so a fresh one is nearly the identity, and with the
     # held-out data as the reference the identity scores about what a good denoiser does, ~0 dB.)
@@ -61,6 +70,7 @@ def test_retrain_promotes_a_better_model_and_rejects_a_worse_one(make_settings, 
     assert reg.meta(bad.candidate).training["retrain"]["decision"] == "rejected"
     log = [json.loads(line) for line in (registry / "retrain-log.jsonl").read_text().splitlines()]
     assert [x["outcome"] for x in log] == ["promoted", "rejected"]
+    assert "below the current model's" in log[1]["reason"] and "cost" not in log[1]["reason"]
 
 
 def test_parse_duration():
@@ -79,12 +89,38 @@ def test_retrain_warm_starts_from_a_serving_model_of_the_same_network(make_setti
     s = make_settings(model={"registry": registry})
     simulate(s.kafka, streams=2, sample_rate=1000.0, seconds=20.0, snr_db=10.0, seed=4, families=("vibration",))
     # Two steps: a warm-started candidate is still essentially the serving model's network.
-    r = retrain_once(s, last_seconds=3600, steps=2, seed=1, arch="mlp")
+    r = retrain_once(s, last_seconds=3600, steps=2, seed=1, arch="mlp", distil_config=TINY_DISTIL)
     assert r.data["warm_start_from"] == v1, r.summary()
     assert reg.meta(r.candidate).training["data"]["init_from"] == v1
-    cand = InferenceEngine.from_source(registry, r.candidate, device="cpu").model.inner
+    cand = InferenceEngine.from_source(registry, r.candidate, device="cpu").model  # distilled: one MLP
     src = InferenceEngine.from_source(registry, v1, device="cpu").model
     drift = max(float((a - b).abs().max()) for a, b in zip(cand.state_dict().values(), src.state_dict().values()))
-    assert drift < 0.05, drift  # two Adam steps (lr 3e-3) move each weight by at most ~6e-3
-    cold = retrain_once(s, last_seconds=3600, steps=2, seed=1, arch="mlp", warm_start=False)
+    assert drift < 0.05, drift  # 2 + 2 Adam steps (lr 3e-3, 1e-3) move each weight by at most ~8e-3
+    assert r.figures["cost"]["flops_ratio"] == 1.0  # the same network as the serving model
+    cold = retrain_once(s, last_seconds=3600, steps=2, seed=1, arch="mlp", warm_start=False,
+                        distil_config=TINY_DISTIL)
     assert cold.data["warm_start_from"] is None
+
+
+@pytest.mark.timeout(1200)
+def test_retrain_refuses_a_too_costly_candidate_and_says_why(make_settings, tmp_path):
+    registry = tmp_path / "registry"
+    reg = ModelRegistry(registry)
+    old, old_meta = train_synthetic(TrainConfig(sample_rate=1000.0, families=("vibration",), steps=50, seed=3),
+                                    progress=False)
+    v1 = reg.publish(old, old_meta, promote=True)
+    s = make_settings(model={"registry": registry})  # the default limit: 2x the serving model's cost
+    assert s.retrain.max_cost_ratio == 2.0
+    simulate(s.kafka, streams=2, sample_rate=1000.0, seconds=20.0, snr_db=10.0, seed=4, families=("vibration",))
+    # The conv candidate (the default network) against a serving seed MLP: ~40x the FLOPs per window.
+    r = retrain_once(s, last_seconds=3600, steps=2, seed=1, margin_db=100.0, distil_config=TINY_DISTIL)
+    assert r.outcome == "rejected" and r.exit_code == EXIT_REJECTED, r.summary()
+    assert reg.current() == v1 and r.candidate in reg.versions()
+    cost = r.figures["cost"]
+    assert cost["flops_ratio"] > 20 and cost["candidate_flops_per_window"] == reg.meta(r.candidate).cost["flops_per_window"]
+    (entry,) = [json.loads(line) for line in (registry / "retrain-log.jsonl").read_text().splitlines()]
+    assert entry["outcome"] == "rejected"
+    assert f"forward cost {max(cost['flops_ratio'], cost['time_ratio']):.1f}x the current model's" in entry["reason"]
+    assert "exceeds retrain.max_cost_ratio 2" in entry["reason"] and "below" not in entry["reason"]
+    assert reg.meta(r.candidate).training["retrain"]["reason"] == entry["reason"]
+    assert entry["reason"] in r.summary()

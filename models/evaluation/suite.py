@@ -12,8 +12,10 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.evaluation.signal_sets import LEVELS, N2N_SEED, noisy_copy, signal_set
 from models.signals.heldout import HELDOUT_FAMILIES
 from models.training import TrainConfig, best_config, train_arrays, train_synthetic
+from models.training.distill import DistilConfig, distil
 
-SUITE = ("mlp", "mlp_overcomplete", "conv", "conv_n2n")
+# conv_n2n_distilled: conv_n2n (8 network passes per window) distilled into one pass of its conv.
+SUITE = ("mlp", "mlp_overcomplete", "conv", "conv_n2n", "conv_n2n_distilled")
 
 
 def suite_config(name: str, sample_rate: float, quick: bool) -> TrainConfig:
@@ -45,21 +47,40 @@ def train_suite(out_dir: Path, sample_rate: float = 1000.0, names: Sequence[str]
                 quick: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Train (or load from ``out_dir/<name>``) the standard models; name → (model, meta)."""
     out_dir = Path(out_dir)
-    models = {}
-    for name in names:
+    models: dict = {}
+
+    def get(name: str):
+        if name in models:
+            return models[name]
         path = out_dir / name
         if path.is_dir() and not retrain:
             models[name] = load_checkpoint(path)
             log(f"{name}: loaded {path} (trained in {models[name][1].training.get('seconds', float('nan')):.0f} s)")
-            continue
-        cfg = suite_config(name, sample_rate, quick)
-        log(f"{name}: training ({cfg.arch}, objective {cfg.objective}, {cfg.steps:,} steps)")
-        if cfg.objective == "noisier2noise":
-            model, meta = train_arrays(cfg, n2n_training_data(sample_rate), progress=progress,
-                                       source="synthetic-noisy:" + ",".join(HELDOUT_FAMILIES))
+            return models[name]
+        if name == "conv_n2n_distilled":
+            teacher, teacher_meta = get("conv_n2n")
+            log(f"{name}: distilling conv_n2n into one pass of its conv")
+            dcfg = DistilConfig(steps=30, pool=256, val_windows=64) if quick else DistilConfig()
+            model, meta = distil(teacher, teacher_meta, n2n_training_data(sample_rate), dcfg, progress=progress)
         else:
-            model, meta = train_synthetic(cfg, progress=progress)
+            model, meta = _train(name, sample_rate, quick, progress, log)
         meta = save_checkpoint(path, model, meta)
-        log(f"{name}: {meta.training['seconds']:.0f} s, {meta.training['steps']} steps ({meta.training['stop_reason']})")
+        if "distilled" in meta.training:
+            d = meta.training["distilled"]
+            log(f"{name}: distilled in {d['seconds']:.0f} s, {d['steps']} steps (val MSE to the teacher "
+                f"{d['val_mse_to_teacher']:.4g})")
+        else:
+            log(f"{name}: {meta.training['seconds']:.0f} s, {meta.training['steps']} steps ({meta.training['stop_reason']})")
         models[name] = (model, meta)
-    return models
+        return models[name]
+
+    return {name: get(name) for name in names}
+
+
+def _train(name: str, sample_rate: float, quick: bool, progress: bool, log: Callable[[str], None]):
+    cfg = suite_config(name, sample_rate, quick)
+    log(f"{name}: training ({cfg.arch}, objective {cfg.objective}, {cfg.steps:,} steps)")
+    if cfg.objective == "noisier2noise":
+        return train_arrays(cfg, n2n_training_data(sample_rate), progress=progress,
+                            source="synthetic-noisy:" + ",".join(HELDOUT_FAMILIES))
+    return train_synthetic(cfg, progress=progress)

@@ -19,6 +19,7 @@ from torch import nn
 
 from models.archs import NORMALISATION, build_model, model_config
 from models.checkpoint import ModelMeta
+from models.cost import measure_cost
 from models.noise import GaussianNoise
 from models.training.config import TrainConfig
 from models.training.losses import LOSS_POWER, noisier2noise_loss, training_loss
@@ -205,7 +206,7 @@ class Trainer:
 
     def finalise(self) -> tuple[nn.Module, ModelMeta]:
         """Keep the best validated weights (the last ones if they are better), move the model to the
-        CPU and measure it; returns ``(model in eval mode, meta)``."""
+        CPU and measure it (quality, error quantiles, forward cost); returns ``(model in eval mode, meta)``."""
         b = self.best
         last = self.validate()
         if last < b.loss or b.state is None:
@@ -228,7 +229,9 @@ class Trainer:
         # Alert baseline: errors on validation windows as the data gives them (clean for the clean
         # objective; the recordings themselves, noisy, for noisier2noise).
         quantiles = error_quantiles(model, self.val.windows)
-        return model, self._meta(model, metrics, quantiles)
+        meta = self._meta(model, metrics, quantiles)
+        meta.cost = measure_cost(model, self.cfg.window)
+        return model, meta
 
     def _meta(self, model: nn.Module, metrics: dict, quantiles: dict) -> ModelMeta:
         cfg = self.cfg

@@ -9,13 +9,18 @@ One run:
    (reconstruction error above median + ``anomaly_mads`` x MAD of the errors on that data), so
    faults are not learned as normal — a threshold from the current model's own calibration would
    throw away everything after a genuine shift, which is exactly when retraining is needed;
-4. train the candidate with the noisy-target objective (live data has no clean target);
-5. score candidate and current on the held-out slice: SNR gain with the training corruption (the
-   held-out noisy signal is the reference, Gaussian noise at ``eval_sigma`` x RMS is added, each
-   model cleans it through the worker's overlap-add path) and the median reconstruction error;
+4. train a noisy-target model (live data has no clean target) and distil it into one pass of its
+   network (``models.training.distill``: the noisy-target model runs its network once per fixed
+   draw, 8 times per window), the candidate;
+5. score candidate, noisy-target teacher and current model on the held-out slice: SNR gain with the
+   training corruption (the held-out noisy signal is the reference, Gaussian noise at
+   ``eval_sigma`` x RMS is added, each model cleans it through the worker's overlap-add path) and
+   the median reconstruction error; measure candidate and current model's forward cost side by side
+   (``models.cost``: FLOPs and µs per window);
 6. publish the candidate (immutable, with the figures and the decision in its metadata) and promote
-   it only if its gain is at least the current one's minus ``margin_db``; append the decision to
-   ``<registry>/retrain-log.jsonl``.
+   it only if its gain is at least the current one's minus ``margin_db`` and its cost at most
+   ``retrain.max_cost_ratio`` times the current one's (:func:`decide`); append the decision and its
+   reason to ``<registry>/retrain-log.jsonl``.
 
 Exit codes for schedulers: 0 promoted, 10 rejected (not an error), 1 failed.
 """
@@ -50,6 +55,7 @@ class RetrainResult:
     data: dict = field(default_factory=dict)
     seconds: float = 0.0
     error: str | None = None
+    reason: str | None = None  # why it was promoted or rejected (decide())
 
     @property
     def exit_code(self) -> int:
@@ -62,7 +68,27 @@ class RetrainResult:
         return (f"retrain {self.outcome}: candidate {self.candidate} vs current {self.current}: SNR gain "
                 f"{f.get('candidate_gain_db', float('nan')):+.2f} dB vs {f.get('current_gain_db', float('nan')):+.2f} dB "
                 f"on {self.data.get('streams', 0)} stream(s), {self.data.get('train_samples', 0)} training samples "
-                f"({self.data.get('excluded_windows', 0)} anomalous windows left out), {self.seconds:.0f} s")
+                f"({self.data.get('excluded_windows', 0)} anomalous windows left out), {self.seconds:.0f} s"
+                + (f": {self.reason}" if self.reason else ""))
+
+
+def decide(figures: dict, cost: dict, margin_db: float, max_cost_ratio: float) -> tuple[bool, str]:
+    """(promote?, why): not worse than the current model by more than ``margin_db``, and a forward
+    cost (FLOPs per window and measured time per window, the larger ratio) within ``max_cost_ratio``
+    times the current model's."""
+    reasons = []
+    cand, cur = figures["candidate_gain_db"], figures["current_gain_db"]
+    if not cand >= cur - margin_db:  # NaN fails too
+        reasons.append(f"SNR gain {cand:+.2f} dB is below the current model's {cur:+.2f} dB minus the "
+                       f"margin {margin_db:g} dB")
+    ratio = max(cost["flops_ratio"], cost["time_ratio"])
+    if not ratio <= max_cost_ratio:
+        reasons.append(f"forward cost {ratio:.1f}x the current model's (FLOPs {cost['flops_ratio']:.2f}x, "
+                       f"time {cost['time_ratio']:.2f}x) exceeds retrain.max_cost_ratio {max_cost_ratio:g}")
+    if reasons:
+        return False, "; ".join(reasons)
+    return True, (f"SNR gain {cand:+.2f} dB vs {cur:+.2f} dB, forward cost {ratio:.2f}x the current model's "
+                  f"(limit {max_cost_ratio:g}x)")
 
 
 def _gain_db(engine, held_out: list[np.ndarray], sigma: float, seed: int) -> tuple[float, float]:
@@ -124,11 +150,13 @@ def retrain_once(
     eval_sigma: float = 0.3,
     anomaly_mads: float = 8.0,
     seed: int = 0,
+    distil_config=None,  # models.training.distill.DistilConfig; None: its defaults with this seed
     progress: bool = False,
 ) -> RetrainResult:
-    from pipeline.retrain.recent_data import read_topic_report
+    from models.cost import compare_cost
     from models.registry import ModelRegistry
-    from models.training import DEFAULT_ARCH, TrainConfig, train_arrays
+    from models.training import train_arrays
+    from models.training.distill import DistilConfig, distil
     from pipeline.inference.engine import InferenceEngine
     import torch
 
@@ -145,51 +173,35 @@ def retrain_once(
         if current is None:
             raise RuntimeError(f"registry {s.model.registry} has no current model to compare with")
         engine = InferenceEngine.from_source(s.model.registry, current, device=s.model.device)
-        rate = float(engine.meta.sample_rates[0])
         topic = topic or s.kafka.raw_topics[0]
-        rep = read_topic_report(s.kafka, topic, last_seconds=last_seconds, last_samples=last_samples)
-        streams = {sid: x[:, c] for sid, x in rep.streams.items() if abs(rep.rates[sid] - rate) <= 1e-9 * rate
-                   for c in range(x.shape[1])}
-        streams = {sid: x for sid, x in streams.items() if len(x) >= 5 * engine.window}
-        if not streams:
-            raise RuntimeError(f"no stream at {rate:g} Hz with at least {5 * engine.window} samples in {topic}")
-        limit = _outlier_limit(engine, [x[: int(len(x) * 0.8)] for x in streams.values()], anomaly_mads)
-        train, held_out, excluded = [], [], 0
-        for x in streams.values():
-            cut = int(len(x) * 0.8)
-            pieces, n_bad = _drop_anomalous(engine, x[:cut], limit)
-            train += pieces
-            excluded += n_bad
-            held_out.append(x[cut:])
-        n2n = engine.meta.arch == "noisier2noise"
-        base_arch = engine.meta.config.get("inner_arch") if n2n else engine.meta.arch
-        base_cfg = dict(engine.meta.config.get("inner") or {}) if n2n else dict(engine.meta.config)
-        # The candidate is the recommended network (models.training.DEFAULT_ARCH, its default layout) unless
-        # --arch names another; it starts from the serving model's weights when that has the same network.
-        arch = arch or DEFAULT_ARCH
-        warm = warm_start and arch == base_arch
-        extra = {"hidden": base_cfg.get("hidden", 256), "arch_config": {k: v for k, v in base_cfg.items()
-                 if k not in ("window", "hidden")}} if warm else {}
-        cfg = TrainConfig(sample_rate=rate, window=engine.window, hop=engine.hop, arch=arch,
-                          objective="noisier2noise", seed=seed, steps=steps or CANDIDATE_STEPS, max_seconds=max_seconds,
-                          cpu_threads=1, **extra)
-        model, meta = train_arrays(cfg, train, progress=progress, source=f"kafka:{topic}",
-                                   init_from=engine.model if warm else None, init_version=current if warm else None)
-        candidate = InferenceEngine(model, meta, device=s.model.device, version="candidate")
-        cand_gain, cand_err = _gain_db(candidate, held_out, eval_sigma, seed)
+        streams = _recent_streams(s, engine, topic, last_seconds, last_samples)
+        train, held_out, excluded = _split(engine, streams, anomaly_mads)
+        cfg, warm = _candidate_config(engine, arch, warm_start, seed, steps, max_seconds)
+        teacher, teacher_meta = train_arrays(cfg, train, progress=progress, source=f"kafka:{topic}",
+                                             init_from=engine.model if warm else None,
+                                             init_version=current if warm else None)
+        model, meta = distil(teacher, teacher_meta, train, distil_config or DistilConfig(seed=seed), progress)
+        cand_gain, cand_err = _gain_db(InferenceEngine(model, meta, device=s.model.device, version="candidate"),
+                                       held_out, eval_sigma, seed)
+        teacher_gain, _ = _gain_db(InferenceEngine(teacher, teacher_meta, device=s.model.device, version="teacher"),
+                                   held_out, eval_sigma, seed)
         cur_gain, cur_err = _gain_db(engine, held_out, eval_sigma, seed)
+        cost = compare_cost(model, reg.load(current, device="cpu")[0], engine.window)
         result.figures = {"candidate_gain_db": cand_gain, "current_gain_db": cur_gain,
+                          "teacher_gain_db": teacher_gain,  # the noisy-target model before distillation
                           "candidate_median_error": cand_err, "current_median_error": cur_err,
-                          "margin_db": margin_db, "eval_sigma": eval_sigma}
-        result.data = {"topic": topic, "warm_start_from": current if warm else None, "streams": len(streams), "train_samples": int(sum(len(p) for p in train)),
+                          "margin_db": margin_db, "eval_sigma": eval_sigma, "cost": cost,
+                          "max_cost_ratio": s.retrain.max_cost_ratio}
+        result.data = {"topic": topic, "warm_start_from": current if warm else None, "streams": len(streams),
+                       "train_samples": int(sum(len(p) for p in train)),
                        "held_out_samples": int(sum(len(h) for h in held_out)), "excluded_windows": excluded,
-                       "span_seconds": max(len(x) for x in streams.values()) / rate,
+                       "span_seconds": max(len(x) for x in streams.values()) / float(engine.meta.sample_rates[0]),
                        "last_seconds": last_seconds, "last_samples": last_samples}
-        better = cand_gain >= cur_gain - margin_db
-        meta.training["retrain"] = {"replaces": current, "decision": "promoted" if better else "rejected",
-                                    **result.figures, **result.data}
-        result.candidate = reg.publish(model, dataclasses.replace(meta, version=None), promote=better)
-        result.outcome = "promoted" if better else "rejected"
+        promote, result.reason = decide(result.figures, cost, margin_db, s.retrain.max_cost_ratio)
+        meta.training["retrain"] = {"replaces": current, "decision": "promoted" if promote else "rejected",
+                                    "reason": result.reason, **result.figures, **result.data}
+        result.candidate = reg.publish(model, dataclasses.replace(meta, version=None), promote=promote)
+        result.outcome = "promoted" if promote else "rejected"
     except Exception as exc:  # reported through the exit code and the summary line
         log.exception("retrain failed")
         result.error = f"{type(exc).__name__}: {exc}"
@@ -200,10 +212,58 @@ def retrain_once(
     return result
 
 
+def _recent_streams(s: Settings, engine, topic: str, last_seconds, last_samples) -> dict[str, np.ndarray]:
+    """One 1-D signal per (stream, channel) of the topic's recent data at the serving model's rate,
+    each at least five windows long."""
+    from pipeline.retrain.recent_data import read_topic_report
+
+    rate = float(engine.meta.sample_rates[0])
+    rep = read_topic_report(s.kafka, topic, last_seconds=last_seconds, last_samples=last_samples)
+    streams = {sid: x[:, c] for sid, x in rep.streams.items() if abs(rep.rates[sid] - rate) <= 1e-9 * rate
+               for c in range(x.shape[1])}
+    streams = {sid: x for sid, x in streams.items() if len(x) >= 5 * engine.window}
+    if not streams:
+        raise RuntimeError(f"no stream at {rate:g} Hz with at least {5 * engine.window} samples in {topic}")
+    return streams
+
+
+def _split(engine, streams: dict[str, np.ndarray], anomaly_mads: float):
+    """(training pieces without anomalous windows, held-out tails, number of windows left out)."""
+    limit = _outlier_limit(engine, [x[: int(len(x) * 0.8)] for x in streams.values()], anomaly_mads)
+    train, held_out, excluded = [], [], 0
+    for x in streams.values():
+        cut = int(len(x) * 0.8)
+        pieces, n_bad = _drop_anomalous(engine, x[:cut], limit)
+        train += pieces
+        excluded += n_bad
+        held_out.append(x[cut:])
+    return train, held_out, excluded
+
+
+def _candidate_config(engine, arch: str | None, warm_start: bool, seed: int, steps: int | None,
+                      max_seconds: float | None):
+    """(the noisy-target TrainConfig, whether it starts from the serving model's weights)."""
+    from models.training import DEFAULT_ARCH, TrainConfig
+
+    n2n = engine.meta.arch == "noisier2noise"
+    base_arch = engine.meta.config.get("inner_arch") if n2n else engine.meta.arch
+    base_cfg = dict(engine.meta.config.get("inner") or {}) if n2n else dict(engine.meta.config)
+    # The candidate is the recommended network (models.training.DEFAULT_ARCH, its default layout) unless
+    # --arch names another; it starts from the serving model's weights when that has the same network.
+    arch = arch or DEFAULT_ARCH
+    warm = warm_start and arch == base_arch
+    extra = {"hidden": base_cfg.get("hidden", 256), "arch_config": {k: v for k, v in base_cfg.items()
+             if k not in ("window", "hidden")}} if warm else {}
+    cfg = TrainConfig(sample_rate=float(engine.meta.sample_rates[0]), window=engine.window, hop=engine.hop,
+                      arch=arch, objective="noisier2noise", seed=seed, steps=steps or CANDIDATE_STEPS,
+                      max_seconds=max_seconds, cpu_threads=1, **extra)
+    return cfg, warm
+
+
 def _log_decision(root: Path, r: RetrainResult) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    line = {"time": time.time(), "outcome": r.outcome, "current": r.current, "candidate": r.candidate,
-            "figures": r.figures, "data": r.data, "seconds": r.seconds, "error": r.error}
+    line = {"time": time.time(), "outcome": r.outcome, "reason": r.reason, "current": r.current,
+            "candidate": r.candidate, "figures": r.figures, "data": r.data, "seconds": r.seconds, "error": r.error}
     with open(root / "retrain-log.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
 
