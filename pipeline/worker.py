@@ -87,13 +87,12 @@ class Worker:
             settings, engine, self.window, self.metrics, publish_alert=self._publish_alert,
             publish_drift=partial(self.producer.send, k.alerts_topic, delivery=Delivery.ADVISORY),
         )
-        self._scoring: TopicPartition | None = None  # the partition whose windows are being scored
         self.processor = StreamProcessor(
             engine, self.window, self.hop, self.metrics,
             batcher=MicroBatcher(settings.batch.max_batch, settings.batch.max_delay_ms / 1000.0),
             max_chunk_frames=settings.window.max_chunk_frames, idle_flush_s=settings.window.idle_flush_s,
             publish=self._publish, dead_letter=self._dead_letter, write_state=self._write_state,
-            score=self._score, observe_batch=self._observe_batch, inference_thread=settings.worker.inference_thread,
+            score=self.monitor.score, observe_batch=self._observe_batch, inference_thread=settings.worker.inference_thread,
         )
         self.partitions: dict[TopicPartition, PartitionState] = self.processor.partitions
         self.store = StateStore(k, read_committed=self.exactly_once)
@@ -274,14 +273,13 @@ class Worker:
     def _write_state(self, part: PartitionState, stream: StreamState) -> OutputRecord:
         return self.commits.write_state(part, stream)
 
-    def _score(self, part: PartitionState, seg: Segment, *args) -> None:
-        self._scoring = part.tp  # alert events published from here go into this partition's transaction
-        self.monitor.score(part, seg, *args)
-
     def _publish_alert(self, key: bytes, value: bytes, headers: list, *, record: OutputRecord | None = None,
                        what: str) -> None:
+        # Exactly-once: the event goes into the transaction of the partition whose window raised it
+        # (a micro-batch scores windows of several partitions in one call).
+        part = self.monitor.publishing
         self.producer.send(self.s.kafka.alerts_topic, key, value, headers, record=record, delivery=Delivery.FATAL,
-                           what=what, source=self._scoring)
+                           what=what, source=part.tp if part is not None else None)
 
     def _observe_batch(self, engine: InferenceEngine, result) -> None:
         n = result.outputs.shape[0]

@@ -149,8 +149,10 @@ class CommitManager:
             self._last_commit = now
             with self.lock:
                 tps = [tp for tp, part in self.partitions.items() if part.loaded]
-            for tp in tps:
-                self._commit_transaction(tp)
+            failed = self._commit_transactions(tps)
+            if failed:
+                tp, exc = next(iter(failed.items()))
+                raise FatalWorkerError(f"the transaction of {tp.topic}[{tp.partition}] was refused: {exc!r}") from exc
             self._settled(now, bool(tps))
             return
         if self._pending is not None:
@@ -179,8 +181,9 @@ class CommitManager:
         if self.transactions is not None:
             with self.lock:
                 tps = [tp for tp, part in self.partitions.items() if part.loaded]
-            for tp in tps:
-                self._commit_transaction(tp)
+            failed = self._commit_transactions(tps)
+            if failed:
+                raise FatalWorkerError(f"transactions refused on shutdown: {failed}")
             return
         with self.lock:
             offsets, records = self._prepare(list(self.partitions))
@@ -230,24 +233,28 @@ class CommitManager:
                 if part is not None:
                     part.committed = om.offset
 
-    def _commit_transaction(self, tp: TopicPartition) -> None:
-        """Exactly-once: the partition's open transaction with its entries and offset."""
-        self.transactions.flush(tp)  # every record in it acknowledged: the entries below cover them
+    def _commit_transactions(self, tps) -> dict[TopicPartition, KafkaError]:
+        """Exactly-once: each partition's open transaction with its entries and offset, committed
+        side by side; what the broker refused, by partition."""
+        self.transactions.flush_all()  # every record in them acknowledged: the entries below cover them
+        todo: dict[TopicPartition, tuple[PartitionState, int]] = {}
         with self.lock:
-            part = self.partitions.get(tp)
-            if part is None or part.consumed is None:
-                return
-            self._lag(tp, part)
-            offset, entries = part.committable()
-            for sid, e in part.changes(entries):
-                self._send_entry(tp, sid, e)
-        try:
-            self.transactions.commit(tp, offset if offset != part.committed else None)
-        except KafkaError as exc:
-            raise FatalWorkerError(f"the transaction of {tp.topic}[{tp.partition}] was refused: {exc!r}") from exc
-        if offset != part.committed:
-            part.committed = offset
-            self.metrics.commits.inc()
+            for tp in tps:
+                part = self.partitions.get(tp)
+                if part is None or part.consumed is None:
+                    continue
+                self._lag(tp, part)
+                offset, entries = part.committable()
+                for sid, e in part.changes(entries):
+                    self._send_entry(tp, sid, e)
+                todo[tp] = (part, offset)
+        failed = self.transactions.commit_all(
+            {tp: offset if offset != part.committed else None for tp, (part, offset) in todo.items()})
+        for tp, (part, offset) in todo.items():
+            if tp not in failed and offset != part.committed:
+                part.committed = offset
+                self.metrics.commits.inc()
+        return failed
 
     # ---------------------------------------------------------------------------- stalls
     def _settled(self, now: float, assigned: bool) -> None:
@@ -286,17 +293,18 @@ class CommitManager:
                 self.producer.flush(min(REVOKE_FLUSH_MAX_S, self.flush_timeout_s))
                 if offsets and all(r.acked for r in records):
                     self._send_commit(offsets, time.monotonic())
-        if self.transactions is not None:
-            for tp in revoked:
-                try:
-                    if self.partitions[tp].loaded:
-                        self._commit_transaction(tp)
-                except (FatalWorkerError, KafkaError) as exc:
-                    log.warning("%s[%d]: last transaction not committed (%s); the next owner replays it",
+        try:
+            if self.transactions is not None:
+                failed = self._commit_transactions([tp for tp in revoked if self.partitions[tp].loaded])
+                for tp, exc in failed.items():
+                    log.warning("%s[%d]: last transaction not committed (%r); the next owner replays it",
                                 tp.topic, tp.partition, exc)
-                self.transactions.close(tp)
-        with self.lock:
-            self._forget(revoked)
+        finally:
+            if self.transactions is not None:
+                for tp in revoked:
+                    self.transactions.close(tp)
+            with self.lock:
+                self._forget(revoked)
 
     def on_assigned(self, assigned) -> None:
         log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))

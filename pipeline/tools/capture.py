@@ -127,13 +127,9 @@ def capture(
     reads the records of open and aborted transactions (what a crashed exactly-once worker left).
     """
     topic = topic or k.clean_topic
-    expected = dict(expected or {})
     t0 = time.monotonic()
     deadline = t0 + max_seconds if max_seconds is not None else None
-    chunks: dict[str, list[Chunk]] = {}
-    coverage: dict[str, _Coverage] = {}
-    incomplete = {s for s, n in expected.items() if n > 0}
-    messages = undecodable = 0
+    got = _Collected(dict(expected or {}))
     last_msg: float | None = None if wait else t0
 
     consumer = make_consumer(k, allow_auto_create_topics=False, fetch_max_wait_ms=100,
@@ -147,17 +143,11 @@ def capture(
                 break
             if last_msg is not None and now - last_msg >= idle_s:
                 break
-            if expected and not incomplete:
+            if got.expected and not got.incomplete:
                 break
-            # (Re)assign when the topic appears or gains partitions; seek new ones to the beginning.
             if not assigned or now - checked > 2.0:
                 checked = now
-                parts = consumer.partitions_for_topic(topic) or set()
-                tps = {TopicPartition(topic, p) for p in parts}
-                if tps - assigned:
-                    consumer.assign(sorted(tps, key=lambda tp: tp.partition))
-                    consumer.seek_to_beginning(*(tps - assigned))
-                    assigned = tps
+                assigned = _assign_new(consumer, topic, assigned)
                 if not assigned:
                     time.sleep(min(0.5, _POLL_MS / 1000))
                     continue
@@ -167,32 +157,54 @@ def capture(
             last_msg = time.monotonic()
             for records in batch.values():
                 for m in records:
-                    messages += 1
-                    try:
-                        c = decode_chunk(m.key, m.value, m.headers, check_finite=False)
-                    except DecodeError as exc:
-                        undecodable += 1
-                        log.warning("%s[%d]@%d: undecodable, skipped: %s", m.topic, m.partition, m.offset, exc)
-                        continue
-                    chunks.setdefault(c.stream, []).append(c)
-                    cov = coverage.get(c.stream)
-                    if cov is None:
-                        cov = coverage[c.stream] = _Coverage()
-                    cov.add(c.index, c.end)
-                    if c.stream in incomplete and cov.covers(0, expected[c.stream]):
-                        incomplete.discard(c.stream)
+                    got.add(m)
     finally:
         consumer.close()
 
     rep = CaptureReport(streams={}, start={}, gaps={}, duplicates={}, mismatched_duplicates={}, models={},
-                        messages=messages, undecodable=undecodable,
-                        missing=[s for s in expected if s not in chunks])
-    for sid, cs in chunks.items():
+                        messages=got.messages, undecodable=got.undecodable,
+                        missing=[s for s in got.expected if s not in got.chunks])
+    for sid, cs in got.chunks.items():
         _assemble(rep, sid, cs)
     rep.seconds = time.monotonic() - t0
     if out_dir is not None:
         write_streams(rep, Path(out_dir))
     return rep
+
+
+def _assign_new(consumer, topic: str, assigned: set[TopicPartition]) -> set[TopicPartition]:
+    """(Re)assign when the topic appears or gains partitions; new ones are read from the beginning."""
+    tps = {TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()}
+    if tps - assigned:
+        consumer.assign(sorted(tps, key=lambda tp: tp.partition))
+        consumer.seek_to_beginning(*(tps - assigned))
+        return tps
+    return assigned
+
+
+class _Collected:
+    """The chunks read so far by stream, and which ``expected`` streams are not yet covered."""
+
+    def __init__(self, expected: dict[str, int]):
+        self.expected = expected
+        self.incomplete = {s for s, n in expected.items() if n > 0}
+        self.chunks: dict[str, list[Chunk]] = {}
+        self.coverage: dict[str, _Coverage] = {}
+        self.messages = self.undecodable = 0
+
+    def add(self, m) -> None:
+        self.messages += 1
+        try:
+            c = decode_chunk(m.key, m.value, m.headers, check_finite=False)
+        except DecodeError as exc:
+            self.undecodable += 1
+            log.warning("%s[%d]@%d: undecodable, skipped: %s", m.topic, m.partition, m.offset, exc)
+            return
+        self.chunks.setdefault(c.stream, []).append(c)
+        cov = self.coverage.setdefault(c.stream, _Coverage())
+        cov.add(c.index, c.end)
+        if c.stream in self.incomplete and cov.covers(0, self.expected[c.stream]):
+            self.incomplete.discard(c.stream)
 
 
 def write_streams(rep: CaptureReport, out_dir: Path) -> None:
