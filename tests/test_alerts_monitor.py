@@ -3,10 +3,11 @@ engine call, each event is published with its own stream's partition and holds t
 windows of skipped segments are scored at the next batch, before a model switch."""
 
 import json
+import time
 from types import SimpleNamespace
 
 import numpy as np
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from pipeline.monitor.metrics import WorkerMetrics
 from pipeline.monitor.monitor import Monitor
@@ -29,8 +30,8 @@ def _engine(version="v1"):
     return SimpleNamespace(version=version, meta=SimpleNamespace(error_quantiles={"q50": 0.01, "q999": 0.1}))
 
 
-def _monitor(published):
-    settings = Settings(alerts=AlertSettings(stats_windows=128, slow_terms=()))
+def _monitor(published, **alerts):
+    settings = Settings(alerts=AlertSettings(stats_windows=128, slow_terms=(), **alerts))
     mon = None
 
     def publish(key, value, headers, *, record=None, what):
@@ -93,3 +94,24 @@ def test_skipped_segments_are_scored_at_the_next_batch_before_a_model_switch():
     assert [(sid, ev["kind"], ev["model_version"]) for sid, _, _, ev in published] == [
         ("a", "raised", "v1"), ("a", "resolved", "v1")]
     assert mon.alerts.model_version == "v2"
+
+
+def _evictions(mon) -> dict[str, float]:
+    c = mon.metrics.state_evictions
+    return {reason: c.labels("alerts", reason)._value.get() for reason in ("idle", "cap")}
+
+
+def test_evicted_alert_state_is_counted_by_reason():
+    """dae_stream_state_evictions_total{kind="alerts", reason}: one stream pushed out by the cap on
+    tracked streams, then the two left dropped once silent for the state TTL."""
+    mon = _monitor([], max_streams=2, state_ttl_s=0.05)
+    part, engine = PartitionState(tp="p0", consumed=0), _engine()
+    assert _evictions(mon) == {"idle": 0, "cap": 0}  # born at zero
+    _batch(mon, engine, [(part, Seg("a", 1)), (part, Seg("b", 2))], 0)
+    _batch(mon, engine, [(part, Seg("c", 3))], 1)  # a third stream: "a", the least recently seen, goes
+    assert _evictions(mon) == {"idle": 0, "cap": 1}
+    time.sleep(0.2)
+    mon.expire()
+    assert _evictions(mon) == {"idle": 2, "cap": 1} and mon.alerts.streams() == 0
+    text = generate_latest(mon.metrics.registry).decode()
+    assert 'dae_stream_state_evictions_total{kind="alerts",reason="idle"} 2.0' in text

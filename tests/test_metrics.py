@@ -80,6 +80,7 @@ SPEC = {
     "dae_drift_events": ("counter", set()),
     "dae_error_median_ratio": ("gauge", set()),
     "dae_last_output_timestamp_seconds": ("gauge", set()),
+    "dae_stream_state_evictions": ("counter", {"kind", "reason"}),
 }
 
 

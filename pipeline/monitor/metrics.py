@@ -17,6 +17,11 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ERROR_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+# Per-stage durations: from half a millisecond (a forward pass of a small batch) to 10 s (a stalled ack).
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Kinds of per-stream state a worker bounds (a TTL and a cap), and why a stream's state was dropped.
+STATE_KINDS = ("alerts",)
+EVICTION_REASONS = ("idle", "cap")
 
 
 class WorkerMetrics:
@@ -98,6 +103,20 @@ class WorkerMetrics:
         self.last_output = Gauge(
             "dae_last_output_timestamp_seconds", "Unix time of the last acknowledged cleaned output", registry=r
         )
+        self.state_evictions = Counter(
+            "dae_stream_state_evictions_total",
+            "Per-stream state dropped: silent longer than its TTL (idle) or least recently seen beyond the "
+            "cap on tracked streams (cap)",
+            ["kind", "reason"],
+            registry=r,
+        )
+        for kind in STATE_KINDS:  # born at 0, so rate() sees the first eviction
+            for reason in EVICTION_REASONS:
+                self.state_evictions.labels(kind, reason)
+
+    def alert_state_evicted(self, _stream: str, reason: str) -> None:
+        """The alert engine's ``on_evict`` callback (the stream id is not a label: unbounded)."""
+        self.state_evictions.labels("alerts", reason).inc()
 
     def set_model(self, version: str, arch: str, window: int, hop: int) -> None:
         self.model_info.info({"version": version, "arch": arch, "window": str(window), "hop": str(hop)})

@@ -78,7 +78,8 @@ class Monitor:
         self.metrics = metrics
         self._publish_alert_event = publish_alert
         self._publish_drift_event = publish_drift
-        self.alerts = AlertEngine(settings.alerts, engine.meta.error_quantiles, engine.version)
+        self.alerts = AlertEngine(settings.alerts, engine.meta.error_quantiles, engine.version,
+                                  on_evict=metrics.alert_state_evicted)
         self.drift = DriftMonitor(settings.drift, engine.version, _q50(engine))
         self._queued: list[tuple[PartitionState, Segment, tuple]] = []  # segments scored by the next flush
         self._expect = self._got = 0  # windows of the announced batch, and of them queued so far
