@@ -93,6 +93,7 @@ class Worker:
             max_chunk_frames=settings.window.max_chunk_frames, idle_flush_s=settings.window.idle_flush_s,
             publish=self._publish, dead_letter=self._dead_letter, write_state=self._write_state,
             score=self.monitor.score, observe_batch=self._observe_batch, inference_thread=settings.worker.inference_thread,
+            on_stage=self.metrics.stages.observe,
         )
         self.partitions: dict[TopicPartition, PartitionState] = self.processor.partitions
         self.store = StateStore(k, read_committed=self.exactly_once)
@@ -184,6 +185,8 @@ class Worker:
             # poll to finish the join; very short polls can keep timing out before it completes.
             timeout_ms = max(timeout_ms, 500)
         records = self.consumer.poll(timeout_ms=max(timeout_ms, 0))
+        if records:
+            self._observe_poll(records)
         self.commits.load_resume_points()
         with self.lock:
             n_msgs = 0
@@ -205,6 +208,15 @@ class Worker:
         self.producer.check()
         if self.commits.due():
             self.commits.commit()
+
+    def _observe_poll(self, records: dict) -> None:
+        """Stage "poll": each record's age (its timestamp, producer or broker clock) when polled, one
+        histogram call per poll."""
+        now_ms = time.time() * 1000.0
+        ts = np.fromiter((m.timestamp for msgs in records.values() for m in msgs), dtype=np.float64)
+        ts = ts[ts >= 0]  # -1: no timestamp
+        if ts.size:
+            self.metrics.stages.observe_many("poll", np.maximum(now_ms - ts, 0.0) / 1000.0)
 
     def shutdown(self) -> None:
         t0 = time.monotonic()
@@ -257,7 +269,7 @@ class Worker:
         key, value, headers = encode_chunk(stream.id, rec.start, seg.rate, samples, model=version)
         self.producer.send(self.s.kafka.clean_topic, key, value, headers, record=rec, delivery=Delivery.FATAL,
                            what=f"cleaned output of stream {stream.id} [{rec.start}, {rec.end})", source=stream.tp,
-                           on_ack=partial(self._output_acked, rec.source_ts, rec.end - rec.start))
+                           on_ack=partial(self._output_acked, rec.source_ts, rec.end - rec.start, time.perf_counter()))
 
     def _dead_letter(self, part: PartitionState, msg, reason: str, detail: str) -> None:
         tp = part.tp
@@ -288,8 +300,9 @@ class Worker:
         self.metrics.recon_error.labels(engine.version).observe_many(result.errors)
         self.monitor.observe_batch(engine, result.errors)
 
-    def _output_acked(self, source_ts: float | None, n: int) -> None:
-        """The broker acknowledged ``n`` cleaned frames (the producer's IO thread)."""
+    def _output_acked(self, source_ts: float | None, n: int, sent: float) -> None:
+        """The broker acknowledged ``n`` cleaned frames sent at ``sent`` (perf_counter; the producer's IO thread)."""
+        self.metrics.stages.observe("ack", time.perf_counter() - sent)
         self.metrics.output_samples.inc(n)
         self.metrics.last_output.set(time.time())
         if source_ts is not None:

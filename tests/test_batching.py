@@ -43,6 +43,18 @@ def test_closes_on_deadline_counted_from_first_item():
     assert b.due()
 
 
+def test_last_wait_is_from_the_first_item_taken():
+    clock = FakeClock()
+    b = MicroBatcher(2, 1.0, clock)
+    b.add("a", 1)
+    clock.t += 0.25
+    b.add("b", 2)
+    b.add("c", 3)
+    clock.t += 0.5
+    assert b.take() == [("a", 1), ("b", 2)] and abs(b.last_wait - 0.75) < 1e-9
+    assert b.take() == [("c", 3)] and abs(b.last_wait - 0.5) < 1e-9
+
+
 def test_drop_removes_only_matching_keys():
     b = MicroBatcher(10, 1.0, FakeClock())
     b.add(("t", 0, "s1"), 1, 2)

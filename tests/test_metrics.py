@@ -1,7 +1,7 @@
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram
 
-from pipeline.monitor.metrics import ERROR_BUCKETS, BatchHistogram, WorkerMetrics
+from pipeline.monitor.metrics import ERROR_BUCKETS, STAGES, BatchHistogram, Ring, WorkerMetrics
 
 
 def samples(reg, name):
@@ -81,6 +81,7 @@ SPEC = {
     "dae_error_median_ratio": ("gauge", set()),
     "dae_last_output_timestamp_seconds": ("gauge", set()),
     "dae_stream_state_evictions": ("counter", {"kind", "reason"}),
+    "dae_stage_seconds": ("histogram", {"stage"}),
 }
 
 
@@ -113,3 +114,44 @@ def test_worker_metrics_names_types_labels_and_units():
     assert "dae_alerts_raised_total 0.0" in text and "dae_drift_events_total 0.0" in text
     from prometheus_client import REGISTRY
     assert not any(m.name.startswith("dae_") for m in REGISTRY.collect())
+
+
+def test_batch_histogram_scalar_observe_equals_observe_many():
+    r1, r2 = CollectorRegistry(), CollectorRegistry()
+    h1 = BatchHistogram("x_seconds", "x", ["stage"], buckets=(0.001, 0.01, 0.1), registry=r1)
+    h2 = BatchHistogram("x_seconds", "x", ["stage"], buckets=(0.001, 0.01, 0.1), registry=r2)
+    values = [0.0, 0.001, 0.0010001, 0.01, 0.05, 0.1, 3.0, float("inf")]
+    for v in values:
+        h1.labels("a").observe(v)
+    h2.labels("a").observe_many(values)
+    c1, s1 = h1.labels("a").snapshot()
+    c2, s2 = h2.labels("a").snapshot()
+    assert list(c1) == list(c2) == [2, 4, 6, 8] and s1 == s2
+
+
+def test_ring_keeps_the_last_values():
+    ring = Ring(4)
+    assert ring.values().size == 0
+    ring.add(1.0)
+    ring.add_many([2.0, 3.0])
+    assert sorted(ring.values()) == [1.0, 2.0, 3.0]
+    ring.add_many(np.arange(10.0, 16.0))  # more than it holds: the last 4
+    assert sorted(ring.values()) == [12.0, 13.0, 14.0, 15.0]
+    ring.add(16.0)
+    assert sorted(ring.values()) == [13.0, 14.0, 15.0, 16.0]
+
+
+def test_stage_times_feed_the_histogram_and_keep_exact_quantiles():
+    m = WorkerMetrics(CollectorRegistry())
+    assert {s: m.stages.count(s) for s in STAGES} == dict.fromkeys(STAGES, 0)  # every stage born at 0
+    m.stages.observe("forward", 0.002)
+    m.stages.observe_many("poll", [0.01, 0.03])
+    assert m.stages.count("forward") == 1 and m.stages.count("poll") == 2
+    assert m.stages.quantiles() == {}  # nothing kept until asked
+    m.stages.keep(1000)
+    m.stages.observe_many("poll", np.arange(1, 101) / 1000.0)  # 1..100 ms
+    q = m.stages.quantiles()
+    assert set(q) == set(STAGES) and q["ack"]["count"] == 0
+    assert q["poll"]["count"] == 100 and abs(q["poll"]["p50_ms"] - 50.5) < 1e-6 and abs(q["poll"]["p99_ms"] - 99.01) < 1e-6
+    text = __import__("prometheus_client").generate_latest(m.registry).decode()
+    assert 'dae_stage_seconds_count{stage="poll"} 102.0' in text and 'dae_stage_seconds_count{stage="ack"} 0.0' in text

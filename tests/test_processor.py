@@ -73,6 +73,7 @@ class Harness:
     outputs: dict = field(default_factory=lambda: defaultdict(list))  # stream -> [(start, samples)]
     dead: list = field(default_factory=list)  # (offset, reason, detail)
     state_writes: list = field(default_factory=list)
+    stages: list = field(default_factory=list)  # (stage, seconds) as the processor reports them
 
     def __post_init__(self):
         self.p = StreamProcessor(
@@ -80,6 +81,7 @@ class Harness:
             batcher=MicroBatcher(8, 0.0, clock=self.clock), max_chunk_frames=4096, idle_flush_s=2.0,
             publish=self.publish, dead_letter=self.dead_letter, write_state=self.write_state,
             score=lambda *a: None, observe_batch=lambda *a: None, clock=self.clock,
+            on_stage=lambda stage, seconds: self.stages.append((stage, seconds)),
         )
         self.part = self.p.partitions["tp"] = PartitionState("tp", loaded=True)
 
@@ -205,6 +207,21 @@ def test_a_bug_in_one_message_dead_letters_it_and_the_worker_goes_on():
     assert ok == list(range(100))
     bad = {i for s, y in h.outputs["bad"] for i in range(s, s + len(y))}
     assert set(range(50)) | set(range(100, 150)) <= bad  # before and after the bad message
+
+
+def test_every_batch_reports_its_stages_once():
+    """One on_stage call per stage and batch (never per window or segment); batch_wait on the
+    batcher's clock, from the batch's first queued window to its submission."""
+    h = Harness()
+    h.p.batcher.max_delay_s = 0.5
+    x = np.ones((W, 1), np.float32)  # one window per message: the batch (max 8) fills by the deadline only
+    h.step(Msg(0, *encode_chunk("a", 0, RATE, x)))
+    h.step(Msg(1, *encode_chunk("b", 0, RATE, x)), advance=0.2)  # the batch is not full yet
+    assert h.stages == []
+    h.step(advance=0.4)  # 0.6 s after the first window: due
+    names = [s for s, _ in h.stages]
+    assert names == ["batch_wait", "forward", "encode", "score"], names
+    assert abs(h.stages[0][1] - 0.6) < 1e-9 and all(v >= 0 for _, v in h.stages)
 
 
 # ------------------------------------------------------------------------ replays identical

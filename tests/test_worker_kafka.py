@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from pipeline.monitor.metrics import STAGES
 from pipeline.tools.capture import capture
 from models.signals.families import snr_db
 from pipeline.tools.simulate import simulate
@@ -42,9 +43,13 @@ def committed_offsets(settings) -> dict[int, int | None]:
 
 def test_many_streams_random_chunks_complete_in_order_and_denoised(make_settings, model_registry):
     s = make_settings(model={"registry": model_registry})
-    with worker_thread(s):
+    with worker_thread(s) as w:
         sim = simulate(s.kafka, streams=8, sample_rate=1000.0, seconds=12.0, snr_db=10.0, chunk=(1, 700), seed=3)
         rep = capture(s.kafka, idle_s=8.0, max_seconds=120, expected={k: len(v) for k, v in sim.clean.items()})
+    # Every stage of dae_stage_seconds was timed (alerts are on by default: "score" too).
+    counts = {stage: w.metrics.stages.count(stage) for stage in STAGES}
+    assert all(n > 0 for n in counts.values()), counts
+    assert counts["poll"] == w.metrics.messages._value.get()  # one per consumed record
     # Several partitions really carried the streams.
     c = KafkaConsumer(bootstrap_servers=s.kafka.bootstrap_servers)
     tps = [TopicPartition(s.kafka.raw_topics[0], p) for p in c.partitions_for_topic(s.kafka.raw_topics[0])]

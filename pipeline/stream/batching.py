@@ -23,6 +23,7 @@ class MicroBatcher:
         self._clock = clock
         self._items: deque[tuple[Hashable, Any, int, float]] = deque()
         self._windows = 0
+        self.last_wait = 0.0  # seconds the last batch taken waited: its first item's enqueue -> take()
 
     def __len__(self) -> int:
         """Windows waiting."""
@@ -47,6 +48,8 @@ class MicroBatcher:
     def take(self) -> list[tuple[Hashable, Any]]:
         """Remove and return items in arrival order, up to ``max_batch`` windows (at least one item)."""
         out, n = [], 0
+        if self._items:
+            self.last_wait = max(0.0, self._clock() - self._items[0][3])
         while self._items and (not out or n + self._items[0][2] <= self.max_batch):
             key, item, w, _ = self._items.popleft()
             out.append((key, item))

@@ -40,6 +40,13 @@ Publish = Callable[[Segment, OutputRecord, np.ndarray, str], None]
 DeadLetter = Callable[[PartitionState, Any, str, str], None]
 # write_state(partition, stream) -> the record acknowledged once the stream's entry is durable
 WriteState = Callable[[PartitionState, StreamState], OutputRecord]
+# on_stage(stage, seconds): one stage's duration, once per batch ("batch_wait", "forward", "encode",
+# "score"); the worker feeds its dae_stage_seconds histogram (this layer imports no Prometheus).
+OnStage = Callable[[str, float], None]
+
+
+def _no_stage(_stage: str, _seconds: float) -> None:
+    pass
 
 
 class StreamProcessor:
@@ -60,6 +67,7 @@ class StreamProcessor:
         observe_batch: Callable[[Any, Any], None],  # (engine, Inference) after each batch
         inference_thread: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        on_stage: OnStage | None = None,
     ):
         self.engine = engine
         self.window, self.hop = window, hop
@@ -73,6 +81,8 @@ class StreamProcessor:
         self._score = score
         self._observe_batch = observe_batch
         self._clock = clock
+        self._stage = on_stage or _no_stage
+        self._t_encode = self._t_score = 0.0  # of the batch being applied
         self.partitions: dict[Any, PartitionState] = {}
         # One inference thread (worker.inference_thread): the next poll/decode/windowing overlaps
         # the forward pass; results are applied in order by the caller's thread.
@@ -232,6 +242,7 @@ class StreamProcessor:
         channel count in it (streams may differ), each grouped by segment (order within a segment
         kept), so each segment gets one vectorised overlap-add of consecutive grid windows."""
         items = self.batcher.take()
+        self._stage("batch_wait", self.batcher.last_wait)
         by_channels: dict[int, dict[int, tuple[Segment, list]]] = {}
         for seg, block in items:
             groups = by_channels.setdefault(block.data.shape[1], {})
@@ -252,7 +263,9 @@ class StreamProcessor:
             future, groups, engine, data = self._inflight.popleft()
             result, seconds = future.result()
             self.metrics.inference_seconds.observe(seconds)
+            self._stage("forward", seconds)
             self._observe_batch(engine, result)
+            self._t_encode = self._t_score = 0.0
             i = 0
             for seg, blocks in groups:
                 k = sum(len(b) for b in blocks)
@@ -265,16 +278,22 @@ class StreamProcessor:
                         self.metrics.processing_errors.inc()
                         self._drop_segments(seg.stream)
                 i += k
+            self._stage("encode", self._t_encode)
+            self._stage("score", self._t_score)
 
     def _apply(self, part, seg: Segment, blocks, version: str, result, data, i: int, k: int) -> None:
+        t0 = time.perf_counter()
         outputs = result.outputs[i : i + k]
         seg.win.add_output(blocks[0].start, outputs)
         seg.version = version
         chunk = seg.win.ready()
         if chunk is not None:
             self._publish(seg, chunk.start, chunk.samples, version)
+        t1 = time.perf_counter()
         starts = np.concatenate([b.starts for b in blocks])
         self._score(part, seg, starts, result.errors[i : i + k], result.scales[i : i + k], data[i : i + k], outputs)
+        self._t_encode += t1 - t0
+        self._t_score += time.perf_counter() - t1
 
     def _alive(self, seg: Segment) -> PartitionState | None:
         """The partition state still holding ``seg``'s stream, or None (revoked or forgotten)."""
