@@ -56,7 +56,9 @@ def ensure_model(s: Settings, sample_rate: float) -> str:
     cur = reg.current()
     if cur is not None and any(abs(r - sample_rate) < 1e-6 for r in reg.meta(cur).sample_rates):
         return cur
-    cfg = TrainConfig(sample_rate=sample_rate)
+    # One thread: the seed MLP comes out the same as with two, and next to other busy processes a
+    # 2-thread run was many times slower (over 17 min at load ~9, where one thread took 108 s).
+    cfg = TrainConfig(sample_rate=sample_rate, cpu_threads=1)
     console.print(f"no model for {sample_rate:g} Hz in {s.model.registry}: training the seed MLP once "
                   f"({cfg.steps:,} steps, about a minute on a quiet 2-core CPU, longer on a busy one)")
     model, meta = train_synthetic(cfg, progress=True)
