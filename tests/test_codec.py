@@ -16,6 +16,11 @@ from pipeline.wire.codec import (
 )
 def test_round_trip(x, index, rate):
     key, value, headers = encode_chunk("s/ü", index, rate, x, model="v3")
+    if index + x.shape[0] > 2**63 - 1:  # the chunk's last sample index would not fit in int64
+        with pytest.raises(DecodeError) as e:
+            decode_chunk(key, value, headers)
+        assert e.value.reason == "invalid_header" and "exceeds 2^63-1" in str(e.value)
+        return
     c = decode_chunk(key, value, headers)
     assert (c.stream, c.index, c.rate, c.model) == ("s/ü", index, rate, "v3")
     np.testing.assert_array_equal(c.samples, x)
