@@ -40,19 +40,24 @@ def demo(
 @app.command("bench")
 def bench(
     streams: int = typer.Option(8, min=1, help="Streams in the input"),
-    seconds: float = typer.Option(1000.0, help="Seconds of signal per stream"),
+    seconds: float = typer.Option(150.0, help="Seconds of signal per stream (the default run takes about "
+                                  "3 minutes on a 2-core machine; 1000 for the long figures of docs/bench.md)"),
     sample_rate: float = typer.Option(1000.0, help="Rate in the headers, Hz (the model must serve it)"),
     chunk: int = typer.Option(512, min=1, help="Frames per message"),
     live_rate: float = typer.Option(200_000.0, help="Input rate of the latency phase, samples/s in total"),
+    model: Optional[str] = typer.Option(None, "--model", help="Registry version to bench (default: the current "
+                                        "one); the seed MLP runs beside it as its own leg"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (env DAE_MODEL__DEVICE)"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON to this file"),
     bootstrap: Optional[str] = BootstrapOpt,
     registry: Optional[Path] = RegistryOpt,
     verbose: bool = VerboseOpt,
 ):
-    """Raw Kafka ceiling vs the worker vs the naive one-message-at-a-time loop, same broker (docs/bench.md)."""
+    """Raw Kafka ceiling vs the worker (the served model, and the seed MLP) vs the naive
+    one-message-at-a-time loop, same broker; per-stage latency of the worker legs (docs/bench.md)."""
     setup_logging(verbose)
-    s = settings(bootstrap, registry, metrics={"enabled": False})
+    s = settings(bootstrap, registry, metrics={"enabled": False}, model={"device": device})
     from pipeline.tools.bench import run_bench
 
     run_bench(s, streams=streams, seconds=seconds, sample_rate=sample_rate, chunk=chunk, live_rate=live_rate,
-              json_path=json_path)
+              json_path=json_path, model=model)
