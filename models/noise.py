@@ -2,7 +2,8 @@
 
 Each process maps a (B, W) float batch to a corrupted copy (the input is never modified), drawing all
 randomness from the ``torch.Generator`` passed in, so training is reproducible. ``to_dict`` /
-``corruption_from_dict`` round-trip a process through a checkpoint's JSON.
+``corruption_from_dict`` round-trip a process through a checkpoint's JSON. Field noise (mains hum,
+pink/brown, impulsive spikes, dropouts) is in ``models/noise_real.py``, registered here too.
 """
 
 from __future__ import annotations
@@ -12,52 +13,8 @@ from typing import Sequence
 
 import torch
 
-
-def _check_batch(x: torch.Tensor, who: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{who}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{who}: expected a (B, W) batch, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{who}: expected a floating-point batch, got {x.dtype}")
-
-
-def _check_fraction(fraction: float, who: str) -> float:
-    f = float(fraction)
-    if not (0.0 <= f <= 1.0):
-        raise ValueError(f"{who}: fraction must be in [0, 1], got {fraction!r}")
-    return f
-
-
-def _pick(x: torch.Tensor, fraction: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Boolean mask with exactly round(fraction*W) True entries per row, positions uniform."""
-    b, w = x.shape
-    k = int(round(fraction * w))
-    mask = torch.zeros((b, w), dtype=torch.bool, device=x.device)
-    if k == 0 or b == 0:
-        return mask
-    keys = torch.rand((b, w), generator=generator, device=x.device)
-    idx = keys.argsort(dim=1)[:, :k]
-    return mask.scatter_(1, idx, True)
-
-
-class Corruption:
-    """Base class: ``__call__(x, generator) -> x_tilde``."""
-
-    kind = "base"
-
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-    def to_dict(self) -> dict:
-        raise NotImplementedError
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.to_dict() == other.to_dict()
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "type")
-        return f"{type(self).__name__}({args})"
+from models.noise_base import Corruption, _check_batch, _check_fraction, _pick  # re-exported
+from models.noise_real import REAL_KINDS, real_from_dict
 
 
 class GaussianNoise(Corruption):
@@ -203,8 +160,10 @@ def corruption_from_dict(d: dict) -> Corruption:
     if not isinstance(d, dict) or "type" not in d:
         raise ValueError(f"corruption spec must be a dict with a 'type' key, got {d!r}")
     kind = d["type"]
+    if kind in REAL_KINDS:
+        return real_from_dict(d)
     if kind not in _KINDS:
-        raise ValueError(f"unknown corruption type {kind!r}; known: {', '.join(sorted(_KINDS))}")
+        raise ValueError(f"unknown corruption type {kind!r}; known: {', '.join(sorted({**_KINDS, **REAL_KINDS}))}")
     try:
         if kind == "gaussian":
             s = d["sigma"]
