@@ -370,3 +370,18 @@ def test_fits_names_known_baselines_and_tune_all_is_unchanged():
     assert "notch" not in baselines.FILTERS  # the white-noise evaluation's tune_all keeps its three
     with pytest.raises(ValueError, match="noise kind"):
         baselines.tune_for("thermal", [_sine()], [_sine()])
+
+
+def test_the_training_loss_takes_field_noise():
+    from models.archs import build_model
+    from models.training.losses import training_loss
+
+    torch.manual_seed(0)
+    net = build_model("mlp", {"window": 128, "hidden": 32})
+    clean = batch(b=16, w=128)
+    field = Compose([PowerlineHum(1000.0, (0.05, 0.3)), pink(0.1), ImpulsiveNoise(0.01), Dropouts(0.05)])
+    loss = training_loss(net, clean, field, gen(2))
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    assert loss.item() == pytest.approx(training_loss(net, clean, field, gen(2)).item())  # same draws
