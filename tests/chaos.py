@@ -64,8 +64,9 @@ class Live:
                 _, sid, n = heapq.heappop(heap)
                 a = self.sent[sid]
                 due = t0 + (a + n) / (self.rate * self.speed)
-                if due > time.monotonic():
-                    time.sleep(min(due - time.monotonic(), 0.05))
+                wait = due - time.monotonic()  # read the clock once: a second read can pass `due`
+                if wait > 0:
+                    time.sleep(min(wait, 0.05))
                     heapq.heappush(heap, (due, sid, n))
                     continue
                 p.send(self.k.raw_topics[0], **kvh(encode_chunk(sid, a, self.rate, self.signal(sid, a, a + n))))
