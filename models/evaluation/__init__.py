@@ -6,9 +6,13 @@
 - ``suite``: the standard model suite (:data:`SUITE`, :func:`train_suite`).
 - ``report``: tables, figure, JSON.
 - ``baselines``: the classical filters and their tuning.
+- ``noise_eval``: gain per field-noise type at 10 dB against the fitting baseline, tuned on validation
+  and per signal, with each model's µs/window (:func:`evaluate_noises`, ``dae evaluate --noise``).
 """
 
 from models.evaluation.evaluate import THROUGHPUT_BATCH, DenoiserFactory, EvalConfig, evaluate, throughput
+from models.evaluation.noise_eval import NOISE_TYPES, NoiseEvalConfig, evaluate_noises, format_noise_table, \
+    parse_noises
 from models.evaluation.report import format_table, margin_table, margins, plot, write_json
 from models.evaluation.signal_sets import (
     ALL_FAMILIES,
@@ -30,12 +34,16 @@ __all__ = [
     "EVAL_SEED",
     "FAMILY_GROUPS",
     "LEVELS",
+    "NOISE_TYPES",
+    "NoiseEvalConfig",
     "SUITE",
     "THROUGHPUT_BATCH",
     "DenoiserFactory",
     "EvalConfig",
     "evaluate",
+    "evaluate_noises",
     "family_index",
+    "format_noise_table",
     "format_table",
     "input_snr_db",
     "level_key",
@@ -45,6 +53,7 @@ __all__ = [
     "n2n_training_data",
     "noisy_copy",
     "parse_families",
+    "parse_noises",
     "plot",
     "signal_set",
     "suite_config",

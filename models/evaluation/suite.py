@@ -55,6 +55,9 @@ def train_suite(out_dir: Path, sample_rate: float = 1000.0, names: Sequence[str]
         path = out_dir / name
         if path.is_dir() and not retrain:
             models[name] = load_checkpoint(path)
+            if not serves(models[name][1], sample_rate):
+                raise ValueError(f"{path} holds a model for {models[name][1].sample_rates} Hz, not {sample_rate:g} Hz: "
+                                 "keep each rate's suite in its own directory, or retrain it")
             log(f"{name}: loaded {path} (trained in {models[name][1].training.get('seconds', float('nan')):.0f} s)")
             return models[name]
         if name == "conv_n2n_distilled":
@@ -75,6 +78,13 @@ def train_suite(out_dir: Path, sample_rate: float = 1000.0, names: Sequence[str]
         return models[name]
 
     return {name: get(name) for name in names}
+
+
+def serves(meta, rate: float) -> bool:
+    """Whether a checkpoint serves ``rate`` (a listed rate, or inside a rate-generic model's range)."""
+    if getattr(meta, "rate_range", None):
+        return meta.rate_range[0] <= rate <= meta.rate_range[1]
+    return any(abs(float(r) - rate) <= 1e-9 * rate for r in meta.sample_rates)
 
 
 def _train(name: str, sample_rate: float, quick: bool, progress: bool, log: Callable[[str], None]):

@@ -50,9 +50,29 @@ class EvalProgress:
         return counted
 
 
-def _data_files(data: list[Path]) -> dict:
-    """name -> single-channel clean reference, from files or folders of recordings."""
-    from pipeline.tools.fileio import SUPPORTED, read_training_files
+def _file_rate(f: Path, header_rate: float | None, default: float) -> float:
+    """A recording's rate: the WAV header's, else a sidecar ``<stem>.json``'s ``fs_hz`` or
+    ``sample_rate`` (MIT-BIH's ``mitdb100.json`` has ``fs_hz``), else ``default`` (--sample-rate)."""
+    import json
+
+    if header_rate is not None:
+        return float(header_rate)
+    side = f.with_suffix(".json")
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError):
+            meta = None
+        if isinstance(meta, dict):
+            for key in ("fs_hz", "sample_rate"):
+                if isinstance(meta.get(key), (int, float)) and meta[key] > 0:
+                    return float(meta[key])
+    return float(default)
+
+
+def _data_files(data: list[Path], sample_rate: float = 1000.0) -> dict:
+    """name -> (single-channel clean reference, its sample rate), from files or folders of recordings."""
+    from pipeline.tools.fileio import SUPPORTED, read_signal
 
     files = {}
     for p in data:
@@ -60,11 +80,17 @@ def _data_files(data: list[Path]) -> dict:
         if not paths:
             raise CommandError(f"{p} holds no recording ({RECORDINGS})")
         for f in paths:
-            sigs, _ = read_training_files([f])
-            x = sigs[0]
+            x, header_rate = read_signal(f)
+            rate = _file_rate(f, header_rate, sample_rate)
             for c in range(x.shape[1]):
-                files[f.stem if x.shape[1] == 1 else f"{f.stem}:{c}"] = x[:, c]
+                files[f.stem if x.shape[1] == 1 else f"{f.stem}:{c}"] = (x[:, c], rate)
     return files
+
+
+def suite_dir(out: Path, sample_rate: float) -> Path:
+    """Where the suite for ``sample_rate`` is cached: OUT/models at 1000 Hz (as before rates were
+    kept apart), OUT/models-<rate>hz otherwise."""
+    return out / "models" if float(sample_rate) == 1000.0 else out / f"models-{float(sample_rate):g}hz"
 
 
 def _models(model: list[str] | None, out: Path, sample_rate: float, suite: str | None, retrain: bool,
@@ -87,8 +113,11 @@ def _models(model: list[str] | None, out: Path, sample_rate: float, suite: str |
         bad = [n for n in names if n not in SUITE]
         if bad or not names:
             raise CommandError(f"--suite: unknown {bad or 'empty'}; valid: {', '.join(SUITE)}")
-    return train_suite(out / "models", sample_rate=sample_rate, names=names, retrain=retrain, quick=quick,
-                       log=typer.echo)
+    try:
+        return train_suite(suite_dir(out, sample_rate), sample_rate=sample_rate, names=names, retrain=retrain,
+                           quick=quick, log=typer.echo)
+    except ValueError as exc:  # a cached checkpoint trained for another rate
+        raise CommandError(str(exc)) from exc
 
 
 @app.command("evaluate")
@@ -109,12 +138,18 @@ def evaluate(
     quick: bool = typer.Option(False, "--quick", help="A few training steps only (smoke test, meaningless "
                                "numbers)"),
     throughput: bool = typer.Option(True, "--throughput/--no-throughput", help="Measure CPU samples/s at 512 "
-                                    "windows per model"),
+                                    "windows per model (with --noise: µs per window, side by side)"),
     families: str = typer.Option("all", help="Synthetic families to score: all | seen | heldout (never used in "
                                  "training) | a comma-separated list; each family's test signals are the same "
                                  "whatever else is selected"),
     suite: Optional[str] = typer.Option(None, show_default="mlp,mlp_overcomplete,conv,conv_n2n",
                                         help="Comma-separated subset of the standard suite to train or load"),
+    noise: Optional[str] = typer.Option(
+        None, "--noise", show_default="white noise at three levels",
+        help="Per noise type at 10 dB input SNR, against the baseline that fits each (tuned on validation and "
+             "per signal), with µs/window: all | a comma-separated list of white, hum, pink, brown, impulsive, "
+             "dropouts. With --data, each recording is scored by models of its own rate (WAV header, a sidecar "
+             "<stem>.json fs_hz, else --sample-rate), the suite cached per rate in OUT/models-<rate>hz"),
     verbose: bool = VerboseOpt,
 ):
     """SNR gain of each model and each tuned classical filter, per family and noise level."""
@@ -128,7 +163,11 @@ def evaluate(
         fams = parse_families(families)
     except ValueError as exc:
         raise CommandError(f"--families: {exc}") from exc
-    files = _data_files(data) if data else None
+    if noise is not None:
+        _evaluate_noises(noise, out, model, data, json_path, sample_rate, signals, length, retrain, quick, throughput,
+                         fams, suite)
+        return
+    files = {k: x for k, (x, _) in _data_files(data, sample_rate).items()} if data else None
     models = _models(model, out, sample_rate, suite, retrain, quick)
     cfg = EvalConfig(sample_rate=sample_rate, signals_per_family=signals, length=length, families=fams)
     n_signals = len(files) if files is not None else len(fams) * signals
@@ -146,3 +185,50 @@ def evaluate(
         typer.echo(f"wrote {json_path}; no figure: plots need matplotlib (pip install 'dae-stream[plot]')")
         return
     typer.echo(f"wrote {json_path} and {figure}")
+
+
+def _evaluate_noises(spec: str, out: Path, model: list[str] | None, data: list[Path] | None, json_path: Path | None,
+                     sample_rate: float, signals: int, length: int, retrain: bool, quick: bool, cost: bool,
+                     fams: tuple[str, ...], suite: str | None) -> None:
+    """`dae evaluate --noise`: one row per (signal set, noise type, model); with --data, one pass per
+    sample rate with that rate's models."""
+    from models.evaluation import write_json
+    from models.evaluation.suite import serves
+    from models.evaluation.noise_eval import NoiseEvalConfig, applicable, evaluate_noises, format_noise_table, \
+        parse_noises
+
+    try:
+        noises = parse_noises(spec)
+    except ValueError as exc:
+        raise CommandError(f"--noise: {exc}") from exc
+    files = _data_files(data, sample_rate) if data else None
+    rates = sorted({r for _, r in files.values()}) if files else [float(sample_rate)]
+    given = _models(model, out, sample_rate, suite, retrain, quick) if model else None
+    plan = []  # (rate, models, data of that rate or None)
+    for rate in rates:
+        if given is not None:
+            models = {n: mm for n, mm in given.items() if serves(mm[1], rate)}
+            if not models:
+                raise CommandError(f"no --model serves {rate:g} Hz (the rate of "
+                                   f"{', '.join(k for k, (_, r) in (files or {}).items() if r == rate) or 'the signals'})")
+        else:
+            models = _models(None, out, rate, suite, retrain, quick)
+        group = {k: x for k, (x, r) in files.items() if r == rate} if files else None
+        plan.append((rate, models, group))
+    total = 0
+    for rate, models, group in plan:
+        n_sig = len(group) if group is not None else len(fams) * signals
+        total += len(models) * n_sig * sum(applicable(n, rate) for n in noises)
+    results = []
+    with EvalProgress(max(total, 1)) as progress:
+        for rate, models, group in plan:
+            cfg = NoiseEvalConfig(sample_rate=rate, signals_per_family=signals, length=length, families=fams,
+                                  noises=noises)
+            progress.log(f"{rate:g} Hz: {', '.join(models)} on "
+                         f"{', '.join(group) if group is not None else ', '.join(fams)}")
+            results.append(evaluate_noises(models, cfg, data=group, denoiser_factory=progress.factory,
+                                           log=progress.log, measure_cost=cost))
+    typer.echo(format_noise_table(results))
+    json_path = json_path or out / ("evaluate-noise-data.json" if files else "evaluate-noise.json")
+    write_json({"noise_evaluation": results}, json_path)
+    typer.echo(f"wrote {json_path}")
