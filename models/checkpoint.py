@@ -2,7 +2,8 @@
 
 Weights are only ever read as safetensors — never ``torch.load``/pickle, which can execute code.
 The JSON records the architecture and its config (so the model rebuilds from the files alone), the
-window/hop and sample rates it serves, its normalisation and training corruption, training summary,
+window/hop and sample rates it serves (a list of rates, and for a rate-generic model the range
+``rate_range`` of rates it was trained across; :meth:`ModelMeta.serves_rate` decides), its normalisation and training corruption, training summary,
 validation metrics, reconstruction-error quantiles (for alert thresholds), the forward cost measured
 when it was trained (``cost``: FLOPs and µs per window, ``models.cost``) and the sha256 of the
 weights file, checked on every load so a tampered or half-written file is refused.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
@@ -51,6 +53,11 @@ class ModelMeta:
     version: str | None = None
     format_version: int = FORMAT_VERSION
     cost: dict | None = None  # models.cost.measure_cost on the machine that trained it; None in older files
+    # [lo, hi] Hz: a rate-generic model, trained across every rate in the range (`dae train
+    # --rate-generic`); it serves any rate in it. Its sample_rates are then [lo, hi], the range's ends,
+    # so code that checks listed rates (a hot-swap candidate must serve the serving model's listed
+    # rates) covers the whole interval. None: a model for its listed rates only (and older files).
+    rate_range: list[float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +98,39 @@ class ModelMeta:
             raise bad("version", "a string or null")
         if self.cost is not None and not isinstance(self.cost, dict):
             raise bad("cost", "an object or null")
+        if self.rate_range is not None:
+            rr = self.rate_range
+            if not (isinstance(rr, list) and len(rr) == 2 and all(_is_number(r) for r in rr)
+                    and all(math.isfinite(r) for r in rr) and 0 < rr[0] < rr[1]):
+                raise bad("rate_range", "null or [lo, hi] with 0 < lo < hi (Hz)")
+
+    def serves_rate(self, rate: float) -> bool:
+        """True for a listed rate (relative tolerance 1e-6, absolute below 1 Hz) or, for a
+        rate-generic model, any rate within ``rate_range`` (ends included, same tolerance)."""
+        rate = float(rate)
+        tol = RATE_TOLERANCE * max(1.0, rate)
+        if any(abs(float(r) - rate) <= tol for r in self.sample_rates):
+            return True
+        if self.rate_range is not None:
+            lo, hi = (float(r) for r in self.rate_range)
+            return lo - tol <= rate <= hi + tol
+        return False
+
+    def rates_label(self) -> str:
+        """The rates it serves for messages: "1000 Hz", "100, 360 Hz", "50-20000 Hz (rate-generic)"."""
+        if self.rate_range is not None:
+            lo, hi = self.rate_range
+            return f"{lo:g}-{hi:g} Hz (rate-generic)"
+        return ", ".join(f"{r:g}" for r in self.sample_rates) + " Hz"
+
+
+# A rate "is" a listed rate within this relative tolerance (absolute below 1 Hz): the inference
+# engine's rule since v1, so a header's decimal rendering of a float rate still matches.
+RATE_TOLERANCE = 1e-6
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _normalised(meta: ModelMeta) -> ModelMeta:

@@ -1,6 +1,7 @@
 """Training denoising autoencoders: the public API (import from here, not from the submodules).
 
-- ``config``: :class:`TrainConfig`, :func:`best_config` (the recommended recipe), :data:`DEFAULT_ARCH`.
+- ``config``: :class:`TrainConfig`, :func:`best_config` (the recommended recipe), :data:`DEFAULT_ARCH`,
+  :func:`rate_generic_config` (the recipe across a range of sample rates).
 - ``api``: :func:`train_synthetic` (the synthetic generator), :func:`train_arrays` (recorded signals).
 - ``trainer``: :class:`Trainer` (step / validate / fit / finalise), :func:`warm_start`.
 - ``losses``, ``sampler``, ``validation``, ``parts``: objectives, data, metrics, loop collaborators.
@@ -13,14 +14,16 @@ from models.training.config import (
     BEST_TRAINING,
     CONV_BEST,
     DEFAULT_ARCH,
+    DEFAULT_RATE_RANGE,
     LOSSES,
     OBJECTIVES,
     TrainConfig,
     best_config,
+    rate_generic_config,
 )
 from models.training.losses import noisier2noise_inputs, noisier2noise_loss, training_loss
 from models.training.parts import WeightEMA
-from models.training.sampler import WindowSampler, as_streams, split_streams, stream_plan
+from models.training.sampler import WindowSampler, as_streams, log_uniform_rates, split_streams, stream_plan
 from models.training.trainer import Trainer, warm_start
 from models.training.validation import EVAL_INPUT_SNR_DB, QUANTILES, snr_gain_by_family
 
@@ -28,6 +31,7 @@ __all__ = [
     "BEST_TRAINING",
     "CONV_BEST",
     "DEFAULT_ARCH",
+    "DEFAULT_RATE_RANGE",
     "EVAL_INPUT_SNR_DB",
     "LOSSES",
     "OBJECTIVES",
@@ -38,6 +42,8 @@ __all__ = [
     "WindowSampler",
     "as_streams",
     "best_config",
+    "log_uniform_rates",
+    "rate_generic_config",
     "noisier2noise_inputs",
     "noisier2noise_loss",
     "snr_gain_by_family",

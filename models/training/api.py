@@ -16,7 +16,14 @@ from torch import nn
 
 from models.checkpoint import ModelMeta
 from models.training.config import TrainConfig
-from models.training.sampler import WindowSampler, as_streams, split_streams, stream_plan, synthetic_streams
+from models.training.sampler import (
+    WindowSampler,
+    as_streams,
+    split_streams,
+    stream_plan,
+    synthetic_streams,
+    synthetic_streams_across_rates,
+)
 from models.training.trainer import Trainer
 from models.training.validation import VAL_WINDOWS_PER_STREAM, ValidationSet
 
@@ -25,7 +32,8 @@ _MIN_VAL_WINDOWS = 1024
 
 
 def train_synthetic(cfg: TrainConfig, progress: bool = True) -> tuple[nn.Module, ModelMeta]:
-    """Train a DAE (``cfg.arch``) on clean synthetic streams at ``cfg.sample_rate``; (model eval/cpu, meta)."""
+    """Train a DAE (``cfg.arch``) on clean synthetic streams at ``cfg.sample_rate`` (or, with
+    ``cfg.rate_range``, each stream at its own rate across the range); (model eval/cpu, meta)."""
     if cfg.objective != "clean":
         raise ValueError("the synthetic generator gives clean signals: train noisier2noise from arrays/files "
                          "(train_arrays) of noisy data")
@@ -33,9 +41,14 @@ def train_synthetic(cfg: TrainConfig, progress: bool = True) -> tuple[nn.Module,
     root = np.random.SeedSequence(cfg.seed)
     s_train, s_val, s_batches = root.spawn(3)
     length, n_train = stream_plan(cfg)
-    train, _ = synthetic_streams(cfg, n_train, length, s_train)
     v_streams, v_cut = s_val.spawn(2)
-    val, val_fam_s = synthetic_streams(cfg, cfg.val_streams, length, v_streams)
+    across = cfg.rate_range is not None
+    if across:
+        train, _, train_rates = synthetic_streams_across_rates(cfg, n_train, s_train)
+        val, val_fam_s, _ = synthetic_streams_across_rates(cfg, cfg.val_streams, v_streams)
+    else:
+        train, _ = synthetic_streams(cfg, n_train, length, s_train)
+        val, val_fam_s = synthetic_streams(cfg, cfg.val_streams, length, v_streams)
     val_sampler = WindowSampler(list(val), cfg.window)
     val_windows, val_stream = val_sampler.fixed(np.random.default_rng(v_cut), VAL_WINDOWS_PER_STREAM)
     data = {
@@ -46,8 +59,19 @@ def train_synthetic(cfg: TrainConfig, progress: bool = True) -> tuple[nn.Module,
         "val_streams_per_family": cfg.val_streams,
         "val_windows": int(val_windows.shape[0]),
     }
+    if across:
+        lengths = [len(x) for x in train]
+        data.update({
+            "stream_length": f"{min(lengths)}-{max(lengths)} (mean {length}: ~6 s at each stream's rate)",
+            "rate_range": list(cfg.rate_range),
+            "rates": "one per stream, log-uniform over rate_range (stratified per family); streams drawn "
+                     "uniformly, so batches mix rates",
+            "train_rate_min": float(train_rates.min()),
+            "train_rate_max": float(train_rates.max()),
+        })
     vset = ValidationSet(val_windows, val_fam_s[val_stream], cfg.families, val_sampler.ref_rms(val_stream))
-    return Trainer(cfg, WindowSampler(list(train), cfg.window), vset, s_batches, data, t0=t0).run(progress)
+    sampler = WindowSampler(list(train), cfg.window, equal_streams=across)
+    return Trainer(cfg, sampler, vset, s_batches, data, t0=t0).run(progress)
 
 
 def train_arrays(
@@ -61,6 +85,9 @@ def train_arrays(
     ``init_from`` warm-starts from a model of the same network (for a noisier2noise model its
     inner net is used, on either side): its weights are copied before the first step.
     """
+    if cfg.rate_range is not None:
+        raise ValueError("TrainConfig.rate_range is for the synthetic generator (train_synthetic): recorded "
+                         "signals have the rate they were recorded at")
     t0 = time.perf_counter()
     root = np.random.SeedSequence(cfg.seed)
     _, s_val, s_batches = root.spawn(3)

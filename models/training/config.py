@@ -73,10 +73,24 @@ class TrainConfig:
     # Exponential moving average of the weights (0 = off): validation, early stopping and the saved
     # model use the averaged weights, which smooth out the last steps' minibatch noise.
     ema: float = 0.0
+    # (lo, hi) Hz: a rate-generic model (synthetic data only). Every training and validation stream is
+    # generated at its own rate, drawn log-uniformly over the range (stratified), and batches draw
+    # streams uniformly, so a batch holds windows of as many rates as it has windows; the checkpoint
+    # serves any rate in the range (ModelMeta.rate_range). ``sample_rate`` must then lie in the range
+    # and is only a label (rate_generic_config uses the geometric centre). None: one rate, sample_rate.
+    rate_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sample_rate) and self.sample_rate > 0):
             raise ValueError(f"TrainConfig.sample_rate must be > 0 Hz, got {self.sample_rate!r}")
+        if self.rate_range is not None:
+            rr = tuple(self.rate_range)
+            if not (len(rr) == 2 and all(isinstance(r, (int, float)) and not isinstance(r, bool)
+                                         and math.isfinite(r) for r in rr) and 0 < rr[0] < rr[1]):
+                raise ValueError(f"TrainConfig.rate_range must be (lo, hi) Hz with 0 < lo < hi, got {self.rate_range!r}")
+            self.rate_range = (float(rr[0]), float(rr[1]))
+            if not (rr[0] <= self.sample_rate <= rr[1]):
+                raise ValueError(f"TrainConfig.sample_rate {self.sample_rate:g} must lie in rate_range {rr}")
         if self.window < 8:
             raise ValueError(f"TrainConfig.window must be >= 8, got {self.window}")
         if self.hop is None:
@@ -155,3 +169,18 @@ def best_config(sample_rate: float, **overrides) -> TrainConfig:
     """The recommended TrainConfig for ``DEFAULT_ARCH`` (what `dae train` without --arch should use)."""
     kw = {**BEST_TRAINING, "arch_config": dict(CONV_BEST), **overrides}
     return TrainConfig(sample_rate=sample_rate, **kw)
+
+
+# The default range of `dae train --rate-generic`: slow sensors (50 Hz) to wide-band audio (20 kHz).
+DEFAULT_RATE_RANGE = (50.0, 20_000.0)
+
+
+def rate_generic_config(rate_range: tuple[float, float] = DEFAULT_RATE_RANGE, *, recipe: bool = True,
+                        **overrides) -> TrainConfig:
+    """A rate-generic TrainConfig: the recommended recipe (``recipe``; else TrainConfig's defaults)
+    trained across ``rate_range``; ``sample_rate`` is the range's geometric centre (a label only)."""
+    lo, hi = (float(r) for r in rate_range)
+    centre = math.sqrt(lo * hi) if 0 < lo < hi else lo  # an invalid range is refused by TrainConfig
+    if recipe:
+        return best_config(centre, rate_range=(lo, hi), **overrides)
+    return TrainConfig(sample_rate=centre, rate_range=(lo, hi), **overrides)

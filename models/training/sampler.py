@@ -18,13 +18,50 @@ from models.training.config import TrainConfig
 _SAMPLES_PER_FAMILY = 2_000_000
 
 
-def stream_plan(cfg: TrainConfig) -> tuple[int, int]:
-    """(stream length, training streams per family) for this config."""
+def stream_length(window: int, sample_rate: float) -> int:
+    """Samples per synthetic stream at ``sample_rate``."""
     # At least 32 windows per stream, and ~6 s so a stream at high rates still holds several heartbeats.
-    length = max(32 * cfg.window, int(math.ceil(6.0 * cfg.sample_rate)))
-    length = min(length, max(4 * cfg.window, 400_000))
-    n_train = int(min(512, max(16, _SAMPLES_PER_FAMILY // length)))
-    return length, n_train
+    length = max(32 * window, int(math.ceil(6.0 * sample_rate)))
+    return min(length, max(4 * window, 400_000))
+
+
+def _streams_per_family(mean_length: float) -> int:
+    return int(min(512, max(16, _SAMPLES_PER_FAMILY // mean_length)))
+
+
+def stream_plan(cfg: TrainConfig) -> tuple[int, int]:
+    """(stream length, training streams per family) for this config (one rate: ``cfg.sample_rate``;
+    with ``cfg.rate_range`` the mean stream length over the range, whose streams vary in length)."""
+    if cfg.rate_range is not None:
+        grid = log_uniform_rates(*cfg.rate_range, 1000, np.random.default_rng(0), jitter=False)
+        length = int(round(np.mean([stream_length(cfg.window, r) for r in grid])))
+        return length, _streams_per_family(length)
+    length = stream_length(cfg.window, cfg.sample_rate)
+    return length, _streams_per_family(length)
+
+
+def log_uniform_rates(lo: float, hi: float, n: int, rng: np.random.Generator, jitter: bool = True) -> np.ndarray:
+    """``n`` sample rates log-uniform over [lo, hi], stratified: one in each of ``n`` equal slices of
+    log-rate (uniform within its slice; its centre without ``jitter``), in ascending order. Stratified
+    rather than independent draws so that a few dozen streams cover the range evenly."""
+    u = (np.arange(n) + (rng.random(n) if jitter else 0.5)) / n
+    return np.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+
+
+def synthetic_streams_across_rates(cfg: TrainConfig, n_per_family: int, seed: np.random.SeedSequence):
+    """Rate-generic data (``cfg.rate_range``): ``n_per_family`` streams per family, each generated at
+    its own rate (``log_uniform_rates``, drawn per family) and ``stream_length`` long at that rate;
+    returns (list of float32 streams, (F*S,) family index, (F*S,) rate in Hz)."""
+    if cfg.rate_range is None:
+        raise ValueError("synthetic_streams_across_rates needs cfg.rate_range")
+    rows, fam, rates = [], [], []
+    for i, (family, ss) in enumerate(zip(cfg.families, seed.spawn(len(cfg.families)))):
+        rng = np.random.default_rng(ss)
+        for rate in log_uniform_rates(*cfg.rate_range, n_per_family, rng):
+            rows.append(generate_training(family, stream_length(cfg.window, rate), float(rate), rng))
+            fam.append(i)
+            rates.append(float(rate))
+    return rows, np.asarray(fam), np.asarray(rates)
 
 
 def synthetic_streams(cfg: TrainConfig, n_per_family: int, length: int, seed: np.random.SeedSequence):
@@ -39,9 +76,11 @@ def synthetic_streams(cfg: TrainConfig, n_per_family: int, length: int, seed: np
 
 
 class WindowSampler:
-    """Uniform random windows over every window position of a set of 1-D streams of any lengths."""
+    """Uniform random windows over every window position of a set of 1-D streams of any lengths, or
+    (``equal_streams``) a uniformly chosen stream and a uniform position in it: streams of different
+    lengths (rate-generic data, whose length grows with the rate) then weigh alike."""
 
-    def __init__(self, streams: Sequence[np.ndarray], window: int):
+    def __init__(self, streams: Sequence[np.ndarray], window: int, equal_streams: bool = False):
         streams = [np.asarray(s, dtype=np.float32).reshape(-1) for s in streams]
         streams = [s for s in streams if s.size >= window]
         if not streams:
@@ -54,6 +93,7 @@ class WindowSampler:
         self.cum = np.cumsum(self.positions)
         self.n_streams = len(streams)
         self.samples = int(lengths.sum())
+        self.equal_streams = equal_streams
         # Each stream's std: the reference of stream-relative noise (GaussianNoise(reference="stream")).
         self.stream_std = np.array([float(np.std(s, dtype=np.float64)) for s in streams], dtype=np.float32)
 
@@ -62,6 +102,10 @@ class WindowSampler:
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[torch.Tensor, np.ndarray]:
         """``n`` uniform random windows and the index of the stream each one comes from."""
+        if self.equal_streams:
+            s = rng.integers(0, self.n_streams, size=n)
+            starts = self.offsets[s] + rng.integers(0, self.positions[s])
+            return torch.from_numpy(self.flat[starts[:, None] + np.arange(self.window)[None, :]]), s
         u = rng.integers(0, int(self.cum[-1]), size=n)
         s = np.searchsorted(self.cum, u, side="right")
         starts = self.offsets[s] + u - (self.cum[s] - self.positions[s])

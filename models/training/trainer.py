@@ -265,7 +265,10 @@ class Trainer:
             config=model_config(model),
             window=cfg.window,
             hop=int(cfg.hop),
-            sample_rates=[float(cfg.sample_rate)],
+            # Rate-generic: the range's ends as the listed rates (a hot-swap candidate must serve them,
+            # which for a range means covering it); otherwise the one rate trained for.
+            sample_rates=list(cfg.rate_range) if cfg.rate_range is not None else [float(cfg.sample_rate)],
+            rate_range=list(cfg.rate_range) if cfg.rate_range is not None else None,
             normalisation=NORMALISATION,
             corruption=corr,
             training=training,

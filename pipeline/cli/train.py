@@ -15,8 +15,17 @@ app = typer.Typer()
 
 @app.command("train")
 def train(
-    sample_rate: float = typer.Option(..., help="Sample rate (Hz) the model will serve, e.g. 16000 for 16 kHz "
-                                      "audio"),
+    sample_rate: Optional[float] = typer.Option(None, show_default="required unless --rate-generic",
+                                                help="Sample rate (Hz) the model will serve, e.g. 16000 for 16 "
+                                                "kHz audio"),
+    rate_generic: bool = typer.Option(False, "--rate-generic", help="Train one model across a range of sample "
+                                      "rates (each training stream at its own rate, log-uniform over the "
+                                      "range; default 50-20000 Hz) that serves any rate in it: a fallback for "
+                                      "streams whose rate has no model of its own"),
+    sample_rate_range: Optional[str] = typer.Option(None, "--sample-rate-range", metavar="LO:HI",
+                                                    show_default="50:20000 with --rate-generic",
+                                                    help="The range of a rate-generic model in Hz, e.g. 100:4000 "
+                                                    "(implies --rate-generic)"),
     arch: str = typer.Option("conv", help="Network: mlp (the fast seed MLP) | mlp_overcomplete | conv (the "
                              "recommended recipe of docs/models.md)"),
     objective: str = typer.Option("clean", help="clean (synthetic clean targets) | noisier2noise"),
@@ -33,10 +42,14 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar"),
     verbose: bool = VerboseOpt,
 ):
-    """Train a DAE on the synthetic generator, publish it to the registry and make it current."""
+    """Train a DAE on the synthetic generator, publish it to the registry and make it current.
+
+    One sample rate (--sample-rate), or every rate of a range (--rate-generic, --sample-rate-range):
+    a rate-generic model serves any rate in its range."""
     s = settings(None, registry)
+    rate_range = _rate_range(sample_rate, rate_generic, sample_rate_range)
     from models.registry import ModelRegistry
-    from models.training import DEFAULT_ARCH, TrainConfig, best_config, train_synthetic
+    from models.training import DEFAULT_ARCH, TrainConfig, best_config, rate_generic_config, train_synthetic
 
     kw = {"window": window, "hop": hop, "seed": seed, "objective": objective}
     if steps is not None:
@@ -44,7 +57,10 @@ def train(
     if max_seconds is not None:
         kw["max_seconds"] = max_seconds
     try:
-        if arch == DEFAULT_ARCH:  # the recommended recipe (docs/models.md), not bare defaults
+        if rate_range is not None:  # the recipe for the default architecture, as for one rate
+            extra = {} if arch == DEFAULT_ARCH else {"arch": arch}
+            cfg = rate_generic_config(rate_range, recipe=arch == DEFAULT_ARCH, **extra, **kw)
+        elif arch == DEFAULT_ARCH:  # the recommended recipe (docs/models.md), not bare defaults
             cfg = best_config(sample_rate, **kw)
         else:
             cfg = TrainConfig(sample_rate=sample_rate, arch=arch, **kw)
@@ -53,7 +69,31 @@ def train(
     model, meta = train_synthetic(cfg, progress=not quiet)
     version = ModelRegistry(s.model.registry).publish(model, meta, promote=promote)
     gain = meta.metrics.get("snr_gain_db")
-    typer.echo(f"{version}: window {meta.window}, hop {meta.hop}, {sample_rate:g} Hz"
+    typer.echo(f"{version}: window {meta.window}, hop {meta.hop}, {meta.rates_label()}"
                + (f", validation SNR gain {gain:.2f} dB" if gain is not None else "")
                + (f", {meta.training['stop_detail']}" if meta.training.get("stop_detail") else "")
                + (" (current)" if promote else ""))
+
+
+def _rate_range(sample_rate: float | None, rate_generic: bool, spec: str | None) -> tuple[float, float] | None:
+    """The range of a rate-generic run (None: one rate), refusing contradictory or missing flags."""
+    from models.training.config import DEFAULT_RATE_RANGE
+
+    if spec is None and not rate_generic:
+        if sample_rate is None:
+            raise CommandError("dae train needs --sample-rate HZ (a model for one rate) or --rate-generic "
+                               "(one model for a range of rates, --sample-rate-range LO:HI)")
+        return None
+    if sample_rate is not None:
+        raise CommandError("--sample-rate and --rate-generic/--sample-rate-range exclude each other: a "
+                           "rate-generic model serves its whole range (choose it with --sample-rate-range LO:HI)")
+    if spec is None:
+        return DEFAULT_RATE_RANGE
+    parts = spec.split(":")
+    try:
+        lo, hi = (float(x) for x in parts)
+    except ValueError:
+        lo = hi = float("nan")
+    if len(parts) != 2 or not (0 < lo < hi < float("inf")):
+        raise CommandError(f"--sample-rate-range {spec!r}: give LO:HI in Hz with 0 < LO < HI, e.g. 50:20000")
+    return lo, hi
