@@ -188,3 +188,31 @@ def test_dae_train_refuses_missing_or_contradictory_rate_flags(tmp_path, args, s
 
     res = CliRunner().invoke(app, ["train", *args, "--registry", str(tmp_path / "reg")])
     assert res.exit_code == 2 and says in res.output, res.output
+
+
+def _publish_generic(root) -> str:
+    from models.registry import ModelRegistry
+
+    meta, model = _meta(sample_rates=[50.0, 20000.0], rate_range=[50.0, 20000.0])
+    return ModelRegistry(root).publish(model, meta, promote=True)
+
+
+def test_the_demo_uses_a_current_rate_generic_model_for_its_rate(tmp_path, monkeypatch):
+    from pipeline.settings import load_settings
+    from pipeline.tools import demo
+
+    version = _publish_generic(tmp_path / "reg")
+    def no_training(*a, **k):
+        raise AssertionError("the demo trained a model although the current one serves its rate")
+
+    monkeypatch.setattr("models.training.train_synthetic", no_training)
+    assert demo.ensure_model(load_settings(model={"registry": tmp_path / "reg"}), 1000.0) == version
+
+
+def test_retrain_refuses_a_rate_generic_current_model_saying_why(tmp_path):
+    from pipeline.retrain.run import retrain_once
+    from pipeline.settings import load_settings
+
+    _publish_generic(tmp_path / "reg")
+    r = retrain_once(load_settings(model={"registry": tmp_path / "reg", "device": "cpu"}))
+    assert r.outcome == "failed" and "rate-generic" in r.error and "dae train --sample-rate" in r.error

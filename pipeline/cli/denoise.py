@@ -15,7 +15,7 @@ app = typer.Typer()
 
 
 def _rates(meta) -> str:
-    return ", ".join(f"{r:g}" for r in meta.sample_rates) + " Hz"
+    return meta.rates_label()
 
 
 @app.command("denoise")

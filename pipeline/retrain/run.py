@@ -173,6 +173,10 @@ def retrain_once(
         if current is None:
             raise RuntimeError(f"registry {s.model.registry} has no current model to compare with")
         engine = InferenceEngine.from_source(s.model.registry, current, device=s.model.device)
+        if engine.meta.rate_range is not None:  # it has no one rate to read recent data at
+            raise RuntimeError(f"the current model {current} is rate-generic ({engine.meta.rates_label()}): dae "
+                               "retrain retrains a model for one sample rate from that rate's recent data; "
+                               "promote a model for the topic's rate first (dae train --sample-rate HZ)")
         topic = topic or s.kafka.raw_topics[0]
         streams = _recent_streams(s, engine, topic, last_seconds, last_samples)
         train, held_out, excluded = _split(engine, streams, anomaly_mads)

@@ -275,7 +275,7 @@ def seed_mlp_version(registry: Path, sample_rate: float) -> str | None:
     reg = ModelRegistry(registry)
     for v in reversed(reg.versions()):
         meta = reg.meta(v)
-        if meta.arch == "mlp" and any(abs(r - sample_rate) < 1e-6 for r in meta.sample_rates):
+        if meta.arch == "mlp" and meta.serves_rate(sample_rate):
             return v
     return None
 
@@ -325,8 +325,8 @@ def run_bench(s: Settings, *, streams: int, seconds: float, sample_rate: float, 
     current = ensure_model(s, sample_rate)
     model = model or s.model.version or current
     meta = ModelRegistry(s.model.registry).meta(model)  # an unknown version fails here, before any leg
-    if not any(abs(r - sample_rate) < 1e-6 for r in meta.sample_rates):
-        raise ValueError(f"model {model} serves {meta.sample_rates} Hz, not --sample-rate {sample_rate:g}")
+    if not meta.serves_rate(sample_rate):
+        raise ValueError(f"model {model} serves {meta.rates_label()}, not --sample-rate {sample_rate:g}")
     seed = model if meta.arch == "mlp" else seed_mlp_version(s.model.registry, sample_rate)
     if seed is None:
         console.print(f"no seed MLP for {sample_rate:g} Hz in {s.model.registry}: the seed leg is skipped "

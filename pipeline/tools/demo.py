@@ -54,7 +54,7 @@ def ensure_model(s: Settings, sample_rate: float) -> str:
 
     reg = ModelRegistry(s.model.registry)
     cur = reg.current()
-    if cur is not None and any(abs(r - sample_rate) < 1e-6 for r in reg.meta(cur).sample_rates):
+    if cur is not None and reg.meta(cur).serves_rate(sample_rate):  # a rate-generic model too
         return cur
     # One thread: the seed MLP comes out the same as with two, and next to other busy processes a
     # 2-thread run was many times slower (over 17 min at load ~9, where one thread took 108 s).
