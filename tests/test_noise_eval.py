@@ -158,3 +158,18 @@ def test_cli_noise_on_recordings_uses_each_rates_model(tmp_path):
     r = CliRunner().invoke(app, ["evaluate", "--noise", "white", "--data", str(tmp_path / "slow.npy"),
                                  "--model", f"b={tmp_path / 'm1000'}", "--out", str(tmp_path / "ev2")])
     assert r.exit_code != 0 and "no --model serves 100 Hz" in r.output
+
+
+def test_conv_1pass_is_the_convs_weights_without_the_self_ensemble(tmp_path):
+    from models.evaluation.suite import SUITE, one_pass
+
+    torch.manual_seed(0)
+    conv = build_model("conv", {"window": 64, "channels": [4, 8], "self_ensemble": 2}).eval()
+    meta = meta_for(conv, "conv", window=64, hop=32, sample_rates=[1000.0], normalisation="window_standardize",
+                    corruption={}, training={}, metrics={}, error_quantiles={}, created="2024-01-01T00:00:00+00:00")
+    single, smeta = one_pass(conv, meta)
+    assert "conv_1pass" in SUITE and smeta.config["self_ensemble"] == 1 and meta.config["self_ensemble"] == 2
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(single(x), conv._net(x))
+        torch.testing.assert_close(conv(x), (conv._net(x) - conv._net(-x)) / 2)

@@ -3,11 +3,13 @@ the suite into a directory of checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from models.archs import build_model, model_config
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.evaluation.signal_sets import LEVELS, N2N_SEED, noisy_copy, signal_set
 from models.signals.heldout import HELDOUT_FAMILIES
@@ -15,7 +17,9 @@ from models.training import TrainConfig, best_config, train_arrays, train_synthe
 from models.training.distill import DistilConfig, distil
 
 # conv_n2n_distilled: conv_n2n (8 network passes per window) distilled into one pass of its conv.
-SUITE = ("mlp", "mlp_overcomplete", "conv", "conv_n2n", "conv_n2n_distilled")
+# conv_1pass: the conv's own weights without its self-ensemble (one pass instead of two: half the
+# cost); derived from conv when loaded, never trained or saved, a point on the gain-vs-cost front.
+SUITE = ("mlp", "mlp_overcomplete", "conv", "conv_n2n", "conv_n2n_distilled", "conv_1pass")
 
 
 def suite_config(name: str, sample_rate: float, quick: bool) -> TrainConfig:
@@ -53,6 +57,9 @@ def train_suite(out_dir: Path, sample_rate: float = 1000.0, names: Sequence[str]
         if name in models:
             return models[name]
         path = out_dir / name
+        if name == "conv_1pass":
+            models[name] = one_pass(*get("conv"))
+            return models[name]
         if path.is_dir() and not retrain:
             models[name] = load_checkpoint(path)
             if not serves(models[name][1], sample_rate):
@@ -78,6 +85,15 @@ def train_suite(out_dir: Path, sample_rate: float = 1000.0, names: Sequence[str]
         return models[name]
 
     return {name: get(name) for name in names}
+
+
+def one_pass(model, meta):
+    """(model, meta) of a self-ensembled conv run as one pass of the same weights."""
+    if meta.arch != "conv":
+        raise ValueError(f"one_pass: needs a conv checkpoint, got {meta.arch!r}")
+    single = build_model("conv", {**meta.config, "self_ensemble": 1})
+    single.load_state_dict(model.state_dict())
+    return single.eval(), dataclasses.replace(meta, config=model_config(single), cost=None)
 
 
 def serves(meta, rate: float) -> bool:
