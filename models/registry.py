@@ -5,6 +5,10 @@ Layout::
     root/versions/v1/{model.safetensors,model.json}
     root/versions/v2/...
     root/CURRENT.json      {"current": "v2", "history": ["v1", "v2"], "rolled_back": []}
+    root/routes/ecg.json   the same, for the route "ecg" (model routing: docs/routing.md)
+
+Versions are shared; each route has its own pointer (like MLflow's aliases). The default route
+(``route=None`` or ``"default"``) is ``CURRENT.json``, so a registry without routes reads as before.
 
 Reliability rules:
 - A version appears all at once: it is written into ``root/.tmp-<uuid>`` and renamed to
@@ -36,7 +40,10 @@ from models.atomic import atomic_write_text, fsync_dir
 from models.checkpoint import META, ModelMeta, load_checkpoint, read_meta, save_checkpoint
 
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+_ROUTE_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")  # as pipeline.settings.Route names
 CURRENT = "CURRENT.json"
+ROUTES = "routes"
+DEFAULT_ROUTE = "default"
 _MAX_PUBLISH_TRIES = 1000  # a version number is only skipped when someone else took it
 
 
@@ -67,8 +74,23 @@ class ModelRegistry:
         names = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)]
         return sorted(names, key=_version_number)
 
-    def _read_pointer(self) -> dict | None:
-        path = self.root / CURRENT
+    def _pointer_path(self, route: str | None) -> Path:
+        if route is None or route == DEFAULT_ROUTE:
+            return self.root / CURRENT
+        if not isinstance(route, str) or not _ROUTE_RE.match(route):
+            raise RegistryError(f"invalid route name {route!r}: use 1-63 of a-z, 0-9, '_' or '-'")
+        return self.root / ROUTES / f"{route}.json"
+
+    def routes(self) -> list[str]:
+        """Routes with a pointer, the default route first when it has one."""
+        names = [DEFAULT_ROUTE] if (self.root / CURRENT).is_file() else []
+        d = self.root / ROUTES
+        if d.is_dir():
+            names += sorted(p.stem for p in d.glob("*.json") if _ROUTE_RE.match(p.stem) and p.stem != DEFAULT_ROUTE)
+        return names
+
+    def _read_pointer(self, route: str | None = None) -> dict | None:
+        path = self._pointer_path(route)
         try:
             text = path.read_text()
         except FileNotFoundError:
@@ -81,12 +103,12 @@ class ModelRegistry:
             raise RegistryError(f"{path} must be an object with 'current' and 'history', got {d!r}")
         return d
 
-    def current(self) -> str | None:
-        d = self._read_pointer()
+    def current(self, route: str | None = None) -> str | None:
+        d = self._read_pointer(route)
         return None if d is None else d.get("current")
 
-    def history(self) -> list[str]:
-        d = self._read_pointer()
+    def history(self, route: str | None = None) -> list[str]:
+        d = self._read_pointer(route)
         return [] if d is None else list(d["history"])
 
     def meta(self, version: str) -> ModelMeta:
@@ -95,12 +117,13 @@ class ModelRegistry:
             raise RegistryError(f"version {version} is not published in {self.root} (have: {self.versions()})")
         return read_meta(p)
 
-    def load(self, version: str | None = None, device="cpu") -> tuple[nn.Module, ModelMeta]:
-        """Load ``version`` (default: the current one), verifying its weights' sha256."""
+    def load(self, version: str | None = None, device="cpu", *, route: str | None = None) -> tuple[nn.Module, ModelMeta]:
+        """Load ``version`` (default: the route's current one), verifying its weights' sha256."""
         if version is None:
-            version = self.current()
+            version = self.current(route)
             if version is None:
-                raise RegistryError(f"registry {self.root} has no current version (publish and promote one)")
+                where = "" if route in (None, DEFAULT_ROUTE) else f" for route {route!r}"
+                raise RegistryError(f"registry {self.root} has no current version{where} (publish and promote one)")
         p = self.path(version)
         if not p.is_dir():
             raise RegistryError(f"version {version} is not published in {self.root} (have: {self.versions()})")
@@ -110,8 +133,8 @@ class ModelRegistry:
         return model, replace(meta, version=version)
 
     # ----------------------------------------------------------------------------- writing
-    def publish(self, model: nn.Module, meta: ModelMeta, promote: bool = False) -> str:
-        """Store ``model`` as the next free version (immutable); optionally make it current."""
+    def publish(self, model: nn.Module, meta: ModelMeta, promote: bool = False, *, route: str | None = None) -> str:
+        """Store ``model`` as the next free version (immutable); optionally make it the route's current."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".tmp-{uuid.uuid4().hex}"
         try:
@@ -143,36 +166,38 @@ class ModelRegistry:
                 _make_writable(tmp)
                 shutil.rmtree(tmp, ignore_errors=True)
         if promote:
-            self.promote(version)
+            self.promote(version, route=route)
         return version
 
-    def promote(self, version: str) -> None:
-        """Make ``version`` current (appended to history). Readers see the switch atomically."""
+    def promote(self, version: str, *, route: str | None = None) -> None:
+        """Make ``version`` the route's current (appended to its history). Readers see the switch atomically."""
         p = self.path(version)
         if not (p / META).is_file():
             raise RegistryError(f"cannot promote {version}: not published in {self.root} (have: {self.versions()})")
         with self._lock():
-            d = self._read_pointer() or {"current": None, "history": []}
+            d = self._read_pointer(route) or {"current": None, "history": []}
             if d.get("current") == version:
                 return
             d["current"] = version
             d["history"] = list(d["history"]) + [version]
-            self._write_pointer(d)
+            self._write_pointer(d, route)
 
-    def rollback(self) -> str:
-        """Re-point to the previous entry in history; the abandoned version is noted in ``rolled_back``."""
+    def rollback(self, *, route: str | None = None) -> str:
+        """Re-point the route to the previous entry in its history; the abandoned version is noted in
+        ``rolled_back``."""
         with self._lock():
-            d = self._read_pointer()
+            d = self._read_pointer(route)
             hist = [] if d is None else list(d["history"])
             if len(hist) < 2:
+                where = "" if route in (None, DEFAULT_ROUTE) else f" route {route!r}"
                 raise RegistryError(
-                    f"nothing to roll back to in {self.root}: history is {hist} (needs a previous version)"
+                    f"nothing to roll back to in {self.root}{where}: history is {hist} (needs a previous version)"
                 )
             dropped = hist.pop()
             d["current"] = hist[-1]
             d["history"] = hist
             d["rolled_back"] = list(d.get("rolled_back", [])) + [dropped]
-            self._write_pointer(d)
+            self._write_pointer(d, route)
             return hist[-1]
 
     # ----------------------------------------------------------------------------- helpers
@@ -186,8 +211,10 @@ class ModelRegistry:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-    def _write_pointer(self, d: dict) -> None:
-        atomic_write_text(self.root / CURRENT, json.dumps(d, indent=2) + "\n", sync_dir=True)
+    def _write_pointer(self, d: dict, route: str | None = None) -> None:
+        path = self._pointer_path(route)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(d, indent=2) + "\n", sync_dir=True)
 
 
 def _make_read_only(directory: Path) -> None:

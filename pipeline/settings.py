@@ -7,6 +7,9 @@ An invalid value stops the start with pydantic's message, which names the settin
 
 from __future__ import annotations
 
+import fnmatch
+import math
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -96,6 +99,73 @@ class BatchSettings(BaseModel):
     max_delay_ms: float = Field(20.0, ge=0)
 
 
+# The route every stream falls back to: the registry's plain current pointer (CURRENT.json).
+DEFAULT_ROUTE = "default"
+_ROUTE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def _same_rate(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-6 * max(1.0, b)
+
+
+class Route(BaseModel):
+    """Streams served by one registry route: an id glob (``fnmatch``, case-sensitive) and/or sample
+    rates. Routes are tried in order; the first that matches wins; a stream no route matches is
+    served by the ``default`` route (the registry's current version)."""
+
+    model_config = _FROZEN
+
+    name: str
+    streams: str | None = None  # glob on the stream id, e.g. "ecg-*"
+    rates: tuple[float, ...] | None = None  # Hz; None: any rate
+
+    @model_validator(mode="after")
+    def _valid(self) -> "Route":
+        if not _ROUTE_NAME.match(self.name):
+            raise ValueError(f"route name {self.name!r}: use 1-63 of a-z, 0-9, '_' or '-', starting with a letter or digit")
+        if self.name == DEFAULT_ROUTE:
+            raise ValueError(f"route name {DEFAULT_ROUTE!r} is reserved for the fallback (the registry's current version)")
+        if self.streams is None and self.rates is None:
+            raise ValueError(f"route {self.name!r} matches every stream: give `streams` (a glob) and/or `rates`")
+        if self.streams is not None and not self.streams:
+            raise ValueError(f"route {self.name!r}: `streams` is an empty glob")
+        if self.rates is not None:
+            if not self.rates or not all(math.isfinite(r) and r > 0 for r in self.rates):
+                raise ValueError(f"route {self.name!r}: `rates` must be a non-empty list of positive rates, got {list(self.rates)}")
+        return self
+
+    def matches(self, stream: str, rate: float) -> bool:
+        if self.rates is not None and not any(_same_rate(rate, r) for r in self.rates):
+            return False
+        return self.streams is None or fnmatch.fnmatchcase(stream, self.streams)
+
+    def shadows(self, later: "Route") -> bool:
+        """Every stream ``later`` matches is matched by this route (so ``later`` is unreachable).
+        Glob containment is judged on the pattern text (this glob matches ``later``'s glob read as
+        a literal id): exact for the patterns routes use (prefixes, suffixes, ``*``, ``?``)."""
+        if self.rates is not None and (later.rates is None or
+                                       not all(any(_same_rate(r, q) for q in self.rates) for r in later.rates)):
+            return False
+        if self.streams is None:
+            return True
+        return later.streams is not None and fnmatch.fnmatchcase(later.streams, self.streams)
+
+
+def check_routes(routes: tuple[Route, ...]) -> None:
+    """Names unique, no route unreachable behind an earlier one (first match wins)."""
+    seen: dict[str, int] = {}
+    for i, r in enumerate(routes):
+        if r.name in seen:
+            raise ValueError(f"routes[{i}] and routes[{seen[r.name]}] are both named {r.name!r}")
+        seen[r.name] = i
+        for j, earlier in enumerate(routes[:i]):
+            if earlier.shadows(r):
+                raise ValueError(
+                    f"route {r.name!r} (routes[{i}]) is unreachable: every stream it matches is matched first by "
+                    f"route {earlier.name!r} (routes[{j}]); put the narrower route first"
+                )
+
+
 class ModelSettings(BaseModel):
     model_config = _FROZEN
 
@@ -109,6 +179,20 @@ class ModelSettings(BaseModel):
     # How often the worker checks the registry's current pointer for a new version (0: never).
     # Ignored when `version` pins one.
     watch_interval_s: float = Field(2.0, ge=0)
+    # Model routing (docs/routing.md), e.g. DAE_MODEL__ROUTES='[{"name": "ecg", "streams": "ecg-*",
+    # "rates": [360]}]'. Each route serves its registry pointer (`dae models promote V --route NAME`);
+    # a route without a version yet, and every stream no route matches, is served by the default route.
+    routes: tuple[Route, ...] = ()
+    # A stream whose rate its route's model does not serve: False (default) tries the default route's
+    # model (e.g. a rate-generic one), True dead-letters it as rate_mismatch at once.
+    strict_rates: bool = False
+
+    @model_validator(mode="after")
+    def _routes(self) -> "ModelSettings":
+        check_routes(self.routes)
+        if self.routes and self.version is not None:
+            raise ValueError("model.version pins one model for every stream; it cannot be combined with model.routes")
+        return self
 
 
 class MetricsSettings(BaseModel):

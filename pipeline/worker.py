@@ -32,7 +32,8 @@ from kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from pipeline.inference.engine import InferenceEngine
-from pipeline.inference.hotswap import ModelWatcher
+from pipeline.inference.hotswap import ModelWatcher, load_route_engines
+from pipeline.inference.routing import ModelSet
 from pipeline.kafka.clients import ensure_topics, make_consumer, verify_connection
 from pipeline.kafka.commits import CommitManager
 from pipeline.kafka.producer import Delivery, FatalWorkerError, TrackedProducer
@@ -64,6 +65,7 @@ class Worker:
         registry: CollectorRegistry | None = None,
         *,
         consumer_options: dict | None = None,
+        route_engines: dict[str, InferenceEngine] | None = None,
     ):
         self.s = settings
         k = settings.kafka
@@ -74,7 +76,15 @@ class Worker:
                 f"window.window={self.window} but model {engine.version} was trained on {engine.window}-sample windows"
             )
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
+        m = settings.model
+        if route_engines is None and m.routes:
+            route_engines = load_route_engines(m.registry, m.routes, device=m.device, dtype=m.dtype)
+        # One engine per model route (docs/routing.md); without routes, the default route alone.
+        self.models = ModelSet(engine, m.routes, route_engines, strict_rates=m.strict_rates)
         self.metrics.set_model(engine.version, engine.meta.arch, self.window, self.hop)
+        for eng in self.models.engines.values():
+            if eng is not engine:
+                self.metrics.set_model(eng.version, eng.meta.arch, eng.window, eng.hop, route=eng.route)
         self.stop_event = threading.Event()
         # Guards the partition table and the batcher: the rebalance handlers run inside poll().
         self.lock = threading.RLock()
@@ -88,7 +98,7 @@ class Worker:
             publish_drift=partial(self.producer.send, k.alerts_topic, delivery=Delivery.ADVISORY),
         )
         self.processor = StreamProcessor(
-            engine, self.window, self.hop, self.metrics,
+            self.models, self.window, self.hop, self.metrics,
             batcher=MicroBatcher(settings.batch.max_batch, settings.batch.max_delay_ms / 1000.0),
             max_chunk_frames=settings.window.max_chunk_frames, idle_flush_s=settings.window.idle_flush_s,
             publish=self._publish, dead_letter=self._dead_letter, write_state=self._write_state,
@@ -146,7 +156,7 @@ class Worker:
             self._metrics_server = serve(self.metrics.registry, self.s.metrics.host, self.s.metrics.port)
         if self.s.model.watch_interval_s > 0 and self.s.model.version is None:
             self._watcher = ModelWatcher(
-                self.s.model.registry, self.engine, interval_s=self.s.model.watch_interval_s,
+                self.s.model.registry, self.models, interval_s=self.s.model.watch_interval_s,
                 device=self.s.model.device, dtype=self.s.model.dtype,
                 on_refused=lambda version, exc: self.metrics.model_swaps.labels("refused").inc(),
             ).start()
@@ -231,16 +241,15 @@ class Worker:
         log.info("worker stopped cleanly in %.2f s", time.monotonic() - t0)
 
     def _maybe_swap_model(self) -> None:
-        """Switch to a validated new model between two batches: every window submitted from now
-        on uses it and every output released by its batches carries its version."""
-        new = self._watcher.take() if self._watcher is not None else None
-        if new is None:
-            return
-        old = self.engine
-        self.processor.engine = new
-        self.metrics.model_swaps.labels("swapped").inc()
-        self.metrics.set_model(new.version, new.meta.arch, new.window, new.hop)
-        log.info("now serving model %s (was %s)", new.version, old.version)
+        """Switch a route to its validated new model between two batches: every window of the route
+        submitted from now on uses it and every output released by its batches carries its version."""
+        for new in self._watcher.take() if self._watcher is not None else ():
+            old = self.models.engine(new.route)
+            self.models.install(new)
+            self.metrics.model_swaps.labels("swapped").inc()
+            hop = self.hop if new.route == "default" else new.hop
+            self.metrics.set_model(new.version, new.meta.arch, new.window, hop, route=new.route)
+            log.info("route %s: now serving model %s (was %s)", new.route, new.version, old.version)
 
     def _close(self) -> None:
         """Release everything without committing."""
@@ -266,7 +275,7 @@ class Worker:
     # ------------------------------------------------------------------ the processor's sinks
     def _publish(self, seg: Segment, rec: OutputRecord, samples: np.ndarray, version: str) -> None:
         stream = seg.stream
-        key, value, headers = encode_chunk(stream.id, rec.start, seg.rate, samples, model=version)
+        key, value, headers = encode_chunk(stream.id, rec.start, seg.rate, samples, model=version, route=seg.served)
         self.producer.send(self.s.kafka.clean_topic, key, value, headers, record=rec, delivery=Delivery.FATAL,
                            what=f"cleaned output of stream {stream.id} [{rec.start}, {rec.end})", source=stream.tp,
                            on_ack=partial(self._output_acked, rec.source_ts, rec.end - rec.start, time.perf_counter()))
@@ -296,8 +305,9 @@ class Worker:
     def _observe_batch(self, engine: InferenceEngine, result) -> None:
         n = result.outputs.shape[0]
         self.metrics.batch_size.observe(n)
-        self.metrics.windows.labels(engine.version).inc(n)
-        self.metrics.recon_error.labels(engine.version).observe_many(result.errors)
+        route = getattr(engine, "route", "default")
+        self.metrics.windows.labels(engine.version, route).inc(n)
+        self.metrics.recon_error.labels(engine.version, route).observe_many(result.errors)
         self.monitor.observe_batch(engine, result.errors)
 
     def _output_acked(self, source_ts: float | None, n: int, sent: float) -> None:

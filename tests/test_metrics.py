@@ -42,7 +42,7 @@ def test_worker_metric_names_and_no_stream_label():
     reg = CollectorRegistry()
     m = WorkerMetrics(reg)
     m.dead_letters.labels("bad_length").inc()
-    m.recon_error.labels("v1").observe(0.1)
+    m.recon_error.labels("v1", "default").observe(0.1)
     names = {metric.name for metric in reg.collect()}
     assert {"dae_dead_letter_messages", "dae_reconstruction_error", "dae_end_to_end_latency_seconds",
             "dae_stream_discontinuities"} <= names
@@ -57,11 +57,11 @@ SPEC = {
     "dae_input_messages": ("counter", set()),
     "dae_input_samples": ("counter", set()),
     "dae_output_samples": ("counter", set()),
-    "dae_windows": ("counter", {"model_version"}),
+    "dae_windows": ("counter", {"model_version", "route"}),
     "dae_batch_windows": ("histogram", set()),
     "dae_inference_seconds": ("histogram", set()),
     "dae_end_to_end_latency_seconds": ("histogram", set()),
-    "dae_reconstruction_error": ("histogram", {"model_version"}),
+    "dae_reconstruction_error": ("histogram", {"model_version", "route"}),
     "dae_dead_letter_messages": ("counter", {"reason"}),
     "dae_dead_letter_write_failures": ("counter", set()),
     "dae_processing_errors": ("counter", set()),
@@ -71,14 +71,14 @@ SPEC = {
     "dae_active_streams": ("gauge", set()),
     "dae_offset_commits": ("counter", set()),
     "dae_rebalances": ("counter", {"kind"}),
-    "dae_model": ("info", {"version", "arch", "window", "hop"}),
+    "dae_model": ("info", {"route", "version", "arch", "window", "hop"}),
     "dae_model_swaps": ("counter", {"outcome"}),
     "dae_consumer_lag_messages": ("gauge", {"topic", "partition"}),
     "dae_alerts_raised": ("counter", set()),
     "dae_alerts_resolved": ("counter", set()),
     "dae_alerts_active": ("gauge", set()),
     "dae_drift_events": ("counter", set()),
-    "dae_error_median_ratio": ("gauge", set()),
+    "dae_error_median_ratio": ("gauge", {"route"}),
     "dae_last_output_timestamp_seconds": ("gauge", set()),
     "dae_stream_state_evictions": ("counter", {"kind", "reason"}),
     "dae_stage_seconds": ("histogram", {"stage"}),
@@ -86,14 +86,15 @@ SPEC = {
 
 
 def _touch_every_metric(m: WorkerMetrics) -> None:
-    m.windows.labels("v1").inc()
-    m.recon_error.labels("v1").observe(0.1)
+    m.windows.labels("v1", "default").inc()
+    m.recon_error.labels("v1", "default").observe(0.1)
     m.dead_letters.labels("bad_length").inc()
     m.discontinuities.labels("gap").inc()
     m.rebalances.labels("assigned").inc()
     m.model_swaps.labels("swapped").inc()
     m.consumer_lag.labels("dae.raw", "0").set(3)
     m.set_model("v1", "mlp", 256, 128)
+    m.drift_ratio.labels("default").set(1.0)
 
 
 def test_worker_metrics_names_types_labels_and_units():

@@ -59,8 +59,8 @@ def test_exported_names_cover_every_series_type():
         "dae_last_output_timestamp_seconds",
     ):
         assert name in exported, name
-    assert exported["dae_reconstruction_error_bucket"] == {"le", "model_version"}
-    assert exported["dae_model_info"] == {"version", "arch", "window", "hop"}
+    assert exported["dae_reconstruction_error_bucket"] == {"le", "model_version", "route"}
+    assert exported["dae_model_info"] == {"route", "version", "arch", "window", "hop"}
     assert "dae_input_messages" not in exported  # a counter is only exposed with its _total suffix
 
 

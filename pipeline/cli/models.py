@@ -61,14 +61,28 @@ def _describe(reg, version: str) -> str:
         return f"unreadable: {exc}"
     gain = meta.metrics.get("snr_gain_db")
     return (f"{meta.arch:<16} window {meta.window:<5} hop {meta.hop:<5} "
-            f"{','.join(f'{r:g}' for r in meta.sample_rates)} Hz  "
+            f"{meta.rates_label()}  "
             + (f"gain {gain:+.2f} dB  " if isinstance(gain, (int, float)) else "")
             + meta.created)
 
 
+RouteOpt = typer.Option(None, "--route", show_default="default (the registry's current pointer)",
+                        help="Model route (model.routes; docs/routing.md)")
+
+
+def _route_note(s, route: str | None) -> str:
+    """A warning when ``route`` is not configured in this environment's settings (workers with the
+    same settings would not serve it)."""
+    if route in (None, "default") or any(r.name == route for r in s.model.routes):
+        return ""
+    have = ", ".join(r.name for r in s.model.routes) or "none"
+    return f" (note: route {route!r} is not in this environment's model.routes: {have})"
+
+
 @app.command("list")
 def list_(registry: Optional[Path] = RegistryOpt, verbose: bool = VerboseOpt):
-    """Published versions, the current one marked with '*'."""
+    """Published versions, the default route's current one marked with '*', and the routes each
+    version serves."""
     root = settings(None, registry).model.registry
     from models.registry import ModelRegistry
 
@@ -78,44 +92,54 @@ def list_(registry: Optional[Path] = RegistryOpt, verbose: bool = VerboseOpt):
     if not versions:
         typer.echo(f"no versions in {reg.root}: train one with {train_hint()}")
         return
+    serving: dict[str, list[str]] = {}
+    for route in reg.routes():
+        v = reg.current(route)
+        if v is not None:
+            serving.setdefault(v, []).append(route)
     for v in versions:
-        typer.echo(f"{'*' if v == current else ' '} {v:<6} {_describe(reg, v)}")
+        routes = f"  routes: {','.join(serving[v])}" if v in serving else ""
+        typer.echo(f"{'*' if v == current else ' '} {v:<6} {_describe(reg, v)}{routes}")
 
 
 @app.command("show")
-def show(version: str = typer.Argument(..., help="Version, e.g. v3, or 'current'"),
-         registry: Optional[Path] = RegistryOpt, verbose: bool = VerboseOpt):
-    """The version's metadata (model.json) as JSON."""
+def show(version: str = typer.Argument(..., help="Version, e.g. v3, or 'current' (of --route)"),
+         route: Optional[str] = RouteOpt, registry: Optional[Path] = RegistryOpt, verbose: bool = VerboseOpt):
+    """The version's metadata (model.json) as JSON, with the routes it is current for."""
     root = settings(None, registry).model.registry
     from models.registry import ModelRegistry
 
     reg = ModelRegistry(root)
     if version == "current":
-        version = reg.current()
+        version = reg.current(route)
         if version is None:
-            raise CommandError(f"registry {reg.root} has no current version: train one with {train_hint()}")
+            where = f" for route {route!r}" if route else ""
+            raise CommandError(f"registry {reg.root} has no current version{where}: train one with {train_hint()}"
+                               + (f" and `dae models promote V --route {route}`" if route else ""))
     d = reg.meta(version).to_dict()
     d["version"] = version
     d["current"] = version == reg.current()
+    d["routes"] = [r for r in reg.routes() if reg.current(r) == version]
     typer.echo(json.dumps(d, indent=2, sort_keys=True))
 
 
 @app.command("promote")
 def promote(version: str = typer.Argument(..., help="Version to make current, e.g. v3"),
-            registry: Optional[Path] = RegistryOpt, verbose: bool = VerboseOpt):
-    """Make VERSION current (atomic pointer swap; workers pick it up between batches)."""
-    root = settings(None, registry).model.registry
+            route: Optional[str] = RouteOpt, registry: Optional[Path] = RegistryOpt, verbose: bool = VerboseOpt):
+    """Make VERSION current for a route (atomic pointer swap; workers pick it up between batches,
+    for that route's streams only)."""
+    s = settings(None, registry)
     from models.registry import ModelRegistry
 
-    ModelRegistry(root).promote(version)
-    typer.echo(f"current: {version}")
+    ModelRegistry(s.model.registry).promote(version, route=route)
+    typer.echo(f"current{f' ({route})' if route else ''}: {version}{_route_note(s, route)}")
 
 
 @app.command("rollback")
-def rollback(registry: Optional[Path] = RegistryOpt, verbose: bool = VerboseOpt):
-    """Re-point current to the previous version in the promotion history."""
-    root = settings(None, registry).model.registry
+def rollback(route: Optional[str] = RouteOpt, registry: Optional[Path] = RegistryOpt, verbose: bool = VerboseOpt):
+    """Re-point a route's current to the previous version in its promotion history."""
+    s = settings(None, registry)
     from models.registry import ModelRegistry
 
-    v = ModelRegistry(root).rollback()
-    typer.echo(f"current: {v}")
+    v = ModelRegistry(s.model.registry).rollback(route=route)
+    typer.echo(f"current{f' ({route})' if route else ''}: {v}{_route_note(s, route)}")

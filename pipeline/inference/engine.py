@@ -47,9 +47,11 @@ class InferenceEngine:
         device: str = "auto",
         dtype: str = "float32",
         version: str | None = None,
+        route: str = "default",
     ):
         self.meta = meta
         self.version = version or meta.version or "unversioned"
+        self.route = route  # the registry route it serves (pipeline.inference.routing)
         self.window = int(meta.window)
         self.hop = int(meta.hop)
         self.device = pick_device(device)
@@ -61,24 +63,30 @@ class InferenceEngine:
     # ------------------------------------------------------------------------- loading
     @classmethod
     def from_source(
-        cls, registry: Path, version: str | None = None, *, device: str = "auto", dtype: str = "float32"
+        cls, registry: Path, version: str | None = None, *, device: str = "auto", dtype: str = "float32",
+        route: str = "default",
     ) -> "InferenceEngine":
-        """Load ``version`` (a registry version, or a checkpoint directory) or the current one."""
+        """Load ``version`` (a registry version, or a checkpoint directory) or the route's current one."""
         if version is not None and Path(version).is_dir():
             model, meta = load_checkpoint(Path(version))
-            return cls(model, meta, device=device, dtype=dtype, version=meta.version or Path(version).name)
+            return cls(model, meta, device=device, dtype=dtype, version=meta.version or Path(version).name, route=route)
         reg = ModelRegistry(registry)
         if version is None:
-            version = reg.current()
+            version = reg.current(route)
             if version is None:
+                hint = "" if route == "default" else f" for route {route!r} (`dae models promote V --route {route}`)"
                 raise FileNotFoundError(
-                    f"no current model in registry {registry}: train one with `dae train --sample-rate R`"
+                    f"no current model in registry {registry}{hint}: train one with `dae train --sample-rate R`"
                 )
         model, meta = reg.load(version)
-        return cls(model, meta, device=device, dtype=dtype, version=version)
+        return cls(model, meta, device=device, dtype=dtype, version=version, route=route)
 
     def serves_rate(self, rate: float) -> bool:
-        return any(abs(float(r) - rate) <= 1e-6 * max(1.0, rate) for r in self.meta.sample_rates)
+        """A listed rate (within 1e-6 relative), or any rate in a rate-generic model's range."""
+        return self.meta.serves_rate(rate)
+
+    def rates_text(self) -> str:
+        return self.meta.rates_label()
 
     # --------------------------------------------------------------------------- forward
     def _to_device(self, rows: np.ndarray) -> torch.Tensor:

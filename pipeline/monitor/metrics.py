@@ -38,7 +38,7 @@ class WorkerMetrics:
         self.messages = Counter("dae_input_messages_total", "Raw chunks consumed", registry=r)
         self.input_samples = Counter("dae_input_samples_total", "Raw frames consumed (per channel)", registry=r)
         self.output_samples = Counter("dae_output_samples_total", "Cleaned frames published", registry=r)
-        self.windows = Counter("dae_windows_total", "Windows denoised", ["model_version"], registry=r)
+        self.windows = Counter("dae_windows_total", "Windows denoised", ["model_version", "route"], registry=r)
         self.batch_size = Histogram(
             "dae_batch_windows", "Windows per inference batch", buckets=BATCH_BUCKETS, registry=r
         )
@@ -55,7 +55,7 @@ class WorkerMetrics:
         self.recon_error = BatchHistogram(
             "dae_reconstruction_error",
             "Per-window reconstruction error (mean squared error, standardised units)",
-            ["model_version"],
+            ["model_version", "route"],
             buckets=ERROR_BUCKETS,
             registry=r,
         )
@@ -89,7 +89,9 @@ class WorkerMetrics:
         self.active_streams = Gauge("dae_active_streams", "Streams with open window state", registry=r)
         self.commits = Counter("dae_offset_commits_total", "Offset commits", registry=r)
         self.rebalances = Counter("dae_rebalances_total", "Partition revocations and assignments", ["kind"], registry=r)
-        self.model_info = Info("dae_model", "Model being served", registry=r)
+        # One series per configured route (routes are settings, never stream ids: bounded).
+        self.model_info = Info("dae_model", "Model being served, per model route", ["route"], registry=r)
+        self.model_info.labels("default")  # exported from the start, like every other name
         self.model_swaps = Counter(
             "dae_model_swaps_total", "New model versions seen in the registry, by outcome", ["outcome"], registry=r
         )
@@ -104,7 +106,9 @@ class WorkerMetrics:
         )
         self.drift_ratio = Gauge(
             "dae_error_median_ratio",
-            "Live reconstruction-error median over the drift window, relative to the model's reference",
+            "Live reconstruction-error median over the drift window, relative to the model's reference, "
+            "per model route",
+            ["route"],
             registry=r,
         )
         self.last_output = Gauge(
@@ -131,8 +135,8 @@ class WorkerMetrics:
         """The alert engine's ``on_evict`` callback (the stream id is not a label: unbounded)."""
         self.state_evictions.labels("alerts", reason).inc()
 
-    def set_model(self, version: str, arch: str, window: int, hop: int) -> None:
-        self.model_info.info({"version": version, "arch": arch, "window": str(window), "hop": str(hop)})
+    def set_model(self, version: str, arch: str, window: int, hop: int, route: str = "default") -> None:
+        self.model_info.labels(route).info({"version": version, "arch": arch, "window": str(window), "hop": str(hop)})
 
 
 class _BatchChild:

@@ -22,6 +22,10 @@ producer's ``send`` bound to the alerts topic and a delivery policy; this packag
   (a failed send is logged).
 - Both switch with the model precisely: the first batch computed by a new model's engine resets
   them (its calibration, its version in the events).
+- Model routes (pipeline.inference.routing) each have their own alert engine and drift monitor
+  (calibration and reference are per model); a batch is computed by one route's engine, so its
+  windows are scored by that route's. A stream moving to another route starts its statistics
+  afresh there.
 """
 
 from __future__ import annotations
@@ -78,27 +82,48 @@ class Monitor:
         self.metrics = metrics
         self._publish_alert_event = publish_alert
         self._publish_drift_event = publish_drift
-        self.alerts = AlertEngine(settings.alerts, engine.meta.error_quantiles, engine.version,
-                                  on_evict=metrics.alert_state_evicted)
-        self.drift = DriftMonitor(settings.drift, engine.version, _q50(engine))
+        self._settings = settings
+        # route -> (alert engine, drift monitor); the current route's pair is self.alerts/self.drift.
+        self._routes: dict[str, tuple[AlertEngine, DriftMonitor]] = {}
+        self.route = getattr(engine, "route", "default")
+        self.alerts, self.drift = self._pair(self.route, engine)
         self._queued: list[tuple[PartitionState, Segment, tuple]] = []  # segments scored by the next flush
         self._expect = self._got = 0  # windows of the announced batch, and of them queued so far
         self.publishing: PartitionState | None = None  # the partition of the alert event being published
 
+    def _pair(self, route: str, engine) -> tuple[AlertEngine, DriftMonitor]:
+        pair = self._routes.get(route)
+        if pair is None:
+            alerts = AlertEngine(self._settings.alerts, engine.meta.error_quantiles, engine.version,
+                                 on_evict=self.metrics.alert_state_evicted)
+            drift = DriftMonitor(self._settings.drift, engine.version, _q50(engine))
+            pair = self._routes[route] = (alerts, drift)
+            self.metrics.drift_ratio.labels(route).set(float("nan"))
+        return pair
+
+    def _engines(self) -> list[AlertEngine]:
+        return [a for a, _ in self._routes.values()]
+
+    def _set_active(self) -> None:
+        self.metrics.alerts_active.set(sum(a.active() for a in self._engines()))
+
     def observe_batch(self, engine, errors: np.ndarray) -> None:
-        """A batch of ``engine`` applied: its segments follow (:meth:`score`). Switch the calibration with
-        the model, feed the drift monitor, publish a drift event when one is due."""
+        """A batch of ``engine`` applied: its segments follow (:meth:`score`). Switch to the route's
+        alert engine and drift monitor, and their calibration with the model; feed the drift monitor,
+        publish a drift event when one is due."""
         self._flush()  # a previous batch's windows still queued: the caller skipped some of its segments
         self._expect, self._got = len(errors), 0
+        self.route = getattr(engine, "route", "default")
+        self.alerts, self.drift = self._pair(self.route, engine)
         if engine.version != self.alerts.model_version:
             self.alerts.set_model(engine.meta.error_quantiles, engine.version)
         if engine.version != self.drift.model_version:
             self.drift.set_model(engine.version, _q50(engine))
-            self.metrics.drift_ratio.set(float("nan"))
+            self.metrics.drift_ratio.labels(self.route).set(float("nan"))
         ev = self.drift.update(errors)
         ratio = self.drift.current_ratio()
         if ratio is not None:
-            self.metrics.drift_ratio.set(ratio)
+            self.metrics.drift_ratio.labels(self.route).set(ratio)
         if ev is not None:
             self._publish_drift(ev)
 
@@ -128,7 +153,7 @@ class Monitor:
         for ev, i in zip(res.events, res.event_windows):
             part, seg, _ = queued[int(np.searchsorted(ends, i, side="right"))]
             self._publish_alert(part, seg, ev)
-        self.metrics.alerts_active.set(self.alerts.active())
+        self._set_active()
 
     def _publish_alert(self, part: PartitionState, seg: Segment, ev: AlertEvent) -> None:
         log.info("alert %s: stream %s samples [%d, %d) peak %.1f (model %s)", ev.kind, ev.stream, ev.start,
@@ -137,7 +162,8 @@ class Monitor:
         need = seg.needed_offset()
         rec = OutputRecord(ev.start, ev.end, None)
         part.events.append((need if need is not None else part.consumed, rec))
-        headers = [("dae.event", ev.kind.encode()), ("dae.model", ev.model_version.encode())]
+        headers = [("dae.event", ev.kind.encode()), ("dae.model", ev.model_version.encode()),
+                   ("dae.route", self.route.encode())]
         self.publishing = part
         try:
             self._publish_alert_event(ev.stream.encode("utf-8"), ev.to_json(), headers, record=rec,
@@ -149,18 +175,20 @@ class Monitor:
         log.warning("drift: error median %.4g is %.2fx the reference %.4g of model %s (%d windows over %.0f s)",
                     ev.median, ev.ratio, ev.reference_median, ev.model_version, ev.windows, ev.window_s)
         self.metrics.drift_events.inc()
-        headers = [("dae.event", b"drift"), ("dae.model", ev.model_version.encode())]
+        headers = [("dae.event", b"drift"), ("dae.model", ev.model_version.encode()), ("dae.route", self.route.encode())]
         self._publish_drift_event(b"dae.drift", ev.to_json(), headers, what="a drift event")
 
     def expire(self) -> None:
         """Drop the alert state of streams silent for ``alerts.state_ttl_s`` (cheap: looks at the least
         recently seen streams only)."""
-        if self.alerts.expire():
-            self.metrics.alerts_active.set(self.alerts.active())
+        expired = [a.expire() for a in self._engines()]
+        if any(expired):
+            self._set_active()
 
     def forget_partition(self, part: PartitionState) -> None:
         """The partition went (revoked or lost): its streams' alert state goes with it, queued windows too."""
         self._queued = [q for q in self._queued if q[0] is not part]
-        for sid in list(part.streams) + list(part.resume):
-            self.alerts.forget(sid)
-        self.metrics.alerts_active.set(self.alerts.active())
+        for alerts in self._engines():
+            for sid in list(part.streams) + list(part.resume):
+                alerts.forget(sid)
+        self._set_active()

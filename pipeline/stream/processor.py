@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipeline.inference.routing import ModelSet
+from pipeline.settings import DEFAULT_ROUTE
 from pipeline.stream.batching import MicroBatcher
 from pipeline.stream.state import OutputRecord, PartitionState, Segment, StreamState
 from pipeline.wire.codec import DecodeError, decode_chunk
@@ -52,7 +54,7 @@ def _no_stage(_stage: str, _seconds: float) -> None:
 class StreamProcessor:
     def __init__(
         self,
-        engine,
+        engine,  # an engine, or a ModelSet (one engine per route)
         window: int,
         hop: int,
         metrics,  # WorkerMetrics: messages, input_samples, discontinuities, idle_flushes, ...
@@ -69,7 +71,9 @@ class StreamProcessor:
         clock: Callable[[], float] = time.monotonic,
         on_stage: OnStage | None = None,
     ):
-        self.engine = engine
+        self.models = engine if isinstance(engine, ModelSet) else ModelSet.single(engine)
+        # The default route's geometry (window.hop may override its model's); other routes' models
+        # use their own.
         self.window, self.hop = window, hop
         self.metrics = metrics
         self.batcher = batcher
@@ -91,6 +95,14 @@ class StreamProcessor:
         # Tails of idle-flushed segments waiting for their flush record: (segment, record, samples, version).
         self._held: list[tuple[Segment, OutputRecord, np.ndarray, str]] = []
 
+    @property
+    def engine(self):
+        """The default route's engine."""
+        return self.models.default
+
+    def _geometry(self, route: str, engine) -> tuple[int, int]:
+        return (self.window, self.hop) if route == DEFAULT_ROUTE else (engine.window, engine.hop)
+
     # ---------------------------------------------------------------------------- input
     def handle(self, part: PartitionState, msg) -> None:
         """One consumed record (``offset``, ``key``, ``value``, ``headers``, ``timestamp``)."""
@@ -105,18 +117,17 @@ class StreamProcessor:
     def _handle(self, part: PartitionState, msg) -> None:
         try:
             chunk = decode_chunk(msg.key, msg.value, msg.headers, max_frames=self.max_chunk_frames)
-            if not self.engine.serves_rate(chunk.rate):
-                raise DecodeError(
-                    "rate_mismatch",
-                    f"sample rate {chunk.rate:g} Hz is not served by model {self.engine.version} "
-                    f"(serves {', '.join(f'{r:g}' for r in self.engine.meta.sample_rates)} Hz)",
-                )
+            route, engine, why = self.models.resolve(chunk.stream, chunk.rate)
+            if engine is None:
+                raise DecodeError("rate_mismatch", why)
         except DecodeError as err:
             self._dead_letter(part, msg, err.reason, err.detail)
             return
         self.metrics.input_samples.inc(chunk.frames)
         stream = part.stream(chunk.stream)
-        seg, kind = part.route(stream, chunk, msg.offset, self.window, self.hop)
+        seg, kind = part.route(stream, chunk, msg.offset, *self._geometry(route, engine))
+        if seg is not None:
+            seg.route = route  # (a segment moves to its route's first model when the geometry allows)
         if kind in ("gap", "rewind", "format"):
             self.metrics.discontinuities.labels(kind).inc()
             log.warning("stream %s: %s at sample %d (expected %s); new segment", chunk.stream, kind,
@@ -179,7 +190,7 @@ class StreamProcessor:
             else:  # nothing left to denoise: what the flush made final goes out now
                 chunk = seg.win.ready()
                 if chunk is not None:
-                    self._publish(seg, chunk.start, chunk.samples, seg.version or self.engine.version)
+                    self._publish(seg, chunk.start, chunk.samples, seg.version or self.models.engine(seg.route).version)
         segments.clear()
 
     def idle_flush(self) -> None:
@@ -239,16 +250,16 @@ class StreamProcessor:
 
     def _submit_batch(self) -> None:
         """Close a batch and hand it to the inference thread (or run it now): one forward pass per
-        channel count in it (streams may differ), each grouped by segment (order within a segment
-        kept), so each segment gets one vectorised overlap-add of consecutive grid windows."""
+        route and channel count in it (streams may differ), each grouped by segment (order within a
+        segment kept), so each segment gets one vectorised overlap-add of consecutive grid windows."""
         items = self.batcher.take()
         self._stage("batch_wait", self.batcher.last_wait)
-        by_channels: dict[int, dict[int, tuple[Segment, list]]] = {}
+        by_model: dict[tuple[str, int], dict[int, tuple[Segment, list]]] = {}
         for seg, block in items:
-            groups = by_channels.setdefault(block.data.shape[1], {})
+            groups = by_model.setdefault((seg.route, block.data.shape[1]), {})
             groups.setdefault(id(seg), (seg, []))[1].append(block)
-        engine = self.engine  # the batch keeps the model it was submitted with, across a swap
-        for groups in by_channels.values():
+        for (route, _channels), groups in by_model.items():
+            engine = self.models.engine(route)  # the batch keeps the model it was submitted with, across a swap
             data = np.concatenate([b.data for _, blocks in groups.values() for b in blocks])
             if self._pool is not None:
                 future = self._pool.submit(_timed_infer, engine, data)
@@ -272,6 +283,7 @@ class StreamProcessor:
                 part = self._alive(seg)
                 if part is not None:  # its partition may have been revoked meanwhile
                     try:
+                        seg.served = getattr(engine, "route", DEFAULT_ROUTE)
                         self._apply(part, seg, blocks, engine.version, result, data, i, k)
                     except Exception:  # one broken segment must not stop the batch or the worker
                         log.exception("stream %s: applying a batch failed; dropping its segments", seg.stream.id)

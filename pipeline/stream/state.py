@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.settings import DEFAULT_ROUTE
 from pipeline.stream.windowing import StreamWindowing, classify
 
 
@@ -71,6 +72,8 @@ class Segment:
         self.win = win
         self.rate = stream.rate
         self.version: str | None = None  # model version of the last batch applied to this segment
+        self.route: str = DEFAULT_ROUTE  # the route whose model serves it (pipeline.inference.routing)
+        self.served: str = DEFAULT_ROUTE  # the route of the model of the last batch applied (with ``version``)
         self.inputs: deque[InputRecord] = deque()
         self.outputs: deque[OutputRecord] = deque()
         # The durable record of this segment's idle flush: its tail is published only once the
@@ -161,8 +164,9 @@ class PartitionState:
 
         kind: "next" (contiguous), "start" (new stream or after an idle flush), "resume" (first
         chunk after a restart/rebalance, continuing a committed segment), "skip" (published
-        before the last commit; segment None), "gap", "rewind" or "format" (rate/channels
-        changed): the last three retire the open segment into ``stream.closing`` for flushing.
+        before the last commit; segment None), "gap", "rewind" or "format" (rate/channels changed,
+        or the model serving the stream now has another window/hop): the last three retire the open
+        segment into ``stream.closing`` for flushing.
         """
         stream.last_offset = offset
         r = self.resume.get(stream.id)
@@ -176,7 +180,8 @@ class PartitionState:
                 seg = self._open(stream, chunk, window, hop, anchor=r.anchor, emit_from=r.emit_from)
                 return seg, "resume"
         kind = classify(stream.expected, chunk.index)
-        if stream.open is not None and (chunk.rate != stream.rate or chunk.channels != stream.channels):
+        if stream.open is not None and (chunk.rate != stream.rate or chunk.channels != stream.channels
+                                        or (stream.open.win.window, stream.open.win.hop) != (window, hop)):
             kind = "format"
         if kind == "next":
             if stream.open is not None:

@@ -49,6 +49,8 @@ class CaptureReport:
     missing: list[str] = field(default_factory=list)  # streams in ``expected`` never seen
     seconds: float = 0.0
     written: list[Path] = field(default_factory=list)  # the <stream>.npy files written (out_dir)
+    # (first sample index, route) at each change of the dae.route header (docs/routing.md)
+    routes: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"captured {self.messages} messages, {len(self.streams)} streams in {self.seconds:.1f} s"]
@@ -231,6 +233,7 @@ def _assemble(rep: CaptureReport, sid: str, cs: list[Chunk]) -> None:
     seen = np.zeros(hi - lo, dtype=bool)
     dups = mismatched = 0
     models: list[tuple[int, str]] = []
+    routes: list[tuple[int, str]] = []
     for c in cs:
         a, b = c.index - lo, c.end - lo
         s = seen[a:b]
@@ -247,6 +250,8 @@ def _assemble(rep: CaptureReport, sid: str, cs: list[Chunk]) -> None:
         seen[a:b] = True
         if c.model is not None and (not models or models[-1][1] != c.model):
             models.append((c.index, c.model))
+        if c.route is not None and (not routes or routes[-1][1] != c.route):
+            routes.append((c.index, c.route))
     # Gaps: runs of unseen frames, found from the edges of the boolean mask.
     edges = np.diff(np.concatenate([[False], ~seen, [False]]).astype(np.int8))
     gap_starts = np.flatnonzero(edges == 1)
@@ -257,3 +262,4 @@ def _assemble(rep: CaptureReport, sid: str, cs: list[Chunk]) -> None:
     rep.duplicates[sid] = dups
     rep.mismatched_duplicates[sid] = mismatched
     rep.models[sid] = models
+    rep.routes[sid] = routes

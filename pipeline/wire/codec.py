@@ -26,6 +26,7 @@ H_INDEX = "dae.index"
 H_RATE = "dae.rate"
 H_CHANNELS = "dae.channels"
 H_MODEL = "dae.model"
+H_ROUTE = "dae.route"  # output only: the model route that cleaned the chunk (docs/routing.md)
 REQUIRED_HEADERS = (H_FORMAT, H_INDEX, H_RATE, H_CHANNELS)
 
 MAX_CHANNELS = 64
@@ -57,6 +58,7 @@ class Chunk:
     rate: float  # samples per second per channel
     samples: np.ndarray  # (frames, channels) float32, possibly a read-only view of the message
     model: str | None = None
+    route: str | None = None  # output chunks: the model route that cleaned it
 
     @property
     def frames(self) -> int:
@@ -71,7 +73,8 @@ class Chunk:
         return self.index + self.frames
 
 
-def encode_headers(index: int, rate: float, channels: int, model: str | None = None) -> list:
+def encode_headers(index: int, rate: float, channels: int, model: str | None = None,
+                   route: str | None = None) -> list:
     headers = [
         (H_FORMAT, str(FORMAT_VERSION).encode()),
         (H_INDEX, str(int(index)).encode()),
@@ -80,6 +83,8 @@ def encode_headers(index: int, rate: float, channels: int, model: str | None = N
     ]
     if model is not None:
         headers.append((H_MODEL, model.encode()))
+    if route is not None:
+        headers.append((H_ROUTE, route.encode()))
     return headers
 
 
@@ -88,7 +93,7 @@ def _fmt_rate(rate: float) -> str:
 
 
 def encode_chunk(
-    stream: str, index: int, rate: float, samples: np.ndarray, model: str | None = None
+    stream: str, index: int, rate: float, samples: np.ndarray, model: str | None = None, route: str | None = None
 ) -> tuple[bytes, bytes, list]:
     """(key, value, headers) for one chunk; ``samples`` is (frames,) or (frames, channels)."""
     arr = np.asarray(samples)
@@ -97,7 +102,7 @@ def encode_chunk(
     if arr.ndim != 2 or arr.shape[1] < 1:
         raise ValueError(f"samples must be (frames,) or (frames, channels), got shape {arr.shape}")
     value = np.ascontiguousarray(arr, dtype=SAMPLE_DTYPE).tobytes()
-    return stream.encode("utf-8"), value, encode_headers(index, rate, arr.shape[1], model)
+    return stream.encode("utf-8"), value, encode_headers(index, rate, arr.shape[1], model, route)
 
 
 def _header_map(headers) -> dict[str, bytes]:
@@ -178,5 +183,6 @@ def decode_chunk(
     if check_finite and not np.isfinite(samples).all():
         bad = int(np.count_nonzero(~np.isfinite(samples)))
         raise DecodeError("non_finite", f"{bad} NaN/Inf sample(s) in the chunk")
-    model = h.get(H_MODEL)
-    return Chunk(stream, index, rate, samples, model.decode("utf-8", "replace") if model else None)
+    model, route = h.get(H_MODEL), h.get(H_ROUTE)
+    return Chunk(stream, index, rate, samples, model.decode("utf-8", "replace") if model else None,
+                 route.decode("utf-8", "replace") if route else None)
