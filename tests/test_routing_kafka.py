@@ -1,7 +1,8 @@
 """Model routing in a running worker on the real broker: streams at three rates and two id
 patterns, three routes plus the default route; each stream is cleaned by its route's model (the
 output's dae.route and dae.model headers), a promotion on one route swaps only that route with no
-gap and no duplicate, and a rate no route names goes to the default route's model."""
+gap and no duplicate, and a rate no route names goes to the default route's model (a rate-generic
+one)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ STREAMS = {
     "ecg-a": (360.0, "ecg", (20, 90)),
     "ecg-b": (100.0, "slow", (10, 40)),  # an ecg id at 100 Hz: the ecg route wants 360 Hz
     "vib-a": (1000.0, "vib", (50, 250)),
-    "ecg-c": (500.0, "default", (25, 120)),  # no route names 500 Hz: the default route
+    "ecg-c": (500.0, "default", (25, 120)),  # no route names 500 Hz: the default route's rate-generic model
 }
 
 
@@ -36,7 +37,7 @@ def test_streams_follow_their_routes_and_one_route_swaps_alone(make_settings, tm
     root = tmp_path / "registry"
     reg = ModelRegistry(root)
     # Each route's model has its own window (and so its own windowing of the stream).
-    v_default = reg.publish(*tiny_model(64, [500.0], seed=1), promote=True)
+    v_default = reg.publish(*tiny_model(64, [], seed=1, rate_range=(50.0, 20000.0)), promote=True)
     v_ecg = reg.publish(*tiny_model(64, [360.0], seed=2), promote=True, route="ecg")
     v_slow = reg.publish(*tiny_model(32, [100.0], seed=3), promote=True, route="slow")
     v_vib = reg.publish(*tiny_model(128, [1000.0], seed=4), promote=True, route="vib")
