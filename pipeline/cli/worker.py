@@ -42,6 +42,9 @@ def worker(
                                                                        "metrics.port")),
     max_seconds: Optional[float] = typer.Option(None, show_default="run until SIGTERM/SIGINT",
                                                 help="Stop cleanly after this many seconds (tests, demos)"),
+    processes: str = typer.Option("1", "--processes", help="Consumer-group members to start on this host: a "
+                                  "number, or 'auto' (one per GPU for a CUDA model, else one per core); each "
+                                  "serves metrics on --metrics-port + its index; SIGTERM stops all cleanly"),
     verbose: bool = VerboseOpt,
 ):
     """Consume raw chunks, denoise them, publish cleaned chunks; SIGTERM or Ctrl-C stops it cleanly."""
@@ -55,6 +58,19 @@ def worker(
         metrics={"port": metrics_port},
     )
     require_broker(s.kafka)
+    from pipeline.tools.pool import resolve_processes
+
+    try:
+        n = resolve_processes(processes, s.model.device)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if n > 1:
+        args = [a for flag, v in (("--bootstrap", bootstrap), ("--registry", registry), ("--model", model),
+                                  ("--clean-topic", clean_topic), ("--group-id", group_id), ("--max-batch", max_batch),
+                                  ("--max-delay-ms", max_delay_ms), ("--device", device), ("--max-seconds", max_seconds))
+                if v is not None for a in (flag, str(v))]
+        args += [a for t in raw_topic or () for a in ("--raw-topic", t)] + (["--verbose"] if verbose else [])
+        raise typer.Exit(_run_pool(args, n, s))
     from pipeline.inference.engine import InferenceEngine
     from pipeline.worker import Worker
 
@@ -76,3 +92,12 @@ def worker(
         engine.version, w.window, w.hop, engine.device, ",".join(s.kafka.raw_topics), s.kafka.clean_topic,
     )
     w.run(max_seconds=max_seconds)
+
+
+def _run_pool(args: list[str], n: int, s) -> int:
+    from pipeline.tools.pool import Pool, worker_argv
+
+    pool = Pool(worker_argv(args), n, metrics_port=s.metrics.port, instance_id=s.kafka.group_instance_id)
+    pool.install_signal_handlers()
+    pool.start()
+    return pool.run()
