@@ -101,7 +101,7 @@ def test_drift_event_triggers_an_early_retrain_that_brings_the_error_back(make_s
           f"({ev['ratio']:.2f}x); {r.candidate} after the early retrain {ref_v2:.4f} ({ref_v2 / ref_v1:.2f}x); "
           f"{r.summary()}")
     assert ev["model_version"] == v1 and ev["ratio"] > 2.0 and ev["reference_median"] == pytest.approx(ref_v1)
-    assert metrics.drift_triggers._value.get() == 1 and len(runs) == 1
-    assert metrics.runs.labels("promoted")._value.get() == 1
+    assert metrics.drift_triggers.labels("default")._value.get() == 1 and len(runs) == 1
+    assert metrics.runs.labels("promoted", "default")._value.get() == 1
     # Back toward the calibration level: most of the way from the drifted median to the old reference.
     assert np.log(ref_v2 / ref_v1) < 0.5 * np.log(ev["median"] / ref_v1)

@@ -43,10 +43,11 @@ def test_first_run_waits_one_interval_then_runs_periodically():
     # after the start, whatever the load; and runs never overlap (each runs 0.05 s).
     assert all(c >= 0.4 * (k + 1) for k, c in enumerate(calls)), calls
     assert all(b - a >= 0.05 for a, b in zip(calls, calls[1:])), calls
-    assert metrics.runs.labels("rejected")._value.get() == len(calls)
+    assert metrics.runs.labels("rejected", "default")._value.get() == len(calls)
     text = generate_latest(metrics.registry).decode()
-    assert 'dae_retrain_gain_db{model="candidate"} 1.0' in text and "dae_retrain_data_span_seconds 60.0" in text
-    assert 'dae_registry_current_info{version="v1"}' in text  # rejected: the current one keeps serving
+    assert 'dae_retrain_gain_db{model="candidate",route="default"} 1.0' in text
+    assert 'dae_retrain_data_span_seconds{route="default"} 60.0' in text
+    assert 'dae_registry_current_info{route="default",version="v1"}' in text  # rejected: the current one keeps serving
 
 
 def test_run_at_start_runs_at_once():
@@ -61,6 +62,6 @@ def test_metrics_textfile(tmp_path):
     path = tmp_path / "retrain.prom"
     m.write_textfile(path)
     text = path.read_text()
-    assert 'dae_retrain_runs_total{outcome="promoted"} 1.0' in text
-    assert 'dae_retrain_runs_total{outcome="failed"} 0.0' in text
-    assert 'dae_registry_current_info{version="v2"}' in text
+    assert 'dae_retrain_runs_total{outcome="promoted",route="default"} 1.0' in text
+    assert 'dae_retrain_runs_total{outcome="failed",route="default"} 0.0' in text
+    assert 'dae_registry_current_info{route="default",version="v2"}' in text

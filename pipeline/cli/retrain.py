@@ -15,6 +15,9 @@ app = typer.Typer()
 
 @app.command("retrain")
 def retrain(
+    route: Optional[str] = typer.Option(None, "--route", show_default="default (with --every: every route)",
+                                        help="Model route (model.routes; docs/routing.md): learn from its streams "
+                                        "only, compare with and promote its current version only"),
     topic: Optional[str] = typer.Option(None, show_default="the first raw topic", help="Raw topic to learn from"),
     last_seconds: Optional[float] = typer.Option(3600.0, help="Use the data of the last N seconds"),
     last_samples: Optional[int] = typer.Option(None, help="Or the last N samples per partition (instead of "
@@ -43,16 +46,25 @@ def retrain(
     """Train a candidate on recent raw data; promote it only if it is not worse than the current model.
 
     "Not worse": its SNR gain on held-out recent data is at least the current model's minus
-    --margin-db. Exit code: 0 promoted, 10 rejected, 1 failed, 2 could not start; one summary line."""
+    --margin-db. Exit code: 0 promoted, 10 rejected, 1 failed, 2 could not start; one summary line.
+    With --every and no --route: the default route and every configured route with a current
+    version, each on its own schedule and drift trigger, one run at a time."""
     setup_logging(verbose)
     s = settings(bootstrap, registry)
-    from pipeline.retrain.run import parse_duration
+    from pipeline.retrain.run import RouteError, check_route, parse_duration, route_name
 
     try:
         interval = parse_duration(every) if every else None
         gap = parse_duration(min_gap)
     except ValueError as exc:
         raise CommandError(f"{exc} (e.g. --every 6h --min-gap 10m)") from exc
+    if route is not None:  # before the broker: a typo or a route without a model is the user's to fix
+        from models.registry import ModelRegistry, RegistryError
+
+        try:
+            check_route(s, route, ModelRegistry(s.model.registry))
+        except (RouteError, RegistryError) as exc:
+            raise CommandError(str(exc)) from exc
     require_broker(s.kafka)
     from pipeline.retrain.run import retrain_once
     from pipeline.retrain.schedule import RetrainMetrics, run_every
@@ -61,15 +73,16 @@ def retrain(
               arch=arch, warm_start=warm_start, steps=steps, margin_db=margin_db)
     if max_seconds is not None:
         kw["max_seconds"] = max_seconds
-    metrics = RetrainMetrics()
     if interval is not None:
+        metrics = RetrainMetrics(routes=())  # run_every adds the routes it schedules
         if s.metrics.enabled:
             from pipeline.monitor.metrics import serve
 
             serve(metrics.registry, s.metrics.host, s.metrics.port)
-        run_every(s, interval, drift=drift, min_gap_s=gap, metrics=metrics, **kw)
+        run_every(s, interval, drift=drift, min_gap_s=gap, metrics=metrics, route=route, **kw)
         return
-    r = retrain_once(s, **kw)
+    metrics = RetrainMetrics(routes=(route_name(route),))
+    r = retrain_once(s, route=route, **kw)
     metrics.record(r)
     if metrics_file is not None:
         metrics.write_textfile(metrics_file)

@@ -22,21 +22,30 @@ One run:
    ``retrain.max_cost_ratio`` times the current one's (:func:`decide`); append the decision and its
    reason to ``<registry>/retrain-log.jsonl``.
 
+Per route (docs/routing.md, docs/retrain.md "Per route"): ``route`` names a ``model.routes`` entry
+(None: the default route). The run learns only from the streams that route serves, by the worker's
+own first-match rule (``pipeline.inference.routing.ModelSet.match``: a stream of the default route
+is one no configured route matches), compares with that route's current version and promotes only
+that route's pointer. One training run at a time per host (:func:`training_lock`).
+
 Exit codes for schedulers: 0 promoted, 10 rejected (not an error), 1 failed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.settings import Settings
+from pipeline.settings import DEFAULT_ROUTE, Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,7 @@ class RetrainResult:
     seconds: float = 0.0
     error: str | None = None
     reason: str | None = None  # why it was promoted or rejected (decide())
+    route: str = DEFAULT_ROUTE  # the model route it retrained (docs/routing.md)
 
     @property
     def exit_code(self) -> int:
@@ -63,9 +73,9 @@ class RetrainResult:
 
     def summary(self) -> str:
         if self.outcome == "failed":
-            return f"retrain failed after {self.seconds:.0f} s: {self.error}"
+            return f"retrain failed (route {self.route}) after {self.seconds:.0f} s: {self.error}"
         f = self.figures
-        return (f"retrain {self.outcome}: candidate {self.candidate} vs current {self.current}: SNR gain "
+        return (f"retrain {self.outcome} (route {self.route}): candidate {self.candidate} vs current {self.current}: SNR gain "
                 f"{f.get('candidate_gain_db', float('nan')):+.2f} dB vs {f.get('current_gain_db', float('nan')):+.2f} dB "
                 f"on {self.data.get('streams', 0)} stream(s), {self.data.get('train_samples', 0)} training samples "
                 f"({self.data.get('excluded_windows', 0)} anomalous windows left out), {self.seconds:.0f} s"
@@ -89,6 +99,87 @@ def decide(figures: dict, cost: dict, margin_db: float, max_cost_ratio: float) -
         return False, "; ".join(reasons)
     return True, (f"SNR gain {cand:+.2f} dB vs {cur:+.2f} dB, forward cost {ratio:.2f}x the current model's "
                   f"(limit {max_cost_ratio:g}x)")
+
+
+class RouteError(ValueError):
+    """A route that ``model.routes`` does not name, or one without a current version."""
+
+
+def route_name(route: str | None) -> str:
+    return DEFAULT_ROUTE if route in (None, DEFAULT_ROUTE) else route
+
+
+def check_route(s: Settings, route: str | None, registry=None) -> str:
+    """The route's name if a retrain of it can start: configured (or the default route) and, when
+    ``registry`` (a ModelRegistry) is given, with a current version; RouteError saying what to do."""
+    name = route_name(route)
+    configured = [r.name for r in s.model.routes]
+    if name != DEFAULT_ROUTE and name not in configured:
+        raise RouteError(f"route {name!r} is not in model.routes (DAE_MODEL__ROUTES); configured: "
+                         f"{', '.join(configured) or 'none'} (and {DEFAULT_ROUTE!r}, the streams no route matches)")
+    if registry is not None and registry.current(None if name == DEFAULT_ROUTE else name) is None:
+        how = "dae models promote V" + ("" if name == DEFAULT_ROUTE else f" --route {name}")
+        raise RouteError(f"route {name!r} has no current version in registry {registry.root} to compare a "
+                         f"candidate with: promote one first ({how})")
+    return name
+
+
+def route_streams(s: Settings, route: str | None, rates: dict[str, float]) -> list[str]:
+    """The stream ids of ``rates`` (stream id -> sample rate) that ``route`` serves, by the worker's
+    rule (``ModelSet.match``: routes in order, first match wins, no match: the default route)."""
+    from pipeline.inference.routing import ModelSet
+
+    name = route_name(route)
+    match = ModelSet(None, s.model.routes).match  # engines play no part in matching
+    return [sid for sid, rate in rates.items() if match(sid, rate) == name]
+
+
+# One training run at a time on this host: a run takes the host's CPU for minutes, and two at once
+# (a scheduler's routes, or a scheduler and a CronJob) would each take twice as long and starve the
+# workers. flock on a file in the registry serialises processes; the thread lock the threads of
+# this process (flock is per open file, so the same process opening it twice would also wait); a
+# thread already holding it re-enters (the scheduler holds it around retrain_once, which takes it).
+_TRAINING_LOCK = ".retrain.lock"
+_thread_lock = threading.Lock()
+_holder = threading.local()
+
+
+@contextmanager
+def training_lock(registry_root):
+    """Held while one retraining run trains; waits (logged) while another run holds it."""
+    if getattr(_holder, "depth", 0):
+        _holder.depth += 1
+        try:
+            yield
+        finally:
+            _holder.depth -= 1
+        return
+    path = Path(registry_root) / _TRAINING_LOCK
+    if not _thread_lock.acquire(blocking=False):
+        log.info("another retraining run of this process is training: waiting for it to finish")
+        _thread_lock.acquire()
+    try:
+        if not path.parent.is_dir():  # no registry yet, so nothing to train against: the run fails at once
+            _holder.depth = 1
+            try:
+                yield
+            finally:
+                _holder.depth = 0
+            return
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another retraining run holds %s: waiting for it to finish", path)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            _holder.depth = 1
+            try:
+                yield
+            finally:
+                _holder.depth = 0
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    finally:
+        _thread_lock.release()
 
 
 def _gain_db(engine, held_out: list[np.ndarray], sigma: float, seed: int) -> tuple[float, float]:
@@ -139,6 +230,7 @@ def _drop_anomalous(engine, x: np.ndarray, limit: float) -> tuple[list[np.ndarra
 def retrain_once(
     s: Settings,
     *,
+    route: str | None = None,  # a model.routes name; None: the default route
     topic: str | None = None,
     last_seconds: float | None = 3600.0,
     last_samples: int | None = None,
@@ -153,32 +245,56 @@ def retrain_once(
     distil_config=None,  # models.training.distill.DistilConfig; None: its defaults with this seed
     progress: bool = False,
 ) -> RetrainResult:
-    from models.cost import compare_cost
     from models.registry import ModelRegistry
+
+    t0 = time.monotonic()
+    reg = ModelRegistry(s.model.registry)
+    name = route_name(route)
+    pointer = None if name == DEFAULT_ROUTE else name  # the registry's spelling of the default route
+    result = RetrainResult("failed", None, route=name)
+    try:
+        check_route(s, name, reg)
+        result.current = reg.current(pointer)
+        with training_lock(s.model.registry):
+            _retrain(s, reg, result, pointer, topic=topic, last_seconds=last_seconds, last_samples=last_samples,
+                     arch=arch, warm_start=warm_start, steps=steps, max_seconds=max_seconds, margin_db=margin_db,
+                     eval_sigma=eval_sigma, anomaly_mads=anomaly_mads, seed=seed, distil_config=distil_config,
+                     progress=progress)
+    except Exception as exc:  # reported through the exit code and the summary line
+        if not isinstance(exc, RouteError):
+            log.exception("retrain failed")
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.seconds = time.monotonic() - t0
+    _log_decision(Path(s.model.registry), result)
+    return result
+
+
+def _retrain(s: Settings, reg, result: RetrainResult, pointer: str | None, *, topic, last_seconds, last_samples, arch,
+             warm_start, steps, max_seconds, margin_db, eval_sigma, anomaly_mads, seed, distil_config,
+             progress) -> None:
+    """The run itself (under the training lock); fills ``result`` or raises."""
+    from models.cost import compare_cost
     from models.training import train_arrays
     from models.training.distill import DistilConfig, distil
     from pipeline.inference.engine import InferenceEngine
     import torch
 
-    t0 = time.monotonic()
-    reg = ModelRegistry(s.model.registry)
-    current = reg.current()
-    result = RetrainResult("failed", current)
+    current, name = result.current, result.route
     # One CPU thread for the whole run: a conv's weights depend on the thread count
     # (models.training.config), a retrain shares the host with workers, and with the other core
     # busy a 2-thread forward pass here was up to 20x slower than a 1-thread one.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        if current is None:
-            raise RuntimeError(f"registry {s.model.registry} has no current model to compare with")
         engine = InferenceEngine.from_source(s.model.registry, current, device=s.model.device)
         if engine.meta.rate_range is not None:  # it has no one rate to read recent data at
-            raise RuntimeError(f"the current model {current} is rate-generic ({engine.meta.rates_label()}): dae "
-                               "retrain retrains a model for one sample rate from that rate's recent data; "
-                               "promote a model for the topic's rate first (dae train --sample-rate HZ)")
+            how = "" if pointer is None else f", then dae models promote V --route {name}"
+            raise RuntimeError(f"the current model {current} of route {name!r} is rate-generic "
+                               f"({engine.meta.rates_label()}): dae retrain retrains a model for one sample rate "
+                               "from that rate's recent data; promote a model for the streams' rate first "
+                               f"(dae train --sample-rate HZ{how})")
         topic = topic or s.kafka.raw_topics[0]
-        streams = _recent_streams(s, engine, topic, last_seconds, last_samples)
+        streams, selection = _recent_streams(s, engine, topic, last_seconds, last_samples, name)
         train, held_out, excluded = _split(engine, streams, anomaly_mads)
         cfg, warm = _candidate_config(engine, arch, warm_start, seed, steps, max_seconds)
         teacher, teacher_meta = train_arrays(cfg, train, progress=progress, source=f"kafka:{topic}",
@@ -196,7 +312,8 @@ def retrain_once(
                           "candidate_median_error": cand_err, "current_median_error": cur_err,
                           "margin_db": margin_db, "eval_sigma": eval_sigma, "cost": cost,
                           "max_cost_ratio": s.retrain.max_cost_ratio}
-        result.data = {"topic": topic, "warm_start_from": current if warm else None, "streams": len(streams),
+        result.data = {"topic": topic, "route": name, "warm_start_from": current if warm else None,
+                       "streams": len(streams), **selection,
                        "train_samples": int(sum(len(p) for p in train)),
                        "held_out_samples": int(sum(len(h) for h in held_out)), "excluded_windows": excluded,
                        "span_seconds": max(len(x) for x in streams.values()) / float(engine.meta.sample_rates[0]),
@@ -204,31 +321,42 @@ def retrain_once(
         promote, result.reason = decide(result.figures, cost, margin_db, s.retrain.max_cost_ratio)
         meta.training["retrain"] = {"replaces": current, "decision": "promoted" if promote else "rejected",
                                     "reason": result.reason, **result.figures, **result.data}
-        result.candidate = reg.publish(model, dataclasses.replace(meta, version=None), promote=promote)
+        result.candidate = reg.publish(model, dataclasses.replace(meta, version=None), promote=promote,
+                                       route=pointer)
         result.outcome = "promoted" if promote else "rejected"
-    except Exception as exc:  # reported through the exit code and the summary line
-        log.exception("retrain failed")
-        result.error = f"{type(exc).__name__}: {exc}"
     finally:
         torch.set_num_threads(threads)
-    result.seconds = time.monotonic() - t0
-    _log_decision(Path(s.model.registry), result)
-    return result
 
 
-def _recent_streams(s: Settings, engine, topic: str, last_seconds, last_samples) -> dict[str, np.ndarray]:
-    """One 1-D signal per (stream, channel) of the topic's recent data at the serving model's rate,
-    each at least five windows long."""
+# Stream ids listed in a run's data (the log line and the candidate's metadata): enough to check
+# which streams a run learnt from, bounded for topics with thousands of streams.
+_MAX_LISTED = 100
+
+
+def _recent_streams(s: Settings, engine, topic: str, last_seconds, last_samples,
+                    route: str = DEFAULT_ROUTE) -> tuple[dict[str, np.ndarray], dict]:
+    """(one 1-D signal per (stream, channel) of the topic's recent data that belongs to ``route``,
+    at the serving model's rate, each at least five windows long; what was selected and left out)."""
     from pipeline.retrain.recent_data import read_topic_report
 
     rate = float(engine.meta.sample_rates[0])
     rep = read_topic_report(s.kafka, topic, last_seconds=last_seconds, last_samples=last_samples)
-    streams = {sid: x[:, c] for sid, x in rep.streams.items() if abs(rep.rates[sid] - rate) <= 1e-9 * rate
-               for c in range(x.shape[1])}
-    streams = {sid: x for sid, x in streams.items() if len(x) >= 5 * engine.window}
+    mine = route_streams(s, route, rep.rates)
+    at_rate = [sid for sid in mine if abs(rep.rates[sid] - rate) <= 1e-9 * rate]
+    streams = {}
+    for sid in at_rate:
+        x = rep.streams[sid]
+        for c in range(x.shape[1]):  # each channel is one training signal
+            if x.shape[0] >= 5 * engine.window:
+                streams[sid if x.shape[1] == 1 else f"{sid}[{c}]"] = x[:, c]
+    ids = sorted({sid for sid in at_rate if rep.streams[sid].shape[0] >= 5 * engine.window})
+    selection = {"stream_ids": ids[:_MAX_LISTED], "other_route_streams": len(rep.streams) - len(mine),
+                 "other_rate_streams": len(mine) - len(at_rate), "short_streams": len(at_rate) - len(ids)}
     if not streams:
-        raise RuntimeError(f"no stream at {rate:g} Hz with at least {5 * engine.window} samples in {topic}")
-    return streams
+        raise RuntimeError(f"no stream of route {route!r} at {rate:g} Hz with at least {5 * engine.window} samples "
+                           f"in {topic} ({len(rep.streams)} stream(s) read, {len(mine)} of this route, "
+                           f"{len(at_rate)} of them at {rate:g} Hz)")
+    return streams, selection
 
 
 def _split(engine, streams: dict[str, np.ndarray], anomaly_mads: float):
@@ -266,7 +394,7 @@ def _candidate_config(engine, arch: str | None, warm_start: bool, seed: int, ste
 
 def _log_decision(root: Path, r: RetrainResult) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    line = {"time": time.time(), "outcome": r.outcome, "reason": r.reason, "current": r.current,
+    line = {"time": time.time(), "route": r.route, "outcome": r.outcome, "reason": r.reason, "current": r.current,
             "candidate": r.candidate, "figures": r.figures, "data": r.data, "seconds": r.seconds, "error": r.error}
     with open(root / "retrain-log.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
