@@ -201,6 +201,23 @@ def _route_runner(runner, s: Settings, kw: dict):
     return runner
 
 
+def _not_retrainable(reg, name: str, version: str | None, routed: bool) -> str | None:
+    """Why the all-routes scheduler leaves a route out this time (None: retrain it). A configured
+    route without a version yet; with routes configured, a rate-generic model (the recommended
+    default route's: a retrain learns one rate, so it would fail every time). A lone default route
+    keeps today's behaviour: its run fails and says why."""
+    if version is None:
+        return None if name == DEFAULT_ROUTE else f"no current version (dae models promote V --route {name})"
+    if routed:
+        try:
+            meta = reg.meta(version)
+        except Exception:  # the run itself reports an unreadable version
+            return None
+        if meta.rate_range is not None:
+            return f"its current version {version} serves {meta.rates_label()}: a retrain learns one rate"
+    return None
+
+
 def run_every(s: Settings, interval_s: float, jitter: float = 0.1, stop: threading.Event | None = None,
               drift: bool = True, min_gap_s: float = 600.0, metrics: RetrainMetrics | None = None,
               run_at_start: bool = False, ready: threading.Event | None = None, runner=None,
@@ -267,9 +284,9 @@ def run_every(s: Settings, interval_s: float, jitter: float = 0.1, stop: threadi
                       f"reference of {ev.get('model_version')}): retraining now", flush=True)
                 if metrics is not None:
                     metrics.drift_triggers.labels(name).inc()
-            if name != DEFAULT_ROUTE and route is None and current(name) is None:
-                log.info("route %s has no current version: not retrained (dae models promote V --route %s)",
-                         name, name)
+            why = None if route is not None else _not_retrainable(reg, name, current(name), bool(s.model.routes))
+            if why:
+                log.info("route %s not retrained: %s", name, why)
                 due[name] = next_after(now)
                 continue
             started = time.monotonic()
