@@ -48,6 +48,8 @@ def bench(
     model: Optional[str] = typer.Option(None, "--model", help="Registry version to bench (default: the current "
                                         "one); the seed MLP runs beside it as its own leg"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (env DAE_MODEL__DEVICE)"),
+    processes: int = typer.Option(2, "--processes", min=0, help="Processes of the leg running `dae worker "
+                                  "--processes N` (b-procs); 0 or 1 skips it"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON to this file"),
     bootstrap: Optional[str] = BootstrapOpt,
     registry: Optional[Path] = RegistryOpt,
@@ -60,4 +62,4 @@ def bench(
     from pipeline.tools.bench import run_bench
 
     run_bench(s, streams=streams, seconds=seconds, sample_rate=sample_rate, chunk=chunk, live_rate=live_rate,
-              json_path=json_path, model=model)
+              json_path=json_path, model=model, processes=processes)

@@ -6,6 +6,8 @@
 (b-seed) the same with the seed MLP (the newest ``arch="mlp"`` version of the registry serving the
     rate) when the benched model is not one; skipped, saying how to add one, when there is none;
 (c) the naive loop — one message at a time through the benched model, each output produced and flushed;
+(b-procs) ``dae worker --processes N`` (``--processes``, default 2) on the same input, measured from
+    the cleaned topic (pipeline.tools.bench_pool);
 (d) the worker in exactly-once mode (``worker.delivery=exactly_once``): a transaction per input
     partition and commit interval; its throughput clock stops once the last transaction commits.
 
@@ -249,6 +251,9 @@ def _run_leg(make, s: Settings, messages, samples: int, live_rate: float) -> Leg
     done = getattr(leg, "samples_done", samples)  # the naive loop may stop early (NAIVE_MAX_S)
     name = leg.name
     leg.close()
+    if not getattr(leg, "measures_latency", True):  # (b-procs: throughput only)
+        return LegResult(name, done, secs, done / secs, nbytes * done / samples / secs / 1e6, float("nan"),
+                         float("nan"), live_rate, getattr(leg, "model", None), None)
     # Latency: paced live input, consumer joined first.
     topic = f"dae.bench.{uuid.uuid4().hex[:8]}"
     ensure_topics(s.kafka, [topic])
@@ -284,8 +289,11 @@ def _with_model(s: Settings, version: str) -> Settings:
     return s.model_copy(update={"model": s.model.model_copy(update={"version": version})})
 
 
-def _legs(s: Settings, model: str, seed: str | None, n_messages: int, samples: int, streams: int) -> list:
+def _legs(s: Settings, model: str, seed: str | None, n_messages: int, samples: int, streams: int,
+          processes: int = 2) -> list:
     """(name, make(topic)) of every leg, in running order."""
+    from pipeline.tools.bench_pool import PoolLeg
+
     sm = _with_model(s, model)
     eos = sm.model_copy(update={"worker": sm.worker.model_copy(update={"delivery": "exactly_once"})})
     legs = [
@@ -295,6 +303,8 @@ def _legs(s: Settings, model: str, seed: str | None, n_messages: int, samples: i
     if seed is not None and seed != model:
         legs.append(("b_seed", lambda t: WorkerLeg(_with_model(s, seed), t, samples, streams,
                                                    f"worker, seed MLP {seed} (b-seed)")))
+    if processes > 1:
+        legs.append(("b_procs", lambda t: PoolLeg(sm, t, samples, streams, processes)))
     legs += [
         ("c", lambda t: NaiveLoop(sm, t, n_messages)),
         ("d", lambda t: WorkerLeg(eos, t, samples, streams, f"worker, model {model}, exactly-once (d)")),
@@ -317,7 +327,8 @@ def _print_results(results: list[LegResult]) -> None:
 
 
 def run_bench(s: Settings, *, streams: int, seconds: float, sample_rate: float, chunk: int,
-              live_rate: float, json_path: Path | None = None, model: str | None = None) -> dict:
+              live_rate: float, json_path: Path | None = None, model: str | None = None,
+              processes: int = 2) -> dict:
     from models.registry import ModelRegistry
     from pipeline.tools.demo import ensure_broker, ensure_model
 
@@ -336,7 +347,7 @@ def run_bench(s: Settings, *, streams: int, seconds: float, sample_rate: float, 
                   f"{streams} streams, chunks of {chunk} samples; live phase at {live_rate:,.0f} samples/s; "
                   f"model {model} ({meta.arch})" + (f", seed MLP {seed}" if seed not in (None, model) else ""))
     by_leg: dict[str, LegResult] = {}
-    for key, make in _legs(s, model, seed, len(messages), samples, streams):
+    for key, make in _legs(s, model, seed, len(messages), samples, streams, processes):
         r = by_leg[key] = _run_leg(make, s, messages, samples, live_rate)
         console.print(f"  {r.name}: {r.samples_per_s:,.0f} samples/s, p50 {r.latency_p50_ms:.1f} ms")
     results = list(by_leg.values())
@@ -346,12 +357,15 @@ def run_bench(s: Settings, *, streams: int, seconds: float, sample_rate: float, 
               "d_over_b": d.samples_per_s / b.samples_per_s}
     if "b_seed" in by_leg:
         ratios["seed_over_a"] = by_leg["b_seed"].samples_per_s / a.samples_per_s
+    if "b_procs" in by_leg:
+        ratios["procs_over_b"] = by_leg["b_procs"].samples_per_s / b.samples_per_s
     console.print(f"b/a = {ratios['b_over_a']:.2f}   b/c = {ratios['b_over_c']:.1f}   "
                   f"exactly-once/at-least-once d/b = {ratios['d_over_b']:.2f}")
     report = {"legs": [asdict(r) for r in results], **ratios,
               "model": {"version": model, "arch": meta.arch, "seed_mlp": seed},
               "input": {"streams": streams, "seconds": seconds, "sample_rate": sample_rate, "chunk": chunk,
-                        "messages": len(messages), "samples": samples, "live_rate": live_rate},
+                        "messages": len(messages), "samples": samples, "live_rate": live_rate,
+                        "processes": processes},
               "torch_threads": torch.get_num_threads(), "device": str(s.model.device)}
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

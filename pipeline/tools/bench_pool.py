@@ -1,0 +1,81 @@
+"""`dae bench`'s leg (b-procs): ``dae worker --processes N`` (pipeline.tools.pool) on the same input
+as the single-process worker leg (b), as a separate command would run it.
+
+The pool's children are separate processes, so this leg measures from the outside: a reader on the
+cleaned topic counts the output samples; the throughput clock runs from the first cleaned record
+seen to the last one needed (so the group join is excluded, as in the other legs, and the time of
+one batch is included). Latency is not measured here (the input record of an output is the worker's
+knowledge; leg (b) measures it for the same code): the leg has no latency phase and reports NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from pipeline.kafka.clients import ensure_topics, make_consumer
+from pipeline.settings import Settings
+
+# A pool's SIGTERM-to-exit allowance (each child finishes its batch, flushes and commits).
+STOP_TIMEOUT_S = 60.0
+
+
+class PoolLeg:
+    measures_latency = False  # see the module docstring
+    def __init__(self, s: Settings, topic: str, n_samples: int, n_streams: int, processes: int,
+                 name: str | None = None):
+        from models.registry import ModelRegistry
+
+        self.name = name or f"worker, {processes} processes (b-procs)"
+        tag = uuid.uuid4().hex[:6]
+        self.clean = f"{topic}.clean-{tag}"
+        ensure_topics(s.kafka, [self.clean])
+        self.model = s.model.version or ModelRegistry(s.model.registry).current()
+        window = ModelRegistry(s.model.registry).meta(self.model).window
+        env = dict(os.environ)
+        env.update({
+            "DAE_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+            "DAE_KAFKA__RAW_TOPICS": json.dumps([topic]),
+            "DAE_KAFKA__CLEAN_TOPIC": self.clean,
+            "DAE_KAFKA__GROUP_ID": f"bench-pool-{tag}",
+            "DAE_MODEL__REGISTRY": str(s.model.registry),
+            "DAE_MODEL__VERSION": self.model,
+            "DAE_MODEL__DEVICE": s.model.device,
+            "DAE_METRICS__ENABLED": "false",
+        })
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.app", "worker", "--processes",
+                                      str(processes)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.reader = make_consumer(s.kafka, self.clean, group_id=None)
+        self.target = n_samples - n_streams * window  # stream tails wait for the idle flush
+        self.out = 0
+        self.first_records: float | None = None
+        self.lat: list[float] = []
+
+    def pump(self) -> int:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"dae worker --processes exited with code {self.proc.returncode}")
+        got = 0
+        for recs in self.reader.poll(timeout_ms=50).values():
+            for m in recs:
+                got += 1
+                self.out += len(m.value) // 4
+        if got and self.first_records is None:
+            self.first_records = time.perf_counter()
+        return got
+
+    def done(self) -> bool:
+        return self.out >= self.target
+
+    def close(self) -> None:
+        self.reader.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise RuntimeError("dae worker --processes did not stop within 60 s of SIGTERM") from None
