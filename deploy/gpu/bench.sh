@@ -14,8 +14,8 @@
 #   DAE_BENCH_PORT        port of the local broker (default 29292)
 #   DAE_BENCH_REGISTRY    registry to bench (default: a fresh one under OUT, trained here)
 #   DAE_BENCH_SECONDS     seconds of signal per stream (default 150, dae bench's default)
-#   DAE_BENCH_PROCESSES   worker processes per leg to try (default "1 4 8"; counts above 1 run
-#                         only when `dae bench` has a --processes option, see docs/bench.md)
+#   DAE_BENCH_PROCESSES   worker processes of the (b-procs) leg, one bench run each (default "1 4 8";
+#                         1 runs the single-process legs only)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -84,12 +84,11 @@ fi
 for n in $processes; do
   args=(bench --device cuda --bootstrap "$bootstrap" --registry "$reg" --seconds "$seconds"
         --json "$out/bench-cuda-n$n.json")
-  if [[ "$n" != 1 ]]; then
-    if [[ -z "$multi" ]]; then
-      log "skipping N=$n: this dae bench has no --processes option (one worker process per leg)"
-      continue
-    fi
-    args+=(--processes "$n")
+  if [[ -n "$multi" ]]; then
+    args+=(--processes "$n")  # the (b-procs) leg: dae worker --processes N; N=1 skips it
+  elif [[ "$n" != 1 ]]; then
+    log "skipping N=$n: this dae bench has no --processes option (one worker process per leg)"
+    continue
   fi
   log "dae ${args[*]}"
   "$dae" "${args[@]}" 2>&1 | tee "$out/bench-cuda-n$n.log"
