@@ -26,7 +26,7 @@ Per route (docs/routing.md, docs/retrain.md "Per route"): ``route`` names a ``mo
 (None: the default route). The run learns only from the streams that route serves, by the worker's
 own first-match rule (``pipeline.inference.routing.ModelSet.match``: a stream of the default route
 is one no configured route matches), compares with that route's current version and promotes only
-that route's pointer. One training run at a time per host (:func:`training_lock`).
+that route's pointer. One training run at a time per registry and host (:func:`training_lock`).
 
 Exit codes for schedulers: 0 promoted, 10 rejected (not an error), 1 failed.
 """
