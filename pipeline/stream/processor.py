@@ -190,7 +190,10 @@ class StreamProcessor:
             else:  # nothing left to denoise: what the flush made final goes out now
                 chunk = seg.win.ready()
                 if chunk is not None:
-                    self._publish(seg, chunk.start, chunk.samples, seg.version or self.models.engine(seg.route).version)
+                    if seg.version is None:  # no batch applied yet: the model serving it now
+                        engine = self.models.engine(seg.route)
+                        seg.version, seg.served = engine.version, getattr(engine, "route", DEFAULT_ROUTE)
+                    self._publish(seg, chunk.start, chunk.samples, seg.version)
         segments.clear()
 
     def idle_flush(self) -> None:
