@@ -1,7 +1,7 @@
 """Model routing in a running worker on the real broker: streams at three rates and two id
 patterns, three routes plus the default route; each stream is cleaned by its route's model (the
-output's dae.route and dae.model headers), a promotion on one route swaps only that route with no
-gap and no duplicate, and a rate no route names goes to the default route's model (a rate-generic
+output's dae.route and dae.model headers), a promotion and a rollback on one route swap only that
+route with no gap and no duplicate, and a rate no route names goes to the default route's model (a rate-generic
 one)."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_streams_follow_their_routes_and_one_route_swaps_alone(make_settings, tm
     sims: dict[str, object] = {}
 
     def produce(prefix, rate, chunk, seed):
-        sims[prefix] = simulate(s.kafka, streams=2, sample_rate=rate, seconds=8.0, snr_db=10.0, chunk=chunk,
+        sims[prefix] = simulate(s.kafka, streams=2, sample_rate=rate, seconds=10.0, snr_db=10.0, chunk=chunk,
                                 realtime=True, seed=seed, prefix=prefix)
 
     producers = [threading.Thread(target=produce, args=(p, rate, chunk, i), daemon=True)
@@ -62,6 +62,10 @@ def test_streams_follow_their_routes_and_one_route_swaps_alone(make_settings, tm
         wait_for(lambda: w.models.engines["ecg"].version == v_ecg2, 20, 0.1, "the ecg route to swap")
         assert {r: e.version for r, e in w.models.engines.items() if r != "ecg"} == {
             "default": v_default, "slow": v_slow, "vib": v_vib}, "only the promoted route swaps"
+        time.sleep(1.5)
+        assert reg.rollback(route="ecg") == v_ecg and reg.current() == v_default
+        wait_for(lambda: w.models.engines["ecg"].version == v_ecg, 20, 0.1, "the ecg route to roll back")
+        rolled_back_live = all(t.is_alive() for t in producers)  # (else the streams ended on v_ecg2)
         for t in producers:
             t.join(60)
         expected = {sid: len(x) for sim in sims.values() for sid, x in sim.clean.items()}
@@ -75,8 +79,8 @@ def test_streams_follow_their_routes_and_one_route_swaps_alone(make_settings, tm
             assert rep.streams[sid].shape[0] == len(clean), sid
             assert [r for _, r in rep.routes[sid]] == [route], (sid, rep.routes[sid])
             versions = [v for _, v in rep.models[sid]]
-            if route == "ecg":  # live across the promotion: the old version, then the new one
-                assert versions == [v_ecg, v_ecg2], (sid, versions)
+            if route == "ecg":  # live across the promotion and the rollback
+                assert versions == ([v_ecg, v_ecg2, v_ecg] if rolled_back_live else [v_ecg, v_ecg2]), (sid, versions)
             else:
                 assert versions == [own[route]], (sid, versions)
     assert sum(c._value.get() for c in dead._metrics.values()) == 0, "nothing dead-lettered"
