@@ -62,7 +62,7 @@ import numpy as np
 from pipeline.monitor.alerts.events import EVENT_TYPE, TERMS, AlertEvent, WindowScores
 from pipeline.monitor.alerts.fresh import first_windows
 from pipeline.monitor.alerts.runs import quiet_runs
-from pipeline.monitor.alerts.scalar import Cursor
+from pipeline.monitor.alerts.scalar import Cursor, refresh_many
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.slots import SlotTable
 from pipeline.monitor.alerts.terms import TINY, FeatureWork, stored, window_features
@@ -231,10 +231,10 @@ class AlertEngine:
                 first_windows(p, self._tab, slots[new], first[new], vals, cols, starts, finite, log_err, o_score, o_z)
                 done[new] = 1
             done += self._runs(slots, first, n_u, vals, cols, starts, finite, o_score, o_z)
-        for u in np.flatnonzero(done < n_u).tolist():
-            a, b = int(first[u] + done[u]), int(first[u] + n_u[u])
-            self._scalar(ids[u], int(slots[u]), window, ts, a, b, starts, finite, vals, cols, log_err,
-                         o_score, o_act, o_z, events, ev_win)
+        rest = np.flatnonzero(done < n_u).tolist()
+        if rest:
+            spans = [(ids[u], int(slots[u]), int(first[u] + done[u]), int(first[u] + n_u[u])) for u in rest]
+            self._scalar(spans, window, ts, starts, finite, vals, cols, log_err, o_score, o_act, o_z, events, ev_win)
         if order is not None:
             score[order], act[order], z[:, order] = o_score, o_act, o_z
             ev_win[:] = order[ev_win].tolist()
@@ -263,23 +263,39 @@ class AlertEngine:
         done[e] = quiet_runs(p, tab, slots[e], first[e], length[e], vals, cols, starts, score, z)
         return done
 
-    def _scalar(self, stream, slot, window, ts, a, b, starts, finite, vals, cols, log_err, score, act, z,
-                events, ev_win) -> None:
-        """Windows ``[a, b)`` of one stream through the scalar step."""
-        cur = Cursor(self._scoring, self._tab, slot, stream, window, ts)
-        T = len(self._scoring.cols)
-        rows = []
-        for i, x in zip(range(a, b), vals[:, a:b].T.tolist()):
-            zi = [0.0] * T
-            score[i], ev = cur.step(int(starts[i]), bool(finite[i]), x, cols, float(log_err[i]), zi)
-            act[i] = cur.active
-            rows.append(zi)
-            if ev is not None:
-                events.append(ev)
-                ev_win.append(i)
-                (self._active.add if ev.kind == "raised" else self._active.discard)(stream)
-        z[:, a:b] = np.array(rows).T
-        cur.store()
+    def _scalar(self, spans, window, ts, starts, finite, vals, cols, log_err, score, act, z, events, ev_win) -> None:
+        """Windows ``[a, b)`` of each ``(stream, slot, a, b)`` of ``spans`` through the scalar step. The
+        streams step together (window ``a + t`` of every stream, then ``a + t + 1``), so the refreshes
+        due after a step are taken for all of them at once (:func:`~pipeline.monitor.alerts.scalar.refresh_many`);
+        each stream's windows stay in order and its events are listed in the order of ``spans``."""
+        p = self._scoring
+        T = len(p.cols)
+        curs, todo = [], []
+        for stream, slot, a, b in spans:
+            cur = Cursor(p, self._tab, slot, stream, window, ts)
+            cur.defer = True
+            curs.append(cur)
+            todo.append((cur, a, b, vals[:, a:b].T.tolist(), [], [], []))
+        for t in range(max(b - a for _, _, a, b in spans)):
+            for cur, a, b, xs, rows, evs, evw in todo:
+                i = a + t
+                if i >= b:
+                    continue
+                zi = [0.0] * T
+                score[i], ev = cur.step(int(starts[i]), bool(finite[i]), xs[t], cols, float(log_err[i]), zi)
+                act[i] = cur.active
+                rows.append(zi)
+                if ev is not None:
+                    evs.append(ev)
+                    evw.append(i)
+            refresh_many(p, curs)
+        for cur, a, b, xs, rows, evs, evw in todo:
+            z[:, a:b] = np.array(rows).T
+            cur.store()
+            for ev in evs:
+                (self._active.add if ev.kind == "raised" else self._active.discard)(cur.stream)
+            events.extend(evs)
+            ev_win.extend(evw)
 
 
 __all__ = ["AlertEngine", "AlertEvent", "BatchResult", "WindowScores", "TERMS", "EVENT_TYPE", "window_features"]

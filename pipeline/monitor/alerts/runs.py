@@ -68,9 +68,11 @@ class _Run:
         self.raw_level = self.x3[:, self.lv].copy() if self.lv >= 0 else None
         self.cnt0 = tab.count[slots][:, rc].reshape(-1)
         self.pend0 = tab.pending[slots][:, rc].reshape(-1)
-        self.m = np.empty((3, E * self.C, L))
-        for k, name in enumerate(("med", "hi", "lo")):
-            self.m[k] = getattr(tab, name)[slots][:, rc].reshape(-1, 1)
+        self.m0 = np.stack([getattr(tab, name)[slots][:, rc].reshape(-1) for name in ("med", "hi", "lo")])
+        # (3, rows, windows) once the refreshes are known (refresh); until then each row's statistics
+        # are its stored ones, and only the scale median per window is kept (level depends on it)
+        self.m = np.broadcast_to(self.m0[:, :, None], (3, E * self.C, L))
+        self.scale_med = np.repeat(self.m0[0].reshape(E, self.C)[:, self.sc, None], L, axis=1)
         off = np.zeros((E, self.C), dtype=np.int64)  # first window admitted per row
         off[:, P:] = np.maximum(0, p.slow_windows - tab.quiet[slots] - 1)[:, None]
         self.off = off.reshape(-1)
@@ -79,15 +81,16 @@ class _Run:
         for q in self.slow_q:
             n = tab.slow_n[slots, q]
             self.hist.append(tab.slow[slots[:, None], (n[:, None] + np.arange(sw)[None, :]) % sw, q])
+        lev = p.col("level")
+        self.slow_rows = [(j, self._row(p.slow[q][0]), p.slow[q][0] == lev) for j, q in enumerate(self.slow_q)]
         self._slow_values(levels=False)
         self._levels()
 
     def _slow_values(self, levels: bool) -> None:
         """Slow rows' values: of ``level`` only (``levels``, after its values changed) or of the others."""
-        for j, q in enumerate(self.slow_q):
-            f = self.p.slow[q][0]
-            if (f == self.p.col("level")) == levels:
-                self.x3[:, self.P + j] = stored(_slow_means(self.hist[j], self.x3[:, self._row(f)]))
+        for j, f_row, is_level in self.slow_rows:
+            if is_level == levels:
+                self.x3[:, self.P + j] = stored(_slow_means(self.hist[j], self.x3[:, f_row]))
 
     def _row(self, col: int) -> int:
         return int(np.flatnonzero(self.rowcol[: self.P] == col)[0])
@@ -95,8 +98,7 @@ class _Run:
     def _levels(self) -> None:
         """``level`` in units of the scale median in effect at each window, and its slow mean."""
         if self.lv >= 0:
-            scale_med = self.m[0].reshape(self.E, self.C, -1)[:, self.sc]
-            self.x3[:, self.lv] = stored(self.raw_level / np.maximum(np.exp(scale_med), TINY))
+            self.x3[:, self.lv] = stored(self.raw_level / np.maximum(np.exp(self.scale_med), TINY))
             self._slow_values(levels=True)
 
     def _schedule(self):
@@ -123,8 +125,11 @@ class _Run:
         return ik, wk, rk, ok
 
     def refresh(self) -> None:
-        """Every refresh of the runs, round by round, into ``m`` from the window after it on."""
-        p, S, thr, jj = self.p, self.p.stats_windows, self.p.raise_threshold, self.jj
+        """Every refresh of the runs, round by round; then ``m``, each row's statistics in effect at each
+        window (a refresh's from the window after it on). Between two refreshes a row's statistics are
+        constant, so a round winsorises each row's new admissions by its latest refresh; only the scale
+        median is kept per window, for ``level`` (recomputed before a round that refreshes a level row)."""
+        p, S, thr, jj, C = self.p, self.p.stats_windows, self.p.raise_threshold, self.jj, self.C
         self.ik, self.wk, rk, self.ok = ik, wk, rk, ok = self._schedule()
         self.ref = np.zeros((3,) + ik.shape)
         if not ok.any():
@@ -135,20 +140,35 @@ class _Run:
         ring = np.ascontiguousarray(g.transpose(0, 2, 1)).reshape(-1, S)  # (rows, positions)
         pos0, held0 = self.cnt0 % S, np.minimum(self.cnt0, S)
         prev = self.off - 1  # window of each row's last refresh so far
-        rk = np.where(ok, rk, -1)
-        for r in range(int(rk.max()) + 1):
-            hit = rk == r
-            rows = np.flatnonzero(hit.any(axis=1))
-            k = hit[rows].argmax(axis=1)
+        cur = self.m0.copy()  # each row's statistics after its last refresh so far
+        # every refresh (row, k) in round order (rows ascending within a round: one refresh per row and round)
+        rr_all, kk_all = np.nonzero(ok)
+        r_all = rk[rr_all, kk_all]
+        order = np.argsort(r_all, kind="stable")
+        rr_all, kk_all = rr_all[order], kk_all[order]
+        bounds = np.searchsorted(r_all[order], np.arange(int(r_all.max()) + 2))
+        dep = np.zeros(C, dtype=bool)  # rows whose values depend on the scale median (level and its slow mean)
+        if self.lv >= 0:
+            dep[self.lv] = True
+            dep[[self.P + j for j, q in enumerate(self.slow_q) if p.slow[q][0] == p.col("level")]] = True
+        stale = False  # the scale median changed since level's values were computed
+        for r in range(bounds.size - 1):
+            rows, k = rr_all[bounds[r] : bounds[r + 1]], kk_all[bounds[r] : bounds[r + 1]]
+            if rows.size == 0:
+                continue
+            rc = rows % C
+            if stale and dep[rc].any():
+                self._levels()
+                stale = False
             w = wk[rows, k]
             # the admissions since the row's last refresh, winsorised by the statistics in effect
-            mm = self.m[:, rows]
-            win = winsorise(self.x[rows], mm[0], mm[1], mm[2], thr)
             rr, jr = np.nonzero((jj > prev[rows, None]) & (jj <= w[:, None]))
             rw = rows[rr]
-            ring[rw, (pos0[rw] + jr - self.off[rw]) % S] = win[rr, jr]
+            st = cur[:, rows]
+            ring[rw, (pos0[rw] + jr - self.off[rw]) % S] = np.minimum(
+                np.maximum(self.x[rw, jr], (st[0] - thr * st[2])[rr]), (st[0] + thr * st[1])[rr])
             n = np.minimum(held0[rows] + ik[rows, k], S)
-            fc = self.rowcol[rows % self.C]
+            fc = self.rowcol[rc]
             if n.min() == n.max():  # the common case: every ring full
                 new = np.stack(robust_stats(ring[rows, : n[0]], p.tail_quantile, p.floors[fc], p.margins[fc], thr))
             else:
@@ -156,11 +176,25 @@ class _Run:
                 for nv in np.unique(n):
                     g = np.flatnonzero(n == nv)
                     new[:, g] = robust_stats(ring[rows[g], :nv], p.tail_quantile, p.floors[fc[g]], p.margins[fc[g]], thr)
-            self.m[:, rows] = np.where(jj > w[:, None], new[:, :, None], mm)
+            cur[:, rows] = new
             self.ref[:, rows, k] = new
             prev[rows] = w
-            if self.lv >= 0 and (rows % self.C == self.sc).any():
-                self._levels()
+            if self.lv >= 0:
+                s = np.flatnonzero(rc == self.sc)
+                if s.size:
+                    e = rows[s] // C
+                    self.scale_med[e] = np.where(jj > w[s, None], new[0, s, None], self.scale_med[e])
+                    stale = True
+        if stale:
+            self._levels()
+        # m: at window j, the row's latest refresh before j (k-th: the k refreshes at windows < j), else m0
+        R, K, L = ik.shape[0], ik.shape[1], jj.size
+        step = np.zeros((R, L + 1), dtype=np.int64)  # +1 at the window after each refresh (one per window)
+        ro, ko = np.nonzero(ok)
+        step[ro, wk[ro, ko] + 1] = 1
+        cnt = np.cumsum(step[:, :L], axis=1)
+        got = self.ref.reshape(3, -1)[:, (np.arange(R) * K)[:, None] + np.maximum(cnt - 1, 0)]
+        self.m = np.where(cnt > 0, got, self.m0[:, :, None])
 
     def scores(self) -> tuple[np.ndarray, np.ndarray]:
         """(z of every column, ``(columns, streams, windows)``; score ``(streams, windows)``)."""

@@ -48,6 +48,9 @@ class Cursor:
         self.alert_peak = float(tab.alert_peak[slot])
         for name in _STATE:
             setattr(self, name, int(getattr(tab, name)[slot]))
+        # defer: the columns due for a refresh are left in ``due`` for refresh_many (several streams' refreshes
+        # in one robust_stats call) instead of being refreshed at the end of the step
+        self.defer, self.due = False, []
 
     def store(self) -> None:
         """Write the state back into the slot."""
@@ -210,7 +213,10 @@ class Cursor:
             if n + 1 <= warm or pending[c] >= every:
                 due.append(c)
         if due:
-            self._refresh(due)
+            if self.defer:
+                self.due = due
+            else:
+                self._refresh(due)
 
     def _refresh(self, cols: list[int]) -> None:
         """Recompute the median and spreads of columns ``cols`` from their values (one call per length)."""
@@ -223,3 +229,35 @@ class Cursor:
             med, hi, lo = robust_stats(v, p.tail_quantile, p.floors[cs], p.margins[cs], p.raise_threshold)
             for c, m, h, l in zip(cs, med.tolist(), hi.tolist(), lo.tolist()):
                 self.med[c], self.hi[c], self.lo[c], self.pending[c] = m, h, l, 0
+
+
+def refresh_many(p: Scoring, cursors: list[Cursor]) -> None:
+    """The deferred refreshes (``Cursor.due``) of several cursors, one :func:`robust_stats` call per number
+    of values: the same statistics as each cursor's own :meth:`Cursor._refresh` (every row is its own),
+    in fewer calls when streams step together (streams that started together warm up together)."""
+    size = p.stats_windows
+    groups: dict[int, list[tuple[Cursor, list[int]]]] = {}
+    for cur in cursors:
+        if not cur.due:
+            continue
+        per: dict[int, list[int]] = {}
+        for c in cur.due:
+            per.setdefault(min(cur.count[c], size), []).append(c)
+        for n, cs in per.items():
+            groups.setdefault(n, []).append((cur, cs))
+        cur.due = []
+    for n, items in groups.items():
+        if len(items) == 1:
+            cur, cs = items[0]
+            v = np.ascontiguousarray(cur.ring[:n, cs].T)
+            fc = cs
+        else:
+            v = np.concatenate([cur.ring[:n, cs].T for cur, cs in items])
+            fc = [c for _, cs in items for c in cs]
+        med, hi, lo = robust_stats(v, p.tail_quantile, p.floors[fc], p.margins[fc], p.raise_threshold)
+        med, hi, lo = med.tolist(), hi.tolist(), lo.tolist()
+        r = 0
+        for cur, cs in items:
+            for c in cs:
+                cur.med[c], cur.hi[c], cur.lo[c], cur.pending[c] = med[r], hi[r], lo[r], 0
+                r += 1
