@@ -53,6 +53,20 @@ log = logging.getLogger(__name__)
 
 # Longest wait for the raw topics' partition metadata before joining the group.
 TOPIC_METADATA_WAIT_S = 30.0
+# Freed per-stream state goes back to glibc's heap, which keeps the pages: every TRIM_EVERY_S, when
+# at least TRIM_AFTER_STREAMS streams' state was dropped since the last trim, hand them back to the
+# OS (malloc_trim; measured: 60,000 dropped streams left +123 MB of RSS, +18 MB after a trim).
+TRIM_EVERY_S = 30.0
+TRIM_AFTER_STREAMS = 1000
+
+
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
 
 __all__ = ["FatalWorkerError", "Worker"]
 
@@ -114,6 +128,8 @@ class Worker:
         self._watcher: ModelWatcher | None = None
         self.latencies: list[float] = []  # seconds; read by `dae bench`
         self.keep_latencies = False
+        self._trim_at = time.monotonic() + TRIM_EVERY_S
+        self._tracked_high = 0  # most streams with state since the last trim
 
     @property
     def engine(self) -> InferenceEngine:
@@ -215,9 +231,20 @@ class Worker:
             p.idle_flush()
             self.monitor.expire()
             p.release_held()
+            self._maybe_trim()
         self.producer.check()
         if self.commits.due():
             self.commits.commit()
+
+    def _maybe_trim(self) -> None:
+        tracked = self.monitor.streams() + sum(len(part.streams) for part in self.partitions.values())
+        self._tracked_high = max(self._tracked_high, tracked)
+        if time.monotonic() < self._trim_at:
+            return
+        self._trim_at = time.monotonic() + TRIM_EVERY_S
+        if self._tracked_high - tracked >= TRIM_AFTER_STREAMS:
+            _malloc_trim()
+        self._tracked_high = tracked
 
     def _observe_poll(self, records: dict) -> None:
         """Stage "poll": each record's age (its timestamp, producer or broker clock) when polled, one

@@ -51,6 +51,11 @@ def bench(
     processes: int = typer.Option(2, "--processes", min=0, help="Processes of the leg running `dae worker "
                                   "--processes N` (b-procs); 0 or 1 skips it"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON to this file"),
+    many: int = typer.Option(0, "--many", min=0, help="Instead of the legs: the many-streams leg, rounds of "
+                             "this many new stream ids with one chunk each (e.g. 20000; docs/bench.md)"),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Rounds of the many-streams leg"),
+    state_ttl: float = typer.Option(20.0, "--state-ttl", help="Alert-state timeout of the many-streams leg, s "
+                                    "(shortened from the worker's default so the leg ends in minutes)"),
     bootstrap: Optional[str] = BootstrapOpt,
     registry: Optional[Path] = RegistryOpt,
     verbose: bool = VerboseOpt,
@@ -59,6 +64,20 @@ def bench(
     one-message-at-a-time loop, same broker; per-stage latency of the worker legs (docs/bench.md)."""
     setup_logging(verbose)
     s = settings(bootstrap, registry, metrics={"enabled": False}, model={"device": device})
+    if many:
+        import json
+
+        from pipeline.tools.bench_many import run_many
+        from pipeline.tools.demo import ensure_broker, ensure_model
+
+        ensure_broker(s)
+        ensure_model(s, sample_rate)
+        report = run_many(s, streams=many, rounds=rounds, sample_rate=sample_rate, state_ttl_s=state_ttl,
+                          model=model, say=typer.echo)
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(report, indent=2))
+        return
     from pipeline.tools.bench import run_bench
 
     run_bench(s, streams=streams, seconds=seconds, sample_rate=sample_rate, chunk=chunk, live_rate=live_rate,

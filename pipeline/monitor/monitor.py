@@ -185,6 +185,10 @@ class Monitor:
         if any(expired):
             self._set_active()
 
+    def streams(self) -> int:
+        """Streams with alert state, over every route."""
+        return sum(a.streams() for a in self._engines())
+
     def forget_partition(self, part: PartitionState) -> None:
         """The partition went (revoked or lost): its streams' alert state goes with it, queued windows too."""
         self._queued = [q for q in self._queued if q[0] is not part]
