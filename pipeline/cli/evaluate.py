@@ -142,8 +142,9 @@ def evaluate(
     families: str = typer.Option("all", help="Synthetic families to score: all | seen | heldout (never used in "
                                  "training) | a comma-separated list; each family's test signals are the same "
                                  "whatever else is selected"),
-    suite: Optional[str] = typer.Option(None, show_default="mlp,mlp_overcomplete,conv,conv_n2n",
-                                        help="Comma-separated subset of the standard suite to train or load"),
+    suite: Optional[str] = typer.Option(
+        None, show_default="mlp,mlp_overcomplete,conv,conv_n2n,conv_n2n_distilled,conv_1pass",
+        help="Comma-separated subset of the standard suite to train or load"),
     noise: Optional[str] = typer.Option(
         None, "--noise", show_default="white noise at three levels",
         help="Per noise type at 10 dB input SNR, against the baseline that fits each (tuned on validation and "
