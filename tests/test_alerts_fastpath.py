@@ -70,3 +70,61 @@ def test_robust_stats_match_numpy_quantile_and_median(dtype):
                     assert (hi[j], lo[j]) == (want_hi, want_lo)
                 else:  # deviations from the median in the values' float32
                     assert hi[j] == pytest.approx(want_hi, rel=1e-6) and lo[j] == pytest.approx(want_lo, rel=1e-6)
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_refreshes_taken_at_once_equal_the_rounds_also_where_winsorising_bites(small, monkeypatch):
+    """runs._Run takes a call's refreshes first as if no admitted value were winsorised, and redoes them in
+    rounds where a committed window depends on one that was: the same events, scores and terms as the
+    rounds alone, bit for bit, on streams whose non-voting ``freq`` (clipped, never hot) and ``error`` jump
+    now and then, in calls of many windows per stream (many rounds)."""
+    from pipeline.monitor.alerts import runs
+
+    rng = np.random.default_rng(11 + small)
+    cfg = AlertSettings(min_windows=8, warmup_windows=16, stats_windows=64, refresh_every=5, slow_windows=16,
+                        cooldown_windows=3) if small else AlertSettings()
+    n, k = 2400, 6
+    streams = {}
+    for j in range(k):
+        st, e, sc, f = stream_inputs(rng, n, offset=float(j))
+        f = dict(f)
+        jump = rng.random(n) < 0.02
+        f["freq"] = np.where(jump, f["freq"] + rng.choice([-8.0, 8.0], n), f["freq"])  # far out, no vote
+        streams[f"s{j}"] = (st, e, sc, f)
+    calls, pos = [], 0
+    while pos < n:
+        m = int(rng.integers(20, 60 if small else 120))  # windows per stream and call: up to ~25 rounds
+        calls.append((pos, min(n, pos + m)))
+        pos += m
+    counts = {"taken": 0, "redone": 0}
+    unclipped, redo = runs._Run._unclipped, runs._Run.redo
+
+    def counted_unclipped(self, ring):
+        counts["taken"] += 1
+        return unclipped(self, ring)
+
+    def counted_redo(self):
+        counts["redone"] += 1
+        return redo(self)
+
+    monkeypatch.setattr(runs._Run, "_unclipped", counted_unclipped)
+    monkeypatch.setattr(runs._Run, "redo", counted_redo)
+    out = {}
+    for first in (1, 10**9):  # every call as if unclipped first, and never (the rounds)
+        monkeypatch.setattr(runs._Run, "unclipped_from", first)
+        eng, evs, sc, zs = AlertEngine(cfg, CAL, "v1"), [], [], []
+        for a, b in calls:
+            ids = list(streams)
+            cat = [np.concatenate([streams[s][i][a:b] for s in ids]) for i in range(3)]
+            feats = {t: np.concatenate([streams[s][3][t][a:b] for s in ids]) for t in streams["s0"][3]}
+            r = eng.update_batch(ids, [b - a] * k, cat[0], W, cat[1], cat[2], now=1.0, features=feats)
+            evs += [e.to_dict() for e in r.events]
+            sc.append(r.scores.score)
+            zs.append(np.stack([r.scores.terms[t] for t in sorted(r.scores.terms)]))
+        out[first] = (evs, np.concatenate(sc), np.concatenate(zs, axis=1))
+        if first == 1:
+            assert counts["taken"] > 20 and counts["redone"] > 0  # both ways were exercised
+    (e1, s1, z1), (e2, s2, z2) = out.values()
+    assert e1 == e2 and len(e1) > 0
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(z1, z2)

@@ -157,46 +157,44 @@ def _lerp_plan(n: int, qs: tuple[float, ...]) -> tuple[np.ndarray, ...]:
     return np.array(ka + kb), np.array(ts), np.array([1 - t for t in ts]), np.array(up)
 
 
+def _quantiles(srt: np.ndarray, n: int, qs: tuple[float, ...]) -> np.ndarray:
+    """``np.quantile(v, q)`` (method "linear") of each row of the row-sorted ``srt``: the same virtual
+    index, neighbours and two-sided lerp as numpy's ``_quantile``/``_lerp`` (a past-the-end index
+    reads the last value). Returns ``(len(qs), rows)`` in float64."""
+    k, t, t1, up = _lerp_plan(n, qs)
+    ab = srt[:, k].astype(np.float64)
+    a, b = ab[:, : len(qs)], ab[:, len(qs) :]
+    d = b - a
+    return np.where(up, b - d * t1, a + d * t).T
+
+
 def robust_stats(v: np.ndarray, p: float, floor, margin, thr) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(med, hi, lo) of each row of ``v`` (the values of one statistic per row; sorted in place): ``med``
     and the ``p``/``1 - p`` quantiles as ``np.quantile``, the MAD as ``np.median(|v - med|)``; the
     spreads are the MAD sigma (at least ``floor``), widened per side so that the raise threshold
-    ``thr`` lies at least ``margin`` sigmas beyond the quantile. ``floor``, ``margin``: scalars or per row.
-
-    Few numpy calls per invocation (it runs for a handful of rows at a time on the scalar path): the
-    quantiles of all three levels in one gather and one lerp, both spreads in one expression."""
+    ``thr`` lies at least ``margin`` sigmas beyond the quantile. ``floor``, ``margin``: scalars or per row."""
     n = v.shape[1]
-    # one (vectorised, branch-free) sort beats partitions: measured 0.7 us per row of 512 float32 with
-    # AVX-512 (np.partition with the 6 neighbours as kth: 12 us per row)
-    v.sort(axis=1)
-    # np.quantile(v, q) (method "linear") for (p, 0.5, 1 - p): the same virtual index, neighbours and
-    # two-sided lerp as numpy's _quantile/_lerp (a past-the-end index reads the last value)
-    k, t, t1, up = _lerp_plan(n, (p, 0.5, 1.0 - p))
-    ab = v[:, k].astype(np.float64)
-    a, b = ab[:, :3], ab[:, 3:]
-    d = b - a
-    q = np.where(up, b - d * t1, a + d * t)  # (rows, 3): q_lo, med, q_hi
-    med = q[:, 1]
+    v.sort(axis=1)  # one (vectorised, branch-free) sort beats two partitions on fresh data
+    q_lo, med, q_hi = _quantiles(v, n, (p, 0.5, 1.0 - p))
     # median of |v - med|: the k values nearest med are k consecutive sorted values, so the k-th
     # smallest deviation is the least over windows of k of the larger of its two end deviations
     # (med - v[j] and v[j + k - 1] - med), in the values' precision. For k = h or h + 1 (h = n // 2)
     # the windows start at j <= n - h and end at j + k - 1 >= h - 1.
+    h = n // 2
+    m = med.astype(v.dtype)[:, None]
+    below, above = m - v[:, : n - h + 1], v[:, max(h - 1, 0) :] - m
+
+    def kth(k: int) -> np.ndarray:  # window j ends at above[:, j + k - h] (v[j + k - 1])
+        return np.fmin.reduce(np.fmax(below[:, : n - k + 1], above[:, k - h :]), axis=1).astype(np.float64)
+
     if n == 1:
         mad = np.zeros(v.shape[0])
     else:
-        h = n // 2
-        m = med.astype(v.dtype)[:, None]
-        below, above = m - v[:, : n - h + 1], v[:, h - 1 :] - m  # window j ends at above[:, j + k - h]
-        up1 = np.fmin.reduce(np.fmax(below[:, :-1], above[:, 1:]), axis=1)  # k = h + 1
-        if n % 2:
-            mad = up1.astype(np.float64)
-        else:  # k = h
-            mad = (np.fmin.reduce(np.fmax(below, above, out=below), axis=1).astype(np.float64) + up1) / 2.0
+        mad = kth(h + 1) if n % 2 else (kth(h) + kth(h + 1)) / 2.0
     sigma = np.maximum(_MAD_TO_SIGMA * mad, floor)
-    ms = margin * sigma
-    # hi: thr at least margin sigmas beyond the 1 - p quantile; lo: beyond the p quantile
-    side = np.maximum(sigma, (np.stack((q[:, 2] - med, med - q[:, 0])) + ms) / thr)
-    return med, side[0], side[1]
+    hi = np.maximum(sigma, (q_hi - med + margin * sigma) / thr)
+    lo = np.maximum(sigma, (med - q_lo + margin * sigma) / thr)
+    return med, hi, lo
 
 
 def calibration_prior(calibration: dict[str, float] | None, floor: float) -> tuple[float, float] | None:
