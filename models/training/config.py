@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from models.archs import ARCHITECTURES, make_config
-from models.noise import GaussianNoise
+from models.noise import HUM_MIN_RATE, FieldMix, GaussianNoise, check_field_kinds, parse_field_noise
 from models.signals.families import FAMILIES
 from models.signals.generic import TRAIN_FAMILIES
 
@@ -79,6 +79,13 @@ class TrainConfig:
     # serves any rate in the range (ModelMeta.rate_range). ``sample_rate`` must then lie in the range
     # and is only a label (rate_generic_config uses the geometric centre). None: one rate, sample_rate.
     rate_range: tuple[float, float] | None = None
+    # Training on field noise: each training (and validation) window is corrupted by one of these noise
+    # types (models.noise.FIELD_KINDS: white, hum, pink, brown, impulsive, dropouts), drawn per window,
+    # uniformly or by ``field_noise_weights``, at the σ this config's white noise would have
+    # (models.noise.FieldMix); the loss still fits the clean window. A string is parsed as
+    # ``dae train --field-noise`` ("all", "white:3,hum,..."). () = off: white Gaussian noise only.
+    field_noise: tuple[str, ...] = ()
+    field_noise_weights: tuple[float, ...] | None = None  # one per kind (None: uniform)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sample_rate) and self.sample_rate > 0):
@@ -129,7 +136,45 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.device must be cpu, cuda or auto, got {self.device!r}")
         if self.arch_config is not None:
             self.arch_config = dict(self.arch_config)
+        self._check_field_noise()
         self.model_spec()  # fail now, naming the bad key, not after generating data
+
+    def _check_field_noise(self) -> None:
+        fn, fw = self.field_noise, self.field_noise_weights
+        if isinstance(fn, str):
+            if fw is not None:
+                raise ValueError("TrainConfig.field_noise: give weights in the string (e.g. 'white:3,hum') or as "
+                                 "field_noise_weights with a tuple of kinds, not both")
+            try:
+                fn, fw = parse_field_noise(fn)
+            except ValueError as exc:
+                raise ValueError(f"TrainConfig.{exc}") from None
+        if fn is None or len(fn) == 0:
+            if fw is not None:
+                raise ValueError("TrainConfig.field_noise_weights needs field_noise (the kinds they weigh)")
+            self.field_noise, self.field_noise_weights = (), None
+            return
+        try:
+            self.field_noise, self.field_noise_weights = check_field_kinds(fn, fw)
+        except ValueError as exc:
+            raise ValueError(f"TrainConfig.{exc}") from None
+        if self.objective != "clean":
+            raise ValueError(f"TrainConfig.field_noise needs the clean objective (noisier2noise adds its own "
+                             f"noise to noisy data), got objective={self.objective!r}")
+        if "hum" in self.field_noise:
+            if self.rate_range is not None:
+                raise ValueError("TrainConfig.field_noise: hum is defined in Hz and a rate-generic batch mixes "
+                                 "rates; leave hum out of field_noise or train one rate (no rate_range)")
+            if not self.sample_rate > HUM_MIN_RATE:
+                raise ValueError(f"TrainConfig.field_noise: hum needs sample_rate above {HUM_MIN_RATE:g} Hz (a "
+                                 f"60 Hz hum below Nyquist), got {self.sample_rate:g} Hz; leave hum out")
+
+    def corruption(self) -> GaussianNoise | FieldMix:
+        """The training corruption: white Gaussian noise, or with ``field_noise`` the per-window mixture."""
+        if not self.field_noise:
+            return GaussianNoise(self.sigma, self.sigma_log_uniform, self.noise_reference)
+        return FieldMix(self.field_noise, self.sigma, self.sigma_log_uniform, self.noise_reference,
+                        self.sample_rate if "hum" in self.field_noise else None, self.field_noise_weights)
 
     def model_spec(self) -> tuple[str, dict]:
         """(arch, config) of the network that training fits (the inner net for noisier2noise)."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.forward import standardize
-from models.noise import Corruption, GaussianNoise
+from models.noise import Corruption, FieldMix, GaussianNoise
 
 # TrainConfig.loss → the power of the noise variance each window's squared error is divided by
 # (False: plain MSE; 1.0: "nmse", by the variance; 0.5: "wmse", by the std).
@@ -30,12 +30,12 @@ def training_loss(
 ) -> torch.Tensor:
     """DAE loss for one batch: MSE between model(standardised x̃) and the clean x in x̃'s units.
 
-    ``ref_rms``: each window's stream RMS, for ``GaussianNoise(reference="stream")``.
+    ``ref_rms``: each window's stream RMS, for ``reference="stream"`` (``GaussianNoise``, ``FieldMix``).
     ``normalise``: divide each window's squared error by its noise variance (the ``nmse`` loss;
     ``normalise=0.5`` divides by the noise std, the ``wmse`` loss); the target is the clean window
     either way.
     """
-    if isinstance(corruption, GaussianNoise):
+    if isinstance(corruption, (GaussianNoise, FieldMix)):  # they give the noise RMS they drew
         noisy, std = corruption.sample(clean, generator, ref_rms)
     else:
         noisy = corruption(clean, generator)

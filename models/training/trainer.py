@@ -20,7 +20,6 @@ from torch import nn
 from models.archs import NORMALISATION, build_model, model_config
 from models.checkpoint import ModelMeta
 from models.cost import measure_cost
-from models.noise import GaussianNoise
 from models.training.config import TrainConfig
 from models.training.losses import LOSS_POWER, noisier2noise_loss, training_loss
 from models.training.parts import LRSchedule, ProgressBar, ThreadTuner, WeightEMA, resolve_device
@@ -96,7 +95,7 @@ class Trainer:
         self.n2n = cfg.objective == "noisier2noise"
         self.stream_ref = cfg.noise_reference == "stream"
         self.power = False if self.n2n else LOSS_POWER[cfg.loss]
-        self.corruption = GaussianNoise(cfg.sigma, cfg.sigma_log_uniform, cfg.noise_reference)
+        self.corruption = cfg.corruption()  # GaussianNoise, or FieldMix with cfg.field_noise
         self.batch_rng = np.random.default_rng(s_batches)
         self.noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed)
         self.eval_gen = torch.Generator().manual_seed(cfg.seed + 1)  # validation noise, then the metrics'
@@ -260,6 +259,9 @@ class Trainer:
             "ema": cfg.ema,
             "cpu_threads": self.tuner.summary() if self.tuner is not None else None,
         }
+        if cfg.field_noise:  # the corruption (metadata "corruption") says how; this says what
+            training["field_noise"] = {"kinds": list(cfg.field_noise),
+                                       "weights": list(cfg.field_noise_weights) if cfg.field_noise_weights else None}
         return ModelMeta(
             arch="noisier2noise" if self.n2n else cfg.arch,
             config=model_config(model),

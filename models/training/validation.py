@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.forward import denoise_rows, standardize
-from models.noise import GaussianNoise
+from models.noise import FieldMix, GaussianNoise
 from models.training.losses import nmse, noisier2noise_inputs
 
 EVAL_INPUT_SNR_DB = 10.0
@@ -42,7 +42,7 @@ class ValidationInputs:
     noise_std: torch.Tensor  # (N, 1) noise std in standardised units (the nmse/wmse losses)
 
     @classmethod
-    def clean_target(cls, val: ValidationSet, corruption: GaussianNoise, generator: torch.Generator,
+    def clean_target(cls, val: ValidationSet, corruption: GaussianNoise | FieldMix, generator: torch.Generator,
                      stream_ref: bool, device: torch.device) -> "ValidationInputs":
         noisy, std = corruption.sample(val.windows, generator, val.ref_rms if stream_ref else None)
         xn, mean, scale = standardize(noisy)

@@ -37,6 +37,12 @@ def train(
                                                 "seconds; a run it cuts says so (and then depends on the "
                                                 "machine's load)"),
     seed: int = typer.Option(0, help="Random seed (same seed and settings: same model)"),
+    field_noise: Optional[str] = typer.Option(
+        None, "--field-noise", metavar="all|KIND[:WEIGHT],...", show_default="white Gaussian noise only",
+        help="Train on field noise: each window corrupted by one of these noise types, drawn per window "
+        "(all = white,hum,pink,brown,impulsive,dropouts; KIND:WEIGHT weighs a kind, others weigh 1, e.g. "
+        "white:3,hum,impulsive), at the recipe's noise levels; the target stays the clean signal. hum "
+        "needs a rate above 121 Hz and one rate (not --rate-generic)"),
     registry: Optional[Path] = RegistryOpt,
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Make the new version current"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar"),
@@ -52,6 +58,8 @@ def train(
     from models.training import DEFAULT_ARCH, TrainConfig, best_config, rate_generic_config, train_synthetic
 
     kw = {"window": window, "hop": hop, "seed": seed, "objective": objective}
+    if field_noise is not None:
+        kw["field_noise"] = field_noise  # TrainConfig parses and validates it
     if steps is not None:
         kw["steps"] = steps
     if max_seconds is not None:
@@ -72,6 +80,8 @@ def train(
     typer.echo(f"{version}: window {meta.window}, hop {meta.hop}, {meta.rates_label()}"
                + (f", validation SNR gain {gain:.2f} dB" if gain is not None else "")
                + (f", {meta.training['stop_detail']}" if meta.training.get("stop_detail") else "")
+               + (f", field noise {','.join(meta.training['field_noise']['kinds'])}"
+                  if meta.training.get("field_noise") else "")
                + (" (current)" if promote else ""))
 
 
