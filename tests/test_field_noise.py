@@ -259,3 +259,10 @@ def test_dae_train_field_noise_writes_the_kinds_into_the_checkpoint(tmp_path):
     bad = runner.invoke(app, ["train", "--sample-rate", "1000", "--field-noise", "white,rain", "--registry", reg])
     assert bad.exit_code == 2 and "unknown kind(s) ['rain']" in bad.stderr, bad.output
 
+
+def test_the_suite_member_is_the_recipe_with_every_field_noise():
+    from models.evaluation.suite import DEFAULT_SUITE, SUITE, suite_config
+
+    assert "conv_fieldmix" in SUITE and "conv_fieldmix" not in DEFAULT_SUITE
+    assert suite_config("conv_fieldmix", 360.0, quick=False) == best_config(360.0, field_noise=FIELD_KINDS)
+    assert suite_config("conv_fieldmix", 360.0, quick=True).steps == 60

@@ -12,6 +12,7 @@ import numpy as np
 from models.archs import build_model, model_config
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.evaluation.signal_sets import LEVELS, N2N_SEED, noisy_copy, signal_set
+from models.noise import FIELD_KINDS
 from models.signals.heldout import HELDOUT_FAMILIES
 from models.training import TrainConfig, best_config, train_arrays, train_synthetic
 from models.training.distill import DistilConfig, distil
@@ -19,7 +20,10 @@ from models.training.distill import DistilConfig, distil
 # conv_n2n_distilled: conv_n2n (8 network passes per window) distilled into one pass of its conv.
 # conv_1pass: the conv's own weights without its self-ensemble (one pass instead of two: half the
 # cost); derived from conv when loaded, never trained or saved, a point on the gain-vs-cost front.
-SUITE = ("mlp", "mlp_overcomplete", "conv", "conv_n2n", "conv_n2n_distilled", "conv_1pass")
+# conv_fieldmix: the conv recipe trained on field noise (every noise type of FIELD_KINDS, one per
+# window); opt-in (`--suite ...,conv_fieldmix`): not in DEFAULT_SUITE, what `dae evaluate` trains unasked.
+DEFAULT_SUITE = ("mlp", "mlp_overcomplete", "conv", "conv_n2n", "conv_n2n_distilled", "conv_1pass")
+SUITE = DEFAULT_SUITE + ("conv_fieldmix",)
 
 
 def suite_config(name: str, sample_rate: float, quick: bool) -> TrainConfig:
@@ -32,6 +36,8 @@ def suite_config(name: str, sample_rate: float, quick: bool) -> TrainConfig:
     conv = dict(arch="conv", batch_size=64, lr=2e-3, steps=2000, cpu_threads=1)
     if name == "conv":  # exactly what `dae train` trains by default (models.training.best_config)
         return best_config(sample_rate, **q)
+    if name == "conv_fieldmix":  # exactly `dae train --sample-rate R --field-noise all`
+        return best_config(sample_rate, field_noise=FIELD_KINDS, **q)
     if name == "conv_n2n":
         return TrainConfig(sample_rate=sample_rate, objective="noisier2noise", n2n_sigma=0.3, n2n_draws=8,
                            **{**conv, **q})
@@ -47,7 +53,7 @@ def n2n_training_data(sample_rate: float, sigma: float = LEVELS[1], streams_per_
             for i, c in enumerate(clean[fam])]
 
 
-def train_suite(out_dir: Path, sample_rate: float = 1000.0, names: Sequence[str] = SUITE, retrain: bool = False,
+def train_suite(out_dir: Path, sample_rate: float = 1000.0, names: Sequence[str] = DEFAULT_SUITE, retrain: bool = False,
                 quick: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Train (or load from ``out_dir/<name>``) the standard models; name → (model, meta)."""
     out_dir = Path(out_dir)

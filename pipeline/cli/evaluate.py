@@ -98,6 +98,7 @@ def _models(model: list[str] | None, out: Path, sample_rate: float, suite: str |
     """name -> (model, meta): the --model checkpoints, else the standard suite (trained when missing)."""
     from models.checkpoint import load_checkpoint
     from models.evaluation import SUITE, train_suite
+    from models.evaluation.suite import DEFAULT_SUITE
 
     if model:
         specs = {}
@@ -107,7 +108,7 @@ def _models(model: list[str] | None, out: Path, sample_rate: float, suite: str |
                 name, path = Path(spec).name, spec
             specs[name] = input_path(Path(path), "a checkpoint directory (NAME=DIR)", directory_ok=True)
         return {name: load_checkpoint(path) for name, path in specs.items()}
-    names = SUITE
+    names = DEFAULT_SUITE
     if suite:
         names = tuple(n.strip() for n in suite.split(",") if n.strip())
         bad = [n for n in names if n not in SUITE]
@@ -144,7 +145,8 @@ def evaluate(
                                  "whatever else is selected"),
     suite: Optional[str] = typer.Option(
         None, show_default="mlp,mlp_overcomplete,conv,conv_n2n,conv_n2n_distilled,conv_1pass",
-        help="Comma-separated subset of the standard suite to train or load"),
+        help="Comma-separated suite models to train or load: the default ones and conv_fieldmix (the conv "
+             "recipe trained on field noise, `dae train --field-noise all`)"),
     noise: Optional[str] = typer.Option(
         None, "--noise", show_default="white noise at three levels",
         help="Per noise type at 10 dB input SNR, against the baseline that fits each (tuned on validation and "
