@@ -9,10 +9,13 @@ eligible streams of a call together: each (stream, term) pair is a *row* of ``(r
 arrays. The refreshes are computed in rounds: round ``k`` holds the ``k``-th refresh of every row,
 stacked into one :func:`~pipeline.monitor.alerts.terms.robust_stats` call, and each row's statistics
 in effect at each window are kept as matrices. Only ``level`` (in units of the median scale) and its
-slow mean depend on another term: their refreshes wait for the scale refreshes before them. Then
-every window is scored at once and each stream's run is committed up to its first hot window
-(refreshes after it are dropped unused); the rest of its windows go to the scalar path
-(:mod:`pipeline.monitor.alerts.scalar`), which applies the same rules one window at a time.
+slow mean depend on another term: their refreshes wait for the scale refreshes before them. From
+three rounds on, the refreshes are first taken all at once as if no admitted value were winsorised
+(two stacked calls), which is exact up to a row's first refresh that saw a value winsorising would
+have changed; a run committed beyond that is redone in rounds. Then every window is scored at once
+and each stream's run is committed up to its first hot window (refreshes after it are dropped
+unused); the rest of its windows go to the scalar path (:mod:`pipeline.monitor.alerts.scalar`),
+which applies the same rules one window at a time.
 """
 
 from __future__ import annotations
