@@ -19,8 +19,8 @@ from typing import Iterable
 from pipeline.settings import DEFAULT_ROUTE, Route
 
 # Distinct (stream id, rate) pairs whose matched route is remembered; the cache is dropped when
-# full (a match is a few fnmatch calls: cheap, but once per message).
-_MATCH_CACHE_MAX = 65536
+# full (a match is a few fnmatch calls: cheap, but once per message). No routes: no cache.
+_MATCH_CACHE_MAX = 16384
 
 
 class ModelSet:
@@ -52,6 +52,8 @@ class ModelSet:
 
     def match(self, stream: str, rate: float) -> str:
         """The route a stream belongs to (first match wins; the default route when none matches)."""
+        if not self.routes:
+            return DEFAULT_ROUTE
         key = (stream, rate)
         name = self._matched.get(key)
         if name is None:
