@@ -49,6 +49,7 @@ from models.evaluation.signal_sets import (
     VAL_SEED,
     family_index,
     noisy_copy,
+    parse_names,
     signal_set,
 )
 from models.noise_real import ColoredNoise, Dropouts, ImpulsiveNoise, PowerlineHum
@@ -72,16 +73,7 @@ DenoiserFactory = Callable[[nn.Module, ModelMeta], Denoiser]
 
 def parse_noises(spec: str) -> tuple[str, ...]:
     """``"all"`` or a comma-separated list of :data:`NOISE_TYPES`."""
-    out: list[str] = []
-    for part in (p.strip() for p in spec.split(",")):
-        for name in NOISE_TYPES if part == "all" else (part,):
-            if name not in NOISE_TYPES:
-                raise ValueError(f"unknown noise type {name!r}; valid: all, {', '.join(NOISE_TYPES)}")
-            if name not in out:
-                out.append(name)
-    if not out:
-        raise ValueError("no noise type given")
-    return tuple(out)
+    return parse_names(spec, NOISE_TYPES, {"all": NOISE_TYPES}, "noise type")
 
 
 def applicable(noise: str, sample_rate: float) -> bool:

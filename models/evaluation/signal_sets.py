@@ -45,19 +45,24 @@ def family_index(family: str, families: Sequence[str]) -> int:
     return len(ALL_FAMILIES) + list(families).index(family)
 
 
-def parse_families(spec: str) -> tuple[str, ...]:
-    """``"heldout"``, ``"seen"``, ``"all"`` or a comma-separated list of family names (groups allowed)."""
+def parse_names(spec: str, valid: Sequence[str], groups: dict[str, Sequence[str]], what: str) -> tuple[str, ...]:
+    """A comma-separated list of ``valid`` names and ``groups`` (a group stands for its names), in
+    order, each once; an unknown name is a ValueError listing what is valid."""
     out: list[str] = []
     for part in (p.strip() for p in spec.split(",")):
-        names = FAMILY_GROUPS.get(part, (part,))
-        for name in names:
-            if name not in ALL_FAMILIES:
-                raise ValueError(f"unknown family {name!r}; valid: {', '.join(FAMILY_GROUPS)}, {', '.join(ALL_FAMILIES)}")
+        for name in groups.get(part, (part,)):
+            if name not in valid:
+                raise ValueError(f"unknown {what} {name!r}; valid: {', '.join([*groups, *valid])}")
             if name not in out:
                 out.append(name)
     if not out:
-        raise ValueError("no families given")
+        raise ValueError(f"no {what} given")
     return tuple(out)
+
+
+def parse_families(spec: str) -> tuple[str, ...]:
+    """``"heldout"``, ``"seen"``, ``"all"`` or a comma-separated list of family names (groups allowed)."""
+    return parse_names(spec, ALL_FAMILIES, FAMILY_GROUPS, "family")
 
 
 def signal_set(families: Sequence[str], per_family: int, n: int, sample_rate: float, seed: int) -> dict:
