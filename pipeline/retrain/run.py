@@ -33,6 +33,9 @@ Exit codes for schedulers: 0 promoted, 10 rejected (not an error), 1 failed.
 
 from __future__ import annotations
 
+# Just over 400 lines: one run's steps, the route selection and the training lock stay in one module
+# so the order of a run (read, split, train, distil, score, decide, log) is read top to bottom.
+
 import dataclasses
 import fcntl
 import json

@@ -218,6 +218,7 @@ def _not_retrainable(reg, name: str, version: str | None, routed: bool) -> str |
     return None
 
 
+# 81 lines: the wait loop (interval, drift events, min gap, stop) reads best as one piece.
 def run_every(s: Settings, interval_s: float, jitter: float = 0.1, stop: threading.Event | None = None,
               drift: bool = True, min_gap_s: float = 600.0, metrics: RetrainMetrics | None = None,
               run_at_start: bool = False, ready: threading.Event | None = None, runner=None,
