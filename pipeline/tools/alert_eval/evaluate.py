@@ -329,21 +329,29 @@ def run(
     plot_timeline(syn, runs, png, engine.window, synthetic.sample_rate)
     result = {"synthetic": syn, "timeline_png": str(png)}
     if nab:
-        nab_dir = Path(nab_dir or default_nab_dir())
-        if not (nab_dir / "labels" / "combined_windows.json").is_file():
-            log(f"nab: {nab_dir} has no labels/combined_windows.json; skipped")
-            result["nab"] = None
-        else:
-            from pipeline.tools.alert_eval.nab import evaluate_nab, format_nab, nab_model, nab_settings
+        result["nab"] = nab_part(out, nab_dir, settings, log)
+    write_results(result, Path(json_path or out / "evaluate_alerts.json"), log, also=png)
+    return result
 
-            eng = nab_model(out / "nab-model", log=log)
-            result["nab"] = evaluate_nab(eng, nab_settings(settings), nab_dir, log=log)
-            log(format_nab(result["nab"]))
-    json_path = Path(json_path or out / "evaluate_alerts.json")
+
+def nab_part(out: Path, nab_dir: Path | None, settings: AlertSettings, log: Callable[[str], None]) -> dict | None:
+    """NAB results (None when ``nab_dir`` has no labels), with the NAB model cached under ``out``."""
+    nab_dir = Path(nab_dir or default_nab_dir())
+    if not (nab_dir / "labels" / "combined_windows.json").is_file():
+        log(f"nab: {nab_dir} has no labels/combined_windows.json; skipped")
+        return None
+    from pipeline.tools.alert_eval.nab import evaluate_nab, format_nab, nab_model, nab_settings
+
+    eng = nab_model(Path(out) / "nab-model", log=log)
+    res = evaluate_nab(eng, nab_settings(settings), nab_dir, log=log)
+    log(format_nab(res))
+    return res
+
+
+def write_results(result: dict, json_path: Path, log: Callable[[str], None], also: Path | None = None) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
-    log(f"wrote {json_path} and {png}")
-    return result
+    log(f"wrote {json_path}" + (f" and {also}" if also else ""))
 
 
 def default_nab_dir() -> Path:
