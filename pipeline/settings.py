@@ -4,6 +4,7 @@ Sources, highest first: constructor arguments (CLI flags), environment (``DAE_``
 nesting, e.g. ``DAE_KAFKA__BOOTSTRAP_SERVERS``), a ``.env`` file, then the defaults below.
 An invalid value stops the start with pydantic's message, which names the setting.
 """
+# Just over 400 lines: every setting of the service in one model (the brief), each with its comment.
 
 from __future__ import annotations
 
@@ -226,6 +227,8 @@ class WorkerSettings(BaseModel):
 ALERT_FEATURES = ("residual", "error", "noise", "scale", "level", "peak", "clip", "freq")
 # Per-window terms that may vote (``error`` only gates the residual; ``freq`` only votes slow).
 VOTING = ("residual", "noise", "scale", "level", "peak", "clip")
+# Terms with a sequential test (CUSUM), and the spike matched test.
+SEQUENTIAL = ("score", "level", "scale", "noise", "spike")
 ALERT_SLOWABLE = tuple(f for f in ALERT_FEATURES if f != "error")
 SLOWABLE = ALERT_SLOWABLE
 
@@ -286,6 +289,24 @@ class AlertSettings(BaseModel):
     slow_windows: int = Field(64, ge=2)
     # Scores are capped here (a flat window has log scale = -inf; JSON has no infinity).
     max_score: float = Field(1000.0, gt=0)
+    # Calibration and sequential tests (pipeline.monitor.alerts.sequential, docs/alerts.md): "score"
+    # raises a stream's raise_threshold to its quiet scores' extreme-value quantile; CUSUMs on the z
+    # of level and scale (both ways) and noise (upwards); "spike", the matched test for isolated
+    # spikes on the residual. Empty: off (the window score alone, at raise_threshold).
+    sequential: tuple[str, ...] = SEQUENTIAL
+    # False alarms per clean stream-hour the window score and the sequential tests may raise
+    # together: their thresholds follow from it and each one's false-alarm model (even shares).
+    false_alarms_per_hour: float = Field(0.2, gt=0)
+    # CUSUM reference value: half the shift (in long-run sigmas of the term's z) detected fastest.
+    cusum_k: float = Field(1.0, gt=0)
+    # One window adds at most this many long-run sigmas to a CUSUM (a single wild window is the
+    # window score's business; a CUSUM sums lasting evidence).
+    cusum_clip: float = Field(2.5, gt=0)
+    # Windows of a term's z (after the stream's warm-up) that estimate its mean and long-run
+    # variance before its CUSUM runs; the estimates then follow an exponential memory of
+    # sequential_memory quiet windows.
+    sequential_warmup: int = Field(128, ge=8)
+    sequential_memory: int = Field(1024, ge=16)
     # A stream's alert state is dropped after this many seconds without a window (it restarts with warm-up).
     state_ttl_s: float = Field(300.0, gt=0)
     # Streams tracked per worker at most (~24 KB each once warmed up); beyond, the least recently seen is dropped.
@@ -304,6 +325,8 @@ class AlertSettings(BaseModel):
             raise ValueError(f"warmup_windows ({self.warmup_windows}) must be <= stats_windows ({self.stats_windows})")
         if any(t not in VOTING for t in self.terms) or "residual" not in self.terms:
             raise ValueError(f"terms must include 'residual' and be among {VOTING}, got {self.terms}")
+        if any(t not in SEQUENTIAL for t in self.sequential):
+            raise ValueError(f"sequential must be among {SEQUENTIAL}, got {self.sequential}")
         if any(t not in SLOWABLE for t in self.slow_terms):
             raise ValueError(f"slow_terms must be among {SLOWABLE}, got {self.slow_terms}")
         return self

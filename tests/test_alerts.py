@@ -25,8 +25,9 @@ def starts(n, first=0):
 
 
 def engine(**kw):
+    # the window score alone: the sequential tests have tests of their own (tests/test_alerts_sequential.py)
     base = dict(min_windows=8, warmup_windows=16, stats_windows=128, refresh_every=4, slow_terms=(),
-                cooldown_windows=0, resolve_windows=3)
+                cooldown_windows=0, resolve_windows=3, sequential=())
     base.update(kw)
     return AlertEngine(AlertSettings(**base), CAL, "v7")
 
@@ -151,7 +152,7 @@ def test_the_optional_terms_see_level_shift_spike_and_clipping():
     x[250:253] += 5.0  # level shift
     x[280, 0] = np.clip(x[280, 0], -0.3, 0.3)  # clipped
     f = window_features(x, y)
-    assert set(f) == {"level", "clip", "peak", "noise", "freq"}
+    assert set(f) == {"level", "clip", "peak", "noise", "spike", "freq"}
     ev, sc = eng.update_scored("s", starts(n), W, e, s, now=0.0, windows=x, outputs=y)
     raised = [v.start // H for v in ev if v.kind == "raised"]
     assert 200 in raised and 250 in raised and 280 in raised
@@ -217,7 +218,8 @@ def test_event_json_has_exactly_the_contract_keys():
     raw = ev.to_json()
     assert isinstance(raw, bytes)
     d = json.loads(raw.decode("utf-8"))
-    assert set(d) == {"type", "kind", "stream", "start", "end", "peak_score", "threshold", "model_version", "time"}
+    assert set(d) == {"type", "kind", "stream", "start", "end", "peak_score", "threshold", "model_version", "time",
+                      "detector"}
     assert d["type"] == EVENT_TYPE == "dae.alert"
     assert (d["kind"], d["stream"], d["start"], d["end"]) == ("raised", "pump-3", 1024, 1280)
     assert json.loads(AlertEvent("resolved", "é", 0, 1, 1000.0, 3.0, "v", 0.0).to_json())["stream"] == "é"

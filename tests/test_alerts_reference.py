@@ -249,8 +249,10 @@ def stream_inputs(rng, n, offset=0.0):
 def _settings(seed: int, rng) -> AlertSettings:
     if seed % 2:
         return AlertSettings(min_windows=8, warmup_windows=16, stats_windows=64, refresh_every=int(rng.integers(1, 9)),
-                             slow_windows=16, cooldown_windows=int(rng.integers(0, 10)), resolve_windows=3)
-    return AlertSettings(cooldown_windows=int(rng.integers(0, 10)))
+                             slow_windows=16, cooldown_windows=int(rng.integers(0, 10)), resolve_windows=3,
+                             sequential=())
+    # the reference is the window score; the sequential tests (off here) have tests of their own
+    return AlertSettings(cooldown_windows=int(rng.integers(0, 10)), sequential=())
 
 
 def _calls(rng, streams, n):
@@ -388,7 +390,10 @@ def test_window_features_equal_the_float64_ones_within_float32_rounding():
             "noise": np.log(np.maximum(np.mean(d2 * d2, axis=1) / 6.0, TINY)),
             "freq": np.log(np.maximum((dy * dy).mean(axis=(1, 2)), TINY) / np.maximum((yc * yc).mean(axis=(1, 2)), TINY)),
         }
+        ad = np.sort(np.abs(np.diff(xd.reshape(n, -1), n=2, axis=1)), axis=1) if r.shape[1] > 2 else None
+        want["spike"] = (np.log(np.maximum(ad[:, -1], TINY) / np.maximum(1.4826 * ad[:, ad.shape[1] // 2], TINY))
+                         if ad is not None else np.zeros(n))
         assert got.keys() == want.keys()
         for k in want:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=f"{shape} {k}")
-        assert window_features(x, None).keys() == {"level", "clip"}
+        assert window_features(x, None).keys() == {"level", "clip", "spike"}

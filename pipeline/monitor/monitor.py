@@ -52,6 +52,17 @@ class Publish(Protocol):
                  what: str) -> None: ...
 
 
+def _windows_per_hour(engine) -> float | None:
+    """Windows per stream-hour at the model's sample rate (the highest, if it serves several: the
+    strictest thresholds) / hop x 3600: the sequential tests' false-alarm budgets are per hour.
+    None (1 kHz at hop 128) for a rate-generic model, which serves a range."""
+    meta, hop = engine.meta, getattr(engine, "hop", 0)
+    rates = getattr(meta, "sample_rates", None)
+    if getattr(meta, "rate_range", None) or not rates or hop <= 0:
+        return None
+    return max(float(r) for r in rates) / hop * 3600.0
+
+
 def _q50(engine) -> float | None:
     q = getattr(engine.meta, "error_quantiles", None) or {}
     v = q.get("q50")
@@ -95,7 +106,8 @@ class Monitor:
         pair = self._routes.get(route)
         if pair is None:
             alerts = AlertEngine(self._settings.alerts, engine.meta.error_quantiles, engine.version,
-                                 on_evict=self.metrics.alert_state_evicted)
+                                 on_evict=self.metrics.alert_state_evicted, window=getattr(engine, "window", 256),
+                                 windows_per_hour=_windows_per_hour(engine))
             drift = DriftMonitor(self._settings.drift, engine.version, _q50(engine))
             pair = self._routes[route] = (alerts, drift)
             self.metrics.drift_ratio.labels(route).set(float("nan"))

@@ -64,6 +64,7 @@ from pipeline.monitor.alerts.fresh import first_windows
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scalar import Cursor, refresh_many
 from pipeline.monitor.alerts.scoring import Scoring
+from pipeline.monitor.alerts.sequential import SeqPlan, SequentialTests
 from pipeline.monitor.alerts.slots import SlotTable
 from pipeline.monitor.alerts.terms import TINY, FeatureWork, stored, window_features
 from pipeline.settings import AlertSettings
@@ -86,10 +87,15 @@ class AlertEngine:
 
     def __init__(self, cfg: AlertSettings, calibration: dict[str, float] | None, model_version: str, *,
                  fast_path: bool = True, clock: Callable[[], float] = time.monotonic,
-                 on_evict: Callable[[str, str], None] | None = None):
+                 on_evict: Callable[[str, str], None] | None = None, window: int = 256,
+                 windows_per_hour: float | None = None):
         self.cfg = cfg
         self._fast, self._clock, self._on_evict = fast_path, clock, on_evict
+        # window, windows_per_hour: the sequential tests' false-alarm models (samples per window,
+        # windows per stream-hour: sample rate / hop * 3600; None: 1 kHz at hop 128)
+        self._seq_window, self._wph = int(window), windows_per_hour
         self._active: set[str] = set()
+        self._seq_active: set[str] = set()
         self._work = FeatureWork()
         self._use_model(calibration, model_version)
         self._tab = SlotTable(self._scoring, cfg.max_streams, cfg.state_ttl_s, self._evicted)
@@ -100,17 +106,24 @@ class AlertEngine:
         statistics restart; scale, level and clip statistics are kept."""
         p = self._use_model(calibration, model_version)
         self._tab.reset_cols(p.model_cols, [q for q, (f, _) in enumerate(p.slow) if f in p.model_cols])
+        if self._seq is not None:
+            sp = self._seq.plan
+            terms = [i for i, c in enumerate(sp.cols) if c in p.model_cols]
+            self._tab.reset_seq(terms, np.flatnonzero(np.isin(sp.side_term, terms)), sp.spike)
 
     def _use_model(self, calibration: dict[str, float] | None, model_version: str) -> Scoring:
         self.model_version = str(model_version)
         self.calibration = dict(calibration or {})
         self._scoring = Scoring.build(self.cfg, self.calibration, self.model_version)
+        plan = SeqPlan.build(self.cfg, self._scoring, self._seq_window, self._wph) if self.cfg.enabled else None
+        self._seq = SequentialTests(plan) if plan is not None else None
         return self._scoring
 
     def forget(self, stream: str) -> None:
         """Drop a stream's state (partition revoked, stream closed). An active alert is dropped silently."""
         self._tab.release(stream)
         self._active.discard(stream)
+        self._seq_active.discard(stream)
 
     def expire(self) -> list[str]:
         """Drop the state of streams without a window for ``state_ttl_s``; returns their ids."""
@@ -118,6 +131,7 @@ class AlertEngine:
 
     def _evicted(self, stream: str, reason: str) -> None:
         self._active.discard(stream)
+        self._seq_active.discard(stream)
         if self._on_evict is not None:
             self._on_evict(stream, reason)
 
@@ -127,11 +141,11 @@ class AlertEngine:
         return dict(self._tab.evictions)
 
     def active(self) -> int:
-        """Number of streams with a raised (not yet resolved) alert."""
-        return len(self._active)
+        """Raised (not yet resolved) alerts: of the window score, plus of the sequential tests."""
+        return len(self._active) + len(self._seq_active)
 
     def is_active(self, stream: str) -> bool:
-        return stream in self._active
+        return stream in self._active or stream in self._seq_active
 
     def streams(self) -> int:
         return len(self._tab)
@@ -235,9 +249,27 @@ class AlertEngine:
         if rest:
             spans = [(ids[u], int(slots[u]), int(first[u] + done[u]), int(first[u] + n_u[u])) for u in rest]
             self._scalar(spans, window, ts, starts, finite, vals, cols, log_err, o_score, o_act, o_z, events, ev_win)
+        if self._seq is not None:
+            self._sequential(ids, slots, first, n_u, starts, window, o_z, o_score, features, order, finite,
+                             o_act, ts, events, ev_win)
         if order is not None:
             score[order], act[order], z[:, order] = o_score, o_act, o_z
             ev_win[:] = order[ev_win].tolist()
+
+    def _sequential(self, ids, slots, first, n_u, starts, window, z, score, features, order, finite, active, ts,
+                    events, ev_win) -> None:
+        """The sequential tests over the call's windows (grouped by stream); their events after the
+        window score's."""
+        spike = features.get("spike")
+        spike = np.zeros(starts.size) if spike is None else np.asarray(spike, dtype=np.float64).reshape(-1)
+        if order is not None:
+            spike = spike[order]
+        evs: list[AlertEvent] = []
+        self._seq.update(self._tab, ids, slots, first, n_u, starts, window, z, spike, finite, active, ts,
+                         self.model_version, evs, ev_win, score)
+        for ev in evs:
+            (self._seq_active.add if ev.kind == "raised" else self._seq_active.discard)(ev.stream)
+        events.extend(evs)
 
     def _runs(self, slots, first, n_u, vals, cols, starts, finite, score, z) -> np.ndarray:
         """The quiet runs of the streams that can take them; returns the windows done per stream."""

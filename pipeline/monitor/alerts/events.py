@@ -27,6 +27,8 @@ class AlertEvent:
     threshold: float  # the threshold crossed: raise_threshold (raised), resolve_threshold (resolved)
     model_version: str
     time: float  # unix seconds
+    # What raised it: "score" (the window score) or a sequential test ("cusum_level+", "spike", ...)
+    detector: str = "score"
 
     def to_dict(self) -> dict:
         return {"type": EVENT_TYPE, **asdict(self)}

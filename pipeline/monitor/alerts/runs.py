@@ -34,9 +34,10 @@ def quiet_runs(p: Scoring, tab: SlotTable, slots: np.ndarray, first: np.ndarray,
     and per-column z into ``z`` ``(columns, windows)``. Returns the windows committed per stream."""
     run = _Run(p, tab, slots, first, length, vals, cols)
     exact = run.refresh()
+    thr = np.maximum(p.raise_threshold, tab.seq_thr[slots])[:, None]  # calibrated per stream (sequential.py)
     while True:
         zz, sc = run.scores()
-        hot = (sc >= p.raise_threshold) & run.valid
+        hot = (sc >= thr) & run.valid
         done = np.where(hot.any(axis=1), hot.argmax(axis=1), length)
         if exact is None or (done <= exact).all():
             break

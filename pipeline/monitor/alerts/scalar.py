@@ -44,6 +44,8 @@ class Cursor:
             k = min(n, sw)
             self.slow.append(deque(tab.slow[slot, (np.arange(n - k, n) % sw), q].tolist(), maxlen=sw))
         self.has_last, self.last_start = bool(tab.has_last[slot]), int(tab.last_start[slot])
+        # the raise threshold: the setting, or the stream's calibrated one above it (sequential.py)
+        self.thr = max(p.raise_threshold, float(tab.seq_thr[slot]))
         k = int(tab.rec_len[slot])
         self.recent = deque(zip(tab.rec_start[slot, p.n - k :].tolist(), tab.rec_score[slot, p.n - k :].tolist(),
                                 tab.rec_hot[slot, p.n - k :].tolist()))
@@ -89,7 +91,7 @@ class Cursor:
             admit, fast, score = self._score(values, cols, log_err, ready, z)
         else:
             admit, fast, score = [], 0.0, 0.0
-        hot = ready and score >= self.p.raise_threshold
+        hot = ready and score >= self.thr
         event = self._advance(start, score, fast, hot)
         if finite:
             self._adapt(admit, hot)
@@ -185,7 +187,7 @@ class Cursor:
         self.alert_peak = max(r[1] for r in trig)
         self.below = self.in_alert = self.fast_below = 0
         return AlertEvent("raised", self.stream, self.alert_start, self.alert_end, float(self.alert_peak),
-                          p.raise_threshold, p.model_version, self.ts)
+                          self.thr, p.model_version, self.ts)
 
     def _adapt(self, admit: list[tuple[int, float]], hot: bool) -> None:
         """Admit a finite window's values: outside alerts when it is not hot, and a trickle during alerts."""

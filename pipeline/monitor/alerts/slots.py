@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from pipeline.monitor.alerts.scoring import Scoring
+from pipeline.monitor.alerts.sequential import MAX_SIDES, MAX_TERMS
 
 _PAGE = mmap.PAGESIZE
 # Slots the map holds at first; it doubles when full (up to max_streams).
@@ -49,6 +50,18 @@ def record_dtype(p: Scoring) -> np.dtype:
         ("quiet", np.int64),  # consecutive windows neither hot nor in an alert
         ("fast_below", np.int64),  # consecutive windows whose per-window score is below resolve_threshold
         ("range_done", np.bool_),  # the per-window evidence of the current alert has resolved
+        # sequential tests (pipeline.monitor.alerts.sequential): per CUSUM term the running mean, mean
+        # square, lag-1 product and last value of its z, and the count; per side the CUSUM and the
+        # start of its last window at 0; the spike statistic's count, mean and mean square; the alert
+        ("seq_mu", np.float64, (MAX_TERMS,)), ("seq_m2", np.float64, (MAX_TERMS,)),
+        ("seq_c1", np.float64, (MAX_TERMS,)), ("seq_prev", np.float64, (MAX_TERMS,)),
+        ("seq_n", np.int64, (MAX_TERMS,)),
+        ("seq_S", np.float64, (MAX_SIDES,)), ("seq_zero", np.int64, (MAX_SIDES,)),
+        ("seq_un", np.int64), ("seq_umu", np.float64), ("seq_um2", np.float64),
+        ("seq_active", np.bool_), ("seq_a_start", np.int64), ("seq_a_end", np.int64), ("seq_peak", np.float64),
+        ("seq_det", np.int64), ("seq_below", np.int64), ("seq_cool", np.int64),
+        # the window score's calibrated raise threshold (0: the setting) and its quiet score's statistics
+        ("seq_thr", np.float64), ("seq_sn", np.int64), ("seq_smu", np.float64), ("seq_sm2", np.float64),
         ("slow", np.float32, (p.slow_windows, max(f, 1))),  # ring of each slow term's feature values
         ("ring", np.float32, (p.stats_windows, t)),  # ring of admitted values per column (last: lazily touched)
     ]
@@ -164,3 +177,16 @@ class SlotTable:
             getattr(self, name)[live[:, None], c[None, :]] = 0
         if len(slow):
             self.slow_n[live[:, None], np.asarray(slow, dtype=np.int64)[None, :]] = 0
+
+    def reset_seq(self, terms: Sequence[int], sides: Sequence[int], spike: bool) -> None:
+        """Restart the sequential tests' estimates of CUSUM terms ``terms`` (indices), their ``sides`` and,
+        with ``spike``, the spike statistic's, in every slot."""
+        live = np.fromiter(self.ids.values(), dtype=np.int64, count=len(self.ids))
+        if live.size == 0:
+            return
+        t, d = np.asarray(terms, dtype=np.int64), np.asarray(sides, dtype=np.int64)
+        for name in ("seq_mu", "seq_m2", "seq_c1", "seq_prev", "seq_n"):
+            getattr(self, name)[live[:, None], t[None, :]] = 0
+        self.seq_S[live[:, None], d[None, :]] = 0
+        if spike:
+            self.seq_un[live], self.seq_umu[live], self.seq_um2[live] = 0, 0.0, 0.0

@@ -19,6 +19,10 @@ and runs the alert state machine on the largest one. What each feature sees:
   a spike the model refused to reproduce.
 * ``clip`` (windows) — share of samples pinned at the window's max or min: ~2/W for a continuous
   signal, far more when a sensor saturates at a rail.
+* ``spike`` (windows) — ``log(max|d2| / (1.4826 median|d2|))`` of the window's second differences
+  ``d2`` (per channel, across channels of a window): the isolated-spike statistic of the sequential
+  spike test (:mod:`pipeline.monitor.alerts.sequential`); not a voting term. On the raw window, not
+  the residual: measured, the default conv model reproduces a lone spike, so its residual has none.
 * ``freq`` (outputs) — ``log(mean(diff(y)**2) / var(y))`` of the model's output: the mean-square
   frequency of the denoised signal. Too noisy per window to vote; its slow version (below) sees a
   process that runs faster or slower for seconds.
@@ -91,7 +95,7 @@ def window_features(windows: np.ndarray | None, outputs: np.ndarray | None,
     m = c * w
     out: dict[str, np.ndarray] = {}
     if n == 0:
-        names = ("level", "clip") if outputs is None else ("level", "clip", "peak", "noise", "freq")
+        names = ("level", "clip", "spike") if outputs is None else ("level", "clip", "spike", "peak", "noise", "freq")
         return {k: np.zeros(0) for k in names}
     rows = x.reshape(n * c, w)
     flat = x.reshape(n, m)
@@ -99,6 +103,7 @@ def window_features(windows: np.ndarray | None, outputs: np.ndarray | None,
     pinned = (rows == np.fmax.reduce(rows, axis=1, keepdims=True)).view(np.uint8).sum(axis=1, dtype=np.int32)
     pinned += (rows == np.fmin.reduce(rows, axis=1, keepdims=True)).view(np.uint8).sum(axis=1, dtype=np.int32)
     out["clip"] = (pinned.reshape(n, c) / w).mean(axis=1)
+    out["spike"] = _spike(np.diff(flat, n=2, axis=1)) if m > 2 else np.zeros(n)
     if outputs is None:
         return out
     y = np.ascontiguousarray(outputs, dtype=np.float32).reshape(n, m)
@@ -126,6 +131,17 @@ def _sum_sq_diff(a: np.ndarray, d: np.ndarray, e: np.ndarray, order: int) -> np.
         src = dst
     v = src.reshape(n, m)[:, : m - order]
     return np.einsum("ij,ij->i", v, v).astype(np.float64)
+
+
+def _spike(d2: np.ndarray) -> np.ndarray:
+    """``log(max|d2| / (1.4826 * median|d2|))`` per row: the largest second difference of the window
+    against the row's own robust scale. An isolated spike of ``A`` leaves ``(A, -2A, A)`` in the second
+    differences of white noise of std ``s`` (std ``sqrt(6) s``); a smooth signal hardly shows there."""
+    scratch = np.abs(d2, out=d2)
+    top = np.fmax.reduce(scratch, axis=1).astype(np.float64)
+    k = scratch.shape[1] // 2
+    mid = np.partition(scratch, k, axis=1)[:, k].astype(np.float64)  # the median (upper, for even rows)
+    return np.log(np.maximum(top, TINY) / np.maximum(_MAD_TO_SIGMA * mid, TINY))
 
 
 def _freq(y: np.ndarray, d: np.ndarray, e: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from pipeline.monitor.alerts.engine import AlertEngine
 from pipeline.settings import AlertSettings
 
 STREAMS, BLOCKS, BLOCK, W, HOP = 8, 150, 64, 256, 128
+_SETTINGS = [AlertSettings()]  # main() may swap in --no-sequential
 CAL = {"q50": 0.01, "q999": 0.1}
 
 
@@ -50,7 +51,7 @@ def make_streams(seed: int = 0) -> list[tuple[np.ndarray, ...]]:
 
 def run(streams, api: str, n: int) -> tuple[float, float, int]:
     """(CPU seconds, wall seconds, events) of one pass over ``streams`` by a fresh engine."""
-    eng = AlertEngine(AlertSettings(), CAL, "v1")
+    eng = AlertEngine(_SETTINGS[0], CAL, "v1")
     ids = [f"s{s}" for s in range(len(streams))]
     total = streams[0][0].size
     cpu = wall = 0.0
@@ -89,7 +90,7 @@ def many_streams(k: int, rounds: int, batch: int = 512) -> None:
     y, err = (0.9 * x).astype(np.float32), np.exp(rng.normal(np.log(0.01), 0.3, batch))
     sc = x.reshape(batch, -1).std(axis=1).astype(np.float64)
     clock = [0.0]
-    eng = AlertEngine(AlertSettings(), CAL, "v1", clock=lambda: clock[0])
+    eng = AlertEngine(_SETTINGS[0], CAL, "v1", clock=lambda: clock[0])
     base = _rss()
     for r in range(rounds):
         c0, t0 = time.process_time(), time.perf_counter()
@@ -114,7 +115,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--many", type=int, default=0, help="rounds of this many new one-window streams instead")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-sequential", action="store_true",
+                    help="the window score alone (alerts.sequential empty): what the sequential tests cost")
     a = ap.parse_args()
+    if a.no_sequential:
+        _SETTINGS[0] = AlertSettings(sequential=())
     if a.many:
         many_streams(a.many, a.rounds)
         return

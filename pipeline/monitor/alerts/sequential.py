@@ -1,0 +1,365 @@
+"""Sequential tests beside the window score: CUSUMs for small lasting shifts and a matched test for
+isolated spikes, each with a false-alarm model that sets its threshold (pure numpy).
+
+The window score (:mod:`pipeline.monitor.alerts.engine`) raises when single windows are far off the
+stream's own statistics. Faults an operator expects to catch can be smaller than that per window and
+still certain over time: a level step of one signal std for five seconds, a gain that falls to 60 %,
+noise power that doubles; or a single wild sample, certain in one window but diluted in every window
+statistic. These tests sit next to the score, read the same per-window z values and features, and
+raise alerts of their own (``AlertEvent.detector`` names the test). They do not repeat the window
+score: while its alert is up the CUSUMs stay at 0 and nothing is raised here.
+
+CUSUM (``level`` and ``scale`` both ways, ``noise`` upwards). Input: the term's robust z of each
+window (the engine's, against the stream's own median and spread). Overlapping windows make
+successive z values correlated, so each stream also keeps an exponential estimate (memory
+``sequential_memory`` quiet windows, plain averages during its first ``sequential_warmup``) of the
+z's mean ``mu``, variance ``v`` and lag-1 correlation ``rho``, and the CUSUM sums
+``x = clip((z - mu) / s, ±cusum_clip)`` with the long-run sigma ``s = sqrt(v (1 + rho) / (1 - rho))``
+(an AR(1) model of the z sequence): ``S = min(2h, max(0, S + x - k))`` per side. The false-alarm
+model: for independent standard normal ``x`` the mean number of windows to a false alarm is
+Siegmund's ``ARL0 = (exp(2kb) - 2kb - 1) / (2k^2)``, ``b = h + 1.166``; ``h`` is solved from the
+ARL0 that gives each test its share of ``false_alarms_per_hour`` (shares are equal). The cap ``2h``
+bounds how long a CUSUM stays high after its fault ended (at most ``1.5h/k`` windows to fall below
+``h/2``).
+
+Spike (``spike``). Input: the window feature ``spike = log(max|d2| / (1.4826 median|d2|))`` of the
+residual's second differences (:func:`pipeline.monitor.alerts.terms.window_features`): a spike of
+``A`` on white residual noise of std ``s`` gives ``2A / (sqrt(6) s)``, and smooth misfit barely
+reaches the second differences. Two false-alarm models, the stricter wins: (a) Gaussian: the
+``m = W - 2`` second differences exceed ``t`` with probability at most ``2 m Q(t)``, so
+``t = Q^-1(p / 2m)`` for the test's per-window share ``p``; (b) the stream's own quiet history: the
+ratio ``max|d2| / scale`` is a maximum, so its upper tail is taken as a Gumbel law fitted to the
+ratio's running mean and std (the same exponential memory): threshold
+``mean + (-ln p - 0.577) sqrt(6)/pi * sd``.
+
+The window score's threshold (``score``). The score is a maximum of ``|z|`` over the terms, so its
+upper tail is taken as a Gumbel law too, fitted per stream to the running mean and std of its quiet
+windows' scores (plain averages for the first ``sequential_memory`` windows, then that memory; updated
+once per call): the stream's raise threshold becomes the quantile at the score's per-window share,
+never below ``raise_threshold``; until ``sequential_warmup`` quiet scores are in, twice
+``raise_threshold`` (young statistics raised most false alarms; gross faults still raise). The
+paths read it per stream (a stream whose misfit has heavy tails
+gets a higher threshold, not false alarms); the k-of-n rule makes the real rate lower still.
+
+Alerts. A window is *hot* when a CUSUM reaches ``h`` or the spike statistic its threshold. The first
+hot window raises (the CUSUM is its own debounce), unless an alert of these tests is up or in
+cooldown; the raised range starts at the last window where a hot CUSUM was 0 (the change-point
+estimate) or at the spike's window. The alert extends while windows are hot and resolves after
+``resolve_windows`` windows in which every CUSUM is below ``h/2`` and no spike is hot. Estimates
+learn only from quiet windows (no alert of either kind up, not hot); a fault that lasts becomes the
+window score's new regime within ``stats_windows`` windows, and the CUSUMs' with it.
+
+Cost: the streams of a call step together, one window index at a time, in ``(streams,)`` arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.monitor.alerts.events import AlertEvent
+from pipeline.monitor.alerts.scoring import Scoring
+from pipeline.settings import AlertSettings
+
+# Directions tested per CUSUM term: +1 upwards, -1 downwards.
+SIDES = {"level": (1, -1), "scale": (1, -1), "noise": (1,)}
+MAX_TERMS, MAX_SIDES = 3, 5  # slot record sizes (slots.record_dtype)
+_EULER = 0.5772156649
+# Smallest long-run sigma of a z sequence (a constant stream has none).
+_SIG_FLOOR = 0.05
+# The spike ratio is taken at most at exp(this) (a flat window's is 0 / 0).
+_V_MAX = 20.0
+# Default windows per hour when the caller does not say (1 kHz, hop 128).
+WINDOWS_PER_HOUR = 1000.0 / 128 * 3600
+
+
+def siegmund_arl(h: float, k: float) -> float:
+    """Siegmund's approximation of the in-control average run length of a one-sided CUSUM with
+    reference ``k`` and threshold ``h`` on independent standard normal increments."""
+    a = 2.0 * k * (h + 1.166)
+    return (math.expm1(a) - a) / (2.0 * k * k)
+
+
+def cusum_threshold(arl: float, k: float) -> float:
+    """The ``h`` whose :func:`siegmund_arl` is ``arl`` (bisection)."""
+    lo, hi = 0.0, 1.0
+    while siegmund_arl(hi, k) < arl:
+        hi *= 2.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if siegmund_arl(mid, k) < arl else (lo, mid)
+    return hi
+
+
+@dataclass(frozen=True)
+class SeqPlan:
+    """The sequential tests of one engine: what they read and their thresholds."""
+
+    terms: tuple[str, ...]  # CUSUM terms, in the engine's column order
+    cols: tuple[int, ...]  # their engine columns
+    side_term: np.ndarray  # (D,) index into terms
+    side_sign: np.ndarray  # (D,) +1 / -1
+    names: tuple[str, ...]  # (D + spike,) detector names of the events
+    spike: bool
+    score: bool  # calibrate the window score's raise threshold per stream
+    k: float
+    clip: float
+    h: float
+    warmup: int
+    memory: int
+    spike_t: float  # threshold of the Gaussian model
+    gumbel_c: float  # sds above the mean of a Gumbel fit at one test's per-window share
+    resolve_windows: int
+    cooldown_windows: int
+    raise_threshold: float
+    per_test_rate: float  # false alarms per hour each test may raise
+
+    @classmethod
+    def build(cls, cfg: AlertSettings, p: Scoring, window: int, windows_per_hour: float | None) -> SeqPlan | None:
+        terms = tuple(t for t in p.cols[: p.features] if t in SIDES and t in cfg.sequential)
+        spike = "spike" in cfg.sequential
+        sides = [(i, s) for i, t in enumerate(terms) for s in SIDES[t]]
+        score = "score" in cfg.sequential
+        tests = len(sides) + spike + score
+        if not tests:
+            return None
+        wph = float(windows_per_hour or WINDOWS_PER_HOUR)
+        rate = cfg.false_alarms_per_hour / tests
+        p_win = rate / wph  # per-window false-alarm probability of one test
+        from scipy.stats import norm
+
+        m = max(int(window) - 2, 1)
+        return cls(
+            terms=terms, cols=tuple(p.col(t) for t in terms),
+            side_term=np.array([i for i, _ in sides], dtype=np.int64),
+            side_sign=np.array([s for _, s in sides], dtype=np.float64),
+            names=tuple(f"cusum_{terms[i]}{'+' if s > 0 else '-'}" for i, s in sides) + (("spike",) if spike else ()),
+            spike=spike, score=score, k=cfg.cusum_k, clip=cfg.cusum_clip, h=cusum_threshold(1.0 / p_win, cfg.cusum_k),
+            warmup=cfg.sequential_warmup, memory=cfg.sequential_memory,
+            spike_t=float(norm.isf(p_win / (2.0 * m))),
+            gumbel_c=(-math.log(p_win) - _EULER) * math.sqrt(6.0) / math.pi,
+            resolve_windows=cfg.resolve_windows, cooldown_windows=cfg.cooldown_windows,
+            raise_threshold=cfg.raise_threshold, per_test_rate=rate)
+
+
+class SequentialTests:
+    """Runs a :class:`SeqPlan` over the windows of an engine call; state in the engine's slots
+    (:mod:`pipeline.monitor.alerts.slots`, fields ``seq_*``): a zeroed slot is a new stream.
+
+    Per call: every window's CUSUM increments and spike ratio from the estimates as they stood at the
+    start of the call (one array operation), then the CUSUMs of the streams whose call holds nothing
+    to decide (no alert of either kind, no test reaching its threshold, every test ready throughout
+    or not at all) in closed form (Lindley: ``S_t = C_t - min(-S_0, min_j<=t C_j)`` over the
+    cumulative increments ``C``), the others window by window in lockstep, and last the estimates
+    from the call's quiet windows (one exponential-memory step per stream and call)."""
+
+    def __init__(self, plan: SeqPlan):
+        self.plan = plan
+
+    def update(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
+               model_version, events, ev_win, score=None) -> np.ndarray:
+        """The windows of each stream ``u`` are ``first[u]`` to ``first[u] + n_u[u]`` of the grouped
+        arrays. Appends events (and their windows); returns each window's score in units of the raise
+        threshold (``raise_threshold`` at a test's threshold)."""
+        P = self.plan
+        N, U = starts.size, slots.size
+        if N == 0:
+            return np.zeros(0)
+        c = _Call(P, tab, slots, first, n_u, z, spike, finite)
+        S, sp = c.closed_form()
+        peak = S.max(axis=0) if S.size else np.zeros(N)
+        hot_w = (peak >= P.h) | (sp >= 1.0)
+        busy = (np.bincount(c.seg, weights=hot_w | engine_active, minlength=U) > 0) | tab.seq_active[slots] | c.mixed
+        quiet_w = ~hot_w & ~engine_active
+        fast = np.flatnonzero(~busy)
+        if fast.size:
+            last = first[fast] + n_u[fast] - 1
+            tab.seq_S[slots[fast], : S.shape[0]] = S[:, last].T
+            zero = c.last_zero(S, fast, starts)
+            if zero is not None:
+                tab.seq_zero[slots[fast], : S.shape[0]] = np.where(zero >= 0, zero, tab.seq_zero[slots[fast], : S.shape[0]])
+            tab.seq_cool[slots[fast]] = np.maximum(tab.seq_cool[slots[fast]] - n_u[fast], 0)
+        out = np.maximum(peak / P.h, sp) * P.raise_threshold
+        slow = np.flatnonzero(busy)
+        if slow.size:
+            _Lockstep(P, tab, c, slots, ids, starts, window, ts, model_version).run(
+                slow, first, n_u, engine_active, out, quiet_w, events, ev_win)
+        c.learn(quiet_w & finite)
+        if P.score and score is not None:
+            self._calibrate(tab, slots, c.seg, score, finite, engine_active)
+        return out
+
+    def _calibrate(self, tab, slots, seg, score, finite, engine_active) -> None:
+        """Fold each stream's quiet window scores (finite, below its threshold, no alert up after the
+        window) into their running mean and mean square and set its raise threshold: the Gumbel
+        quantile at the score's per-window share, never below ``raise_threshold``."""
+        P = self.plan
+        thr = np.maximum(P.raise_threshold, tab.seq_thr[slots])[seg]
+        q = finite & ~engine_active & (score < thr)
+        n, (mu, m2) = _ew_step(tab.seq_sn[slots], (tab.seq_smu[slots], tab.seq_sm2[slots]), seg, q,
+                               (score, score * score), slots.size, P.memory)
+        tab.seq_sn[slots], tab.seq_smu[slots], tab.seq_sm2[slots] = n, mu, m2
+        sd = np.sqrt(np.maximum(m2 - mu * mu, 0.0))
+        tab.seq_thr[slots] = np.where(n >= P.warmup, mu + P.gumbel_c * sd, 2.0 * P.raise_threshold)
+
+
+def _ew_step(n0, means, seg, q, values, U: int, memory: int):
+    """One exponential-memory step per stream of running means: ``values`` (each ``(N,)``) of the
+    windows ``q`` of each stream ``seg``. Plain averages while a stream has at most ``memory``
+    values, then the call's mean weighs its windows / ``memory`` (at most 1/2). Returns the new
+    count and means."""
+    cnt = np.bincount(seg, weights=q, minlength=U)
+    n = n0 + cnt.astype(np.int64)
+    w = np.where(n <= memory, cnt / np.maximum(n, 1), np.minimum(cnt / memory, 0.5))
+    out = []
+    for m, v in zip(means, values):
+        mean = np.bincount(seg, weights=np.where(q, v, 0.0), minlength=U) / np.maximum(cnt, 1)
+        out.append(np.where(cnt > 0, m + w * (mean - m), m))
+    return n, out
+
+
+class _Call:
+    """One call's per-window inputs of the tests, from the estimates at the start of the call."""
+
+    def __init__(self, P: SeqPlan, tab, slots, first, n_u, z, spike, finite):
+        self.P, self.tab, self.slots, self.first, self.n_u = P, tab, slots, first, n_u
+        U, N = slots.size, int(n_u.sum())
+        self.seg = seg = np.repeat(np.arange(U), n_u)
+        self.pos = np.arange(N) - first[seg]
+        T = len(P.terms)
+        self.z = z[list(P.cols)] if T else np.zeros((0, N))
+        self.have = (self.z != 0.0) & finite[None, :]  # a term without statistics yet has z 0
+        n = tab.seq_n[slots, :T].T
+        mu, m2, c1 = (getattr(tab, f)[slots, :T].T for f in ("seq_mu", "seq_m2", "seq_c1"))
+        var = np.maximum(m2 - mu * mu, 0.0)
+        rho = np.clip((c1 - mu * mu) / np.maximum(var, 1e-12), 0.0, 0.95)
+        sig = np.maximum(np.sqrt(var * (1 + rho) / (1 - rho)), _SIG_FLOOR)
+        x = np.clip((self.z - mu[:, seg]) / sig[:, seg], -P.clip, P.clip)
+        ready = self.have & (n >= P.warmup)[:, seg]
+        self.inc = x[P.side_term] * P.side_sign[:, None] - P.k  # (D, N)
+        self.ready = ready[P.side_term]
+        # a side ready in some of a stream's windows and not in others resets mid-call: lockstep
+        r = np.stack([np.bincount(seg, weights=row, minlength=U) for row in self.ready]) if self.ready.size else None
+        self.mixed = ((r > 0) & (r < n_u[None, :])).any(axis=0) if r is not None else np.zeros(U, bool)
+        self.sp = np.zeros(N)
+        self.v = np.exp(np.minimum(np.where(np.isfinite(spike), spike, 0.0), _V_MAX))
+        if P.spike:
+            un, umu, um2 = tab.seq_un[slots], tab.seq_umu[slots], tab.seq_um2[slots]
+            thr = np.maximum(P.spike_t, umu + P.gumbel_c * np.sqrt(np.maximum(um2 - umu * umu, 0.0)))
+            ok = (un >= P.warmup)[seg] & finite & np.isfinite(spike)
+            self.sp = np.where(ok, self.v / thr[seg], 0.0)
+
+    def closed_form(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every window's CUSUMs ``(D, N)`` without the cap and the resets (exact where the call holds
+        nothing to decide) and spike ratio ``(N,)``."""
+        D, N = self.inc.shape
+        if D == 0:
+            return np.zeros((0, N)), self.sp
+        U, L = self.slots.size, int(self.n_u.max())
+        pad = np.zeros((D, U, L))
+        pad[:, self.seg, self.pos] = np.where(self.ready, self.inc, 0.0)
+        C = np.cumsum(pad, axis=2)
+        s0 = self.tab.seq_S[self.slots, :D].T  # (D, U)
+        S = C - np.minimum(-s0[:, :, None], np.minimum.accumulate(C, axis=2))
+        S = S[:, self.seg, self.pos]
+        return np.where(self.ready, S, 0.0), self.sp
+
+    def last_zero(self, S, streams, starts):
+        """Per side and stream of ``streams``: the start of its last window in the call at 0, or -1."""
+        if S.size == 0:
+            return None
+        sel = np.isin(self.seg, streams)
+        idx = np.where((S == 0.0) & sel[None, :], np.arange(S.shape[1])[None, :], -1)
+        best = np.full((S.shape[0], self.slots.size), -1)
+        for d in range(S.shape[0]):
+            np.maximum.at(best[d], self.seg, idx[d])
+        best = best[:, streams]
+        return np.where(best >= 0, starts[np.maximum(best, 0)], -1).T
+
+    def learn(self, quiet) -> None:
+        """The estimates from the call's quiet windows: the terms' z (and lag-1 products) where they
+        have one, the spike ratio."""
+        P, tab, slots, seg = self.P, self.tab, self.slots, self.seg
+        T, U = len(P.terms), slots.size
+        for t in range(T):
+            col = slots, t
+            zc = self.z[t]
+            prev = np.concatenate(([0.0], zc[:-1]))
+            prev[self.first] = tab.seq_prev[col]
+            q = quiet & self.have[t]
+            n, (mu, m2, c1) = _ew_step(tab.seq_n[col], (tab.seq_mu[col], tab.seq_m2[col], tab.seq_c1[col]),
+                                       seg, q, (zc, zc * zc, zc * prev), U, P.memory)
+            tab.seq_n[col], tab.seq_mu[col], tab.seq_m2[col], tab.seq_c1[col] = n, mu, m2, c1
+            lastz = np.full(U, np.nan)
+            h = np.flatnonzero(self.have[t])
+            lastz[seg[h]] = zc[h]  # the last window that has a z, per stream
+            tab.seq_prev[col] = np.where(np.isnan(lastz), tab.seq_prev[col], lastz)
+        if P.spike:
+            q = quiet & (self.v > 0)
+            n, (mu, m2) = _ew_step(tab.seq_un[slots], (tab.seq_umu[slots], tab.seq_um2[slots]), seg, q,
+                                   (self.v, self.v * self.v), U, P.memory)
+            tab.seq_un[slots], tab.seq_umu[slots], tab.seq_um2[slots] = n, mu, m2
+
+
+class _Lockstep:
+    """The streams of a call with something to decide, one window index at a time: the capped CUSUMs
+    (reset where a side is not ready or a window-score alert is up), the spike test and the alerts."""
+
+    def __init__(self, P: SeqPlan, tab, call: _Call, slots, ids, starts, window, ts, model_version):
+        self.P, self.tab, self.c, self.slots, self.ids = P, tab, call, slots, ids
+        self.starts, self.window, self.ts, self.mv = starts, window, ts, model_version
+
+    def run(self, streams, first, n_u, engine_active, out, quiet, events, ev_win) -> None:
+        P, tab, c = self.P, self.tab, self.c
+        sl = self.slots[streams]
+        D = c.inc.shape[0]
+        S = tab.seq_S[sl, :D].T.copy()
+        zero = tab.seq_zero[sl, :D].T.copy()
+        act, cool, below = tab.seq_active[sl].copy(), tab.seq_cool[sl].copy(), tab.seq_below[sl].copy()
+        a0, a1, peak, det = (tab.seq_a_start[sl].copy(), tab.seq_a_end[sl].copy(), tab.seq_peak[sl].copy(),
+                             tab.seq_det[sl].copy())
+        for t in range(int(n_u[streams].max())):
+            live = np.flatnonzero(t < n_u[streams])
+            i = first[streams[live]] + t
+            st, eng = self.starts[i], engine_active[i]
+            S[:, live] = np.where(c.ready[:, i] & ~eng[None, :],
+                                  np.minimum(2 * P.h, np.maximum(0.0, S[:, live] + c.inc[:, i])), 0.0)
+            Sl = S[:, live]
+            zero[:, live] = np.where(Sl == 0.0, st[None, :], zero[:, live])
+            cu_hot = Sl >= P.h
+            sp_hot = c.sp[i] >= 1.0
+            hot = cu_hot.any(axis=0) | sp_hot
+            sc = np.maximum(Sl.max(axis=0, initial=0.0) / P.h, c.sp[i]) * P.raise_threshold
+            out[i] = sc
+            end = st + self.window
+            was = act[live]
+            rise = hot & ~was & (cool[live] == 0) & ~eng
+            cool[live] = np.maximum(cool[live] - 1, 0)
+            calm = (Sl < P.h / 2).all(axis=0) & ~sp_hot
+            below[live] = np.where(was & calm, below[live] + 1, 0)
+            a1[live] = np.where(was & hot, end, a1[live])
+            peak[live] = np.where(was, np.maximum(peak[live], sc), peak[live])
+            done = was & (below[live] >= P.resolve_windows)
+            for j in np.flatnonzero(rise | done):
+                u = live[j]
+                sid = self.ids[streams[u]]
+                if rise[j]:
+                    hot_d = np.flatnonzero(cu_hot[:, j])
+                    det[u] = hot_d[np.argmax(Sl[hot_d, j])] if hot_d.size else len(P.names) - 1
+                    a0[u] = int(zero[hot_d, u].min()) if hot_d.size else int(st[j])
+                    a1[u], peak[u] = end[j], sc[j]
+                    events.append(AlertEvent("raised", sid, int(a0[u]), int(end[j]), float(sc[j]), P.raise_threshold,
+                                             self.mv, self.ts, detector=P.names[int(det[u])]))
+                else:
+                    events.append(AlertEvent("resolved", sid, int(a0[u]), int(a1[u]), float(peak[u]),
+                                             P.raise_threshold / 2, self.mv, self.ts, detector=P.names[int(det[u])]))
+                    cool[u] = P.cooldown_windows
+                ev_win.append(int(i[j]))
+            act[live] = (was & ~done) | rise
+            below[live] = np.where(rise | done, 0, below[live])
+            quiet[i] &= ~hot & ~act[live]
+        tab.seq_S[sl, :D], tab.seq_zero[sl, :D] = S.T, zero.T
+        tab.seq_active[sl], tab.seq_cool[sl], tab.seq_below[sl] = act, cool, below
+        tab.seq_a_start[sl], tab.seq_a_end[sl], tab.seq_peak[sl], tab.seq_det[sl] = a0, a1, peak, det

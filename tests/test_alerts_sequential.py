@@ -1,0 +1,145 @@
+"""Sequential tests beside the window score (pipeline.monitor.alerts.sequential): CUSUMs on small lasting
+shifts, the spike matched test, the per-stream calibration of the raise threshold, and their
+false-alarm models. Pure logic: no Kafka, no torch; every outcome is fixed by the seeds."""
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.monitor.alerts.engine import AlertEngine, window_features
+from pipeline.monitor.alerts.scoring import Scoring
+from pipeline.monitor.alerts.sequential import SeqPlan, cusum_threshold, siegmund_arl
+from pipeline.settings import AlertSettings
+
+W, H = 64, 32
+CAL = {"q50": 0.01, "q90": 0.02, "q99": 0.05, "q999": 0.1}
+
+
+def engine(**kw):
+    base = dict(min_windows=8, warmup_windows=16, stats_windows=128, refresh_every=4, slow_terms=(),
+                cooldown_windows=0, resolve_windows=3, sequential_warmup=64)
+    base.update(kw)
+    return AlertEngine(AlertSettings(**base), CAL, "v7", window=W)
+
+
+def healthy(n, rng, jitter=0.1):
+    return 0.1 * np.exp(jitter * rng.standard_normal(n)), np.exp(0.5 * jitter * rng.standard_normal(n))
+
+
+def feed(eng, stream, level, rng, chunk=16):
+    """``level`` window by window in chunks (like a worker's micro-batches); returns the events."""
+    out = []
+    for a in range(0, level.size, chunk):
+        lv = level[a : a + chunk]
+        e, s = healthy(lv.size, rng)
+        out += eng.update_scored(stream, H * np.arange(a, a + lv.size), W, e, s, now=float(a),
+                                 features={"level": lv})[0]
+    return out
+
+
+def test_siegmund_arl_matches_the_textbook_value_and_the_threshold_inverts_it():
+    # k = 0.5, h = 4: Siegmund's approximation gives ~338 (the exact ARL0 is ~336)
+    assert siegmund_arl(4.0, 0.5) == pytest.approx(338, rel=0.01)
+    for arl in (100.0, 1e4, 1e6):
+        h = cusum_threshold(arl, 1.0)
+        assert siegmund_arl(h, 1.0) == pytest.approx(arl, rel=1e-6)
+
+
+def test_thresholds_follow_the_false_alarm_budget():
+    def plan(rate, **kw):
+        cfg = AlertSettings(false_alarms_per_hour=rate, **kw)
+        return SeqPlan.build(cfg, Scoring.build(cfg, CAL, "v"), 256, None)
+
+    loose, strict = plan(2.0), plan(0.02)
+    assert strict.h > loose.h and strict.spike_t > loose.spike_t and strict.gumbel_c > loose.gumbel_c
+    assert plan(0.2).per_test_rate == pytest.approx(0.2 / 7)  # score + level± + scale± + noise+ + spike
+    assert plan(0.2, sequential=()) is None
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_small_lasting_level_shift_raises_a_cusum_alert_the_window_score_misses(sign):
+    rng = np.random.default_rng(3 if sign > 0 else 4)
+    sd = 0.2  # the level's window-to-window sigma (above level_floor, so the robust z is in these units)
+    level = sd * rng.standard_normal(700)
+    a, b = 400, 440
+    level[a:b] += sign * 3 * sd  # 3 sigma for 40 windows: |z| ~ 3, half the raise threshold
+
+    window_only = feed(engine(terms=("residual", "level"), sequential=()), "s", level, np.random.default_rng(9))
+    assert window_only == []
+
+    ev = feed(engine(terms=("residual", "level"), sequential=("level",)), "s", level, np.random.default_rng(9))
+    assert [(e.kind, e.detector) for e in ev] == [("raised", f"cusum_level{'+' if sign > 0 else '-'}"),
+                                                  ("resolved", f"cusum_level{'+' if sign > 0 else '-'}")]
+    raised, resolved = ev
+    assert H * (a - 8) <= raised.start <= H * a + W  # the change-point estimate: where the CUSUM left 0
+    assert raised.end <= H * (a + 10) + W  # raised within ten windows of the shift
+    assert resolved.end >= H * (b - 1) and resolved.end <= H * (b + 30) + W
+
+
+def test_a_stationary_stream_raises_nothing():
+    # 20 streams x 2,000 windows (1.4 stream-hours at 1 kHz, hop 128) of stationary level, error and scale
+    eng = engine(terms=("residual", "scale", "level"), sequential=("score", "level", "scale"), stats_windows=512)
+    rng = np.random.default_rng(11)
+    events = []
+    for i in range(20):
+        events += feed(eng, f"s{i}", 0.2 * rng.standard_normal(2000), rng, chunk=64)
+    assert events == []
+
+
+def test_one_wild_sample_raises_the_spike_test_in_its_window():
+    rng = np.random.default_rng(5)
+    n = 400
+    x = rng.standard_normal((n, 1, W)).astype(np.float32)
+    x[300, 0, 20] += 20.0  # one sample at 20 noise sigmas, in one window
+    y = np.zeros_like(x)  # an output that removed everything: the residual is the window
+    e, s = x.var(axis=(1, 2)).astype(np.float64), x.std(axis=(1, 2)).astype(np.float64)
+    f = window_features(x, y)
+    assert f["spike"][300] > f["spike"][:300].max() + 1.0
+    # the window score without the peak term: the residual's power moves less than the raise threshold
+    eng = engine(terms=("residual",), sequential=("spike",), k=2, n=3)
+    ev = []
+    for a in range(0, n, 16):
+        sl = slice(a, a + 16)
+        ev += eng.update_scored("s", H * np.arange(a, min(a + 16, n)), W, e[sl], s[sl], now=0.0,
+                                features={k: v[sl] for k, v in f.items()})[0]
+    assert [(v.kind, v.detector) for v in ev] == [("raised", "spike"), ("resolved", "spike")]
+    assert ev[0].start == H * 300 and ev[0].end == H * 300 + W
+
+
+def test_the_raise_threshold_is_calibrated_per_stream_and_cuts_false_alarms():
+    rng = np.random.default_rng(7)
+    n = 3200
+    # a stream whose error has heavy tails (Student t, 3 degrees of freedom): ordinary for it
+    heavy = 0.1 * np.exp(0.1 * rng.standard_t(3, n))
+    scales = np.ones(n)
+
+    def run(seq):
+        eng = engine(terms=("residual",), sequential=seq, k=1, n=1)
+        ev = []
+        for a in range(0, n, 32):
+            ev += eng.update("s", H * np.arange(a, a + 32), W, heavy[a : a + 32], scales[a : a + 32], now=0.0)
+        return eng, [v for v in ev if v.kind == "raised"]
+
+    fixed_eng, fixed = run(())
+    cal_eng, cal = run(("score",))
+    slot = cal_eng._tab.get("s")
+    thr = float(cal_eng._tab.seq_thr[slot])
+    assert thr > cal_eng.cfg.raise_threshold  # the heavy tail earned a higher threshold
+    assert len(fixed) >= 3 and len(cal) < len(fixed)
+    assert all(v.threshold == pytest.approx(thr, rel=0.2) for v in cal)
+    # a gross fault still raises on the calibrated stream
+    e = np.full(8, 0.1 * math.exp(3.0))
+    ev = cal_eng.update("s", H * np.arange(n, n + 8), W, e, np.ones(8), now=0.0)
+    assert [v.kind for v in ev] == ["raised"] and ev[0].detector == "score"
+
+
+def test_a_forgotten_stream_starts_its_sequential_state_afresh():
+    eng = engine(terms=("residual", "level"), sequential=("level",))
+    rng = np.random.default_rng(8)
+    feed(eng, "s", 0.2 * rng.standard_normal(300), rng)
+    slot = eng._tab.get("s")
+    assert eng._tab.seq_n[slot, 0] > 0
+    eng.forget("s")
+    feed(eng, "t", 0.2 * rng.standard_normal(4), rng)  # reuses the freed slot
+    assert eng._tab.get("t") == slot and eng._tab.seq_n[slot, 0] == 0
