@@ -53,7 +53,8 @@ def test_thresholds_follow_the_false_alarm_budget():
 
     loose, strict = plan(2.0), plan(0.02)
     assert strict.h > loose.h and strict.spike_t > loose.spike_t and strict.gumbel_c > loose.gumbel_c
-    assert plan(0.2).per_test_rate == pytest.approx(0.2 / 7)  # score + level± + scale± + noise+ + spike
+    assert plan(0.2).per_test_rate == pytest.approx(0.2 / 6)  # level±, scale±, noise+, spike
+    assert plan(0.2, sequential=("score", "level")).per_test_rate == pytest.approx(0.2 / 3)
     assert plan(0.2, sequential=()) is None
 
 
@@ -143,3 +144,28 @@ def test_a_forgotten_stream_starts_its_sequential_state_afresh():
     eng.forget("s")
     feed(eng, "t", 0.2 * rng.standard_normal(4), rng)  # reuses the freed slot
     assert eng._tab.get("t") == slot and eng._tab.seq_n[slot, 0] == 0
+
+
+@pytest.mark.parametrize("error_agrees", [True, False])
+def test_the_noise_cusum_counts_a_rise_only_as_far_as_the_error_agrees(error_agrees):
+    # a louder stretch the model fits as well as ever (noise feature up, standardised error not) is
+    # not a noise fault; noise power that rises with the error is
+    rng = np.random.default_rng(12)
+    n, a, b = 700, 400, 440
+    noise = 0.1 * rng.standard_normal(n)
+    log_err = np.log(0.1) + 0.1 * rng.standard_normal(n)
+    noise[a:b] += 0.4  # 4 sigmas of the noise feature: under the raise threshold per window
+    if error_agrees:
+        log_err[a:b] += 0.4
+    eng = engine(terms=("residual", "noise"), sequential=("noise",))
+    ev = []
+    for c in range(0, n, 16):
+        sl = slice(c, c + 16)
+        k = min(c + 16, n) - c
+        ev += eng.update_scored("s", H * np.arange(c, c + k), W, np.exp(log_err[sl]), np.ones(k), now=0.0,
+                                features={"noise": noise[sl]})[0]
+    raised = [(v.detector, v.start) for v in ev if v.kind == "raised"]
+    if error_agrees:
+        assert [d for d, _ in raised] == ["cusum_noise+"] and H * (a - 8) <= raised[0][1] <= H * a + W
+    else:
+        assert raised == []

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -69,6 +70,7 @@ MAX_TERMS, MAX_SIDES = 3, 5  # slot record sizes (slots.record_dtype)
 _EULER = 0.5772156649
 # Smallest long-run sigma of a z sequence (a constant stream has none).
 _SIG_FLOOR = 0.05
+_ERR = 1  # the engine's column of the standardised error (scoring.Scoring.build)
 # The spike ratio is taken at most at exp(this) (a flat window's is 0 / 0).
 _V_MAX = 20.0
 # Default windows per hour when the caller does not say (1 kHz, hop 128).
@@ -102,6 +104,7 @@ class SeqPlan:
     side_term: np.ndarray  # (D,) index into terms
     side_sign: np.ndarray  # (D,) +1 / -1
     names: tuple[str, ...]  # (D + spike,) detector names of the events
+    gate: int  # index into terms of "noise" (gated by the error's z), or -1
     spike: bool
     score: bool  # calibrate the window score's raise threshold per stream
     k: float
@@ -114,6 +117,7 @@ class SeqPlan:
     resolve_windows: int
     cooldown_windows: int
     raise_threshold: float
+    cap: float  # max_score: scores are capped here, as the window score's
     per_test_rate: float  # false alarms per hour each test may raise
 
     @classmethod
@@ -128,20 +132,19 @@ class SeqPlan:
         wph = float(windows_per_hour or WINDOWS_PER_HOUR)
         rate = cfg.false_alarms_per_hour / tests
         p_win = rate / wph  # per-window false-alarm probability of one test
-        from scipy.stats import norm
-
         m = max(int(window) - 2, 1)
         return cls(
             terms=terms, cols=tuple(p.col(t) for t in terms),
             side_term=np.array([i for i, _ in sides], dtype=np.int64),
             side_sign=np.array([s for _, s in sides], dtype=np.float64),
             names=tuple(f"cusum_{terms[i]}{'+' if s > 0 else '-'}" for i, s in sides) + (("spike",) if spike else ()),
-            spike=spike, score=score, k=cfg.cusum_k, clip=cfg.cusum_clip, h=cusum_threshold(1.0 / p_win, cfg.cusum_k),
+            gate=terms.index("noise") if "noise" in terms else -1, spike=spike, score=score,
+            k=cfg.cusum_k, clip=cfg.cusum_clip, h=cusum_threshold(1.0 / p_win, cfg.cusum_k),
             warmup=cfg.sequential_warmup, memory=cfg.sequential_memory,
-            spike_t=float(norm.isf(p_win / (2.0 * m))),
+            spike_t=-NormalDist().inv_cdf(p_win / (2.0 * m)),
             gumbel_c=(-math.log(p_win) - _EULER) * math.sqrt(6.0) / math.pi,
             resolve_windows=cfg.resolve_windows, cooldown_windows=cfg.cooldown_windows,
-            raise_threshold=cfg.raise_threshold, per_test_rate=rate)
+            raise_threshold=cfg.raise_threshold, cap=cfg.max_score, per_test_rate=rate)
 
 
 class SequentialTests:
@@ -181,7 +184,7 @@ class SequentialTests:
             if zero is not None:
                 tab.seq_zero[slots[fast], : S.shape[0]] = np.where(zero >= 0, zero, tab.seq_zero[slots[fast], : S.shape[0]])
             tab.seq_cool[slots[fast]] = np.maximum(tab.seq_cool[slots[fast]] - n_u[fast], 0)
-        out = np.maximum(peak / P.h, sp) * P.raise_threshold
+        out = np.minimum(np.maximum(peak / P.h, sp) * P.raise_threshold, P.cap)
         slow = np.flatnonzero(busy)
         if slow.size:
             _Lockstep(P, tab, c, slots, ids, starts, window, ts, model_version).run(
@@ -231,6 +234,9 @@ class _Call:
         T = len(P.terms)
         self.z = z[list(P.cols)] if T else np.zeros((0, N))
         self.have = (self.z != 0.0) & finite[None, :]  # a term without statistics yet has z 0
+        if P.gate >= 0:  # noise rises count only as far as the standardised error agrees (as the residual's)
+            zn = self.z[P.gate]
+            self.z[P.gate] = np.where(zn > 0, np.minimum(zn, np.maximum(z[_ERR], 0.0)), zn)
         n = tab.seq_n[slots, :T].T
         mu, m2, c1 = (getattr(tab, f)[slots, :T].T for f in ("seq_mu", "seq_m2", "seq_c1"))
         var = np.maximum(m2 - mu * mu, 0.0)
@@ -331,7 +337,7 @@ class _Lockstep:
             cu_hot = Sl >= P.h
             sp_hot = c.sp[i] >= 1.0
             hot = cu_hot.any(axis=0) | sp_hot
-            sc = np.maximum(Sl.max(axis=0, initial=0.0) / P.h, c.sp[i]) * P.raise_threshold
+            sc = np.minimum(np.maximum(Sl.max(axis=0, initial=0.0) / P.h, c.sp[i]) * P.raise_threshold, P.cap)
             out[i] = sc
             end = st + self.window
             was = act[live]
