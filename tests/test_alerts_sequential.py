@@ -6,10 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.monitor.alerts.engine import AlertEngine, window_features
 from pipeline.monitor.alerts.scoring import Scoring
-from pipeline.monitor.alerts.sequential import SeqPlan, cusum_threshold, siegmund_arl
+from pipeline.monitor.alerts.sequential import SeqPlan, cusum_threshold, lindley, siegmund_arl
 from pipeline.settings import AlertSettings
 
 W, H = 64, 32
@@ -169,3 +171,50 @@ def test_the_noise_cusum_counts_a_rise_only_as_far_as_the_error_agrees(error_agr
         assert [d for d, _ in raised] == ["cusum_noise+"] and H * (a - 8) <= raised[0][1] <= H * a + W
     else:
         assert raised == []
+
+
+def test_the_closed_form_decides_as_the_window_by_window_step():
+    # many streams, several calls, shifts, spikes and window-score alerts: the closed-form CUSUMs of
+    # the streams with nothing to decide and the lockstep for all give the same events and state
+    rng = np.random.default_rng(21)
+    n, streams = 640, 6
+    level = 0.2 * rng.standard_normal((streams, n))
+    level[1, 300:340] += 0.6
+    level[2, 200:260] -= 0.8
+    log_err = np.log(0.1) + 0.1 * rng.standard_normal((streams, n))
+    log_err[3, 400:404] += 4.0  # a window-score alert: the CUSUMs stay at 0 under it ...
+    level[3, 396:460] += 0.6  # ... while a level shift goes on
+    spike = 1.1 + 0.1 * rng.standard_normal((streams, n))
+    spike[4, 500] = 4.0
+    engines = []
+    for closed in (True, False):
+        eng = engine(terms=("residual", "level"), sequential=("level", "spike"))
+        eng._seq.closed = closed
+        engines.append(eng)
+    out = [[], []]
+    for a in range(0, n, 32):
+        for k, eng in enumerate(engines):
+            ids = [f"s{i}" for i in range(streams)]
+            sl = slice(a, a + 32)
+            r = eng.update_batch(ids, [32] * streams, np.tile(H * np.arange(a, a + 32), streams), W,
+                                 np.exp(log_err[:, sl]).ravel(), np.ones(32 * streams), now=0.0,
+                                 features={"level": level[:, sl].ravel(), "spike": spike[:, sl].ravel()})
+            out[k] += [(e.to_dict(), w) for e, w in zip(r.events, r.event_windows)]
+    assert out[0] == out[1]
+    assert {e["detector"] for e, _ in out[0]} >= {"cusum_level+", "cusum_level-", "spike", "score"}
+    for f in ("seq_S", "seq_zero", "seq_mu", "seq_m2", "seq_c1", "seq_n", "seq_active", "seq_cool"):
+        np.testing.assert_allclose(getattr(engines[0]._tab, f), getattr(engines[1]._tab, f), atol=1e-9, err_msg=f)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3.5, 3.5), st.booleans()), min_size=1, max_size=60),
+       st.floats(0, 12))
+def test_lindley_closed_form_equals_the_recursion(steps, s0):
+    inc = np.array([a for a, _ in steps])
+    reset = np.array([r for _, r in steps])
+    want, s = [], s0
+    for a, r in steps:
+        s = 0.0 if r else max(0.0, s + a)
+        want.append(s)
+    got = lindley(inc[None, :], reset[None, :], np.array([s0]))[0]
+    np.testing.assert_allclose(got, want, atol=1e-8)

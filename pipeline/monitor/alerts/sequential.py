@@ -158,8 +158,9 @@ class SequentialTests:
     cumulative increments ``C``), the others window by window in lockstep, and last the estimates
     from the call's quiet windows (one exponential-memory step per stream and call)."""
 
-    def __init__(self, plan: SeqPlan):
+    def __init__(self, plan: SeqPlan, closed_form: bool = True):
         self.plan = plan
+        self.closed = closed_form  # False: every stream window by window (tests compare the two)
 
     def update(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
                model_version, events, ev_win, score=None) -> np.ndarray:
@@ -171,10 +172,10 @@ class SequentialTests:
         if N == 0:
             return np.zeros(0)
         c = _Call(P, tab, slots, first, n_u, z, spike, finite)
-        S, sp = c.closed_form()
+        S, sp = c.closed_form(engine_active)
         peak = S.max(axis=0) if S.size else np.zeros(N)
         hot_w = (peak >= P.h) | (sp >= 1.0)
-        busy = (np.bincount(c.seg, weights=hot_w | engine_active, minlength=U) > 0) | tab.seq_active[slots] | c.mixed
+        busy = (np.bincount(c.seg, weights=hot_w, minlength=U) > 0) | tab.seq_active[slots] | (not self.closed)
         quiet_w = ~hot_w & ~engine_active
         fast = np.flatnonzero(~busy)
         if fast.size:
@@ -206,6 +207,20 @@ class SequentialTests:
         tab.seq_sn[slots], tab.seq_smu[slots], tab.seq_sm2[slots] = n, mu, m2
         sd = np.sqrt(np.maximum(m2 - mu * mu, 0.0))
         tab.seq_thr[slots] = np.where(n >= P.warmup, mu + P.gumbel_c * sd, 2.0 * P.raise_threshold)
+
+
+def lindley(inc: np.ndarray, reset: np.ndarray, s0: np.ndarray) -> np.ndarray:
+    """``S_t = 0 if reset_t else max(0, S_{t-1} + inc_t)`` along the last axis, from ``S_{-1} = s0``
+    (``inc``, ``reset``: ``(..., L)``; ``s0``: ``(...)``), without a loop: ``S_t = C_t - min(-s0,
+    min_{j<=t} C_j)`` of the cumulative increments ``C`` (``inc`` taken as 0 at resets), where a reset
+    starts a new segment of the running minimum. Segments are kept apart by offsets larger than any
+    range of ``C``, so each later segment lies wholly below the earlier ones."""
+    C = np.cumsum(np.where(reset, 0.0, inc), axis=-1)
+    big = 2.0 * (np.abs(C).max(initial=0.0) + np.max(s0, initial=0.0)) + 1.0
+    A = C - np.cumsum(reset, axis=-1) * big
+    M = np.minimum(np.minimum.accumulate(A, axis=-1), -np.asarray(s0)[..., None])
+    S = A - M
+    return np.where(S < 1e-9, 0.0, S)
 
 
 def _ew_step(n0, means, seg, q, values, U: int, memory: int):
@@ -246,9 +261,6 @@ class _Call:
         ready = self.have & (n >= P.warmup)[:, seg]
         self.inc = x[P.side_term] * P.side_sign[:, None] - P.k  # (D, N)
         self.ready = ready[P.side_term]
-        # a side ready in some of a stream's windows and not in others resets mid-call: lockstep
-        r = np.stack([np.bincount(seg, weights=row, minlength=U) for row in self.ready]) if self.ready.size else None
-        self.mixed = ((r > 0) & (r < n_u[None, :])).any(axis=0) if r is not None else np.zeros(U, bool)
         self.sp = np.zeros(N)
         self.v = np.exp(np.minimum(np.where(np.isfinite(spike), spike, 0.0), _V_MAX))
         if P.spike:
@@ -257,20 +269,21 @@ class _Call:
             ok = (un >= P.warmup)[seg] & finite & np.isfinite(spike)
             self.sp = np.where(ok, self.v / thr[seg], 0.0)
 
-    def closed_form(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every window's CUSUMs ``(D, N)`` without the cap and the resets (exact where the call holds
-        nothing to decide) and spike ratio ``(N,)``."""
+    def closed_form(self, engine_active) -> tuple[np.ndarray, np.ndarray]:
+        """Every window's CUSUMs ``(D, N)`` without the cap (exact where none reaches ``h``) and spike
+        ratio ``(N,)``. A window where a side is not ready or a window-score alert is up resets it
+        to 0: it starts a new segment of the running minimum, whose segments are kept apart by
+        offsets larger than any range of ``C`` (each later segment lies wholly below the earlier)."""
         D, N = self.inc.shape
         if D == 0:
             return np.zeros((0, N)), self.sp
         U, L = self.slots.size, int(self.n_u.max())
-        pad = np.zeros((D, U, L))
-        pad[:, self.seg, self.pos] = np.where(self.ready, self.inc, 0.0)
-        C = np.cumsum(pad, axis=2)
-        s0 = self.tab.seq_S[self.slots, :D].T  # (D, U)
-        S = C - np.minimum(-s0[:, :, None], np.minimum.accumulate(C, axis=2))
-        S = S[:, self.seg, self.pos]
-        return np.where(self.ready, S, 0.0), self.sp
+        live = self.ready & ~engine_active[None, :]
+        inc, rst = np.zeros((D, U, L)), np.zeros((D, U, L))
+        inc[:, self.seg, self.pos] = np.where(live, self.inc, 0.0)
+        rst[:, self.seg, self.pos] = ~live
+        S = lindley(inc, rst, self.tab.seq_S[self.slots, :D].T)[:, self.seg, self.pos]
+        return S, self.sp
 
     def last_zero(self, S, streams, starts):
         """Per side and stream of ``streams``: the start of its last window in the call at 0, or -1."""
