@@ -311,7 +311,7 @@ def test_a_routes_retrain_learns_from_its_streams_and_promotes_its_pointer_only(
 
 
 @pytest.mark.kafka
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)
 def test_the_drift_listener_reads_the_route_header_on_the_real_topic(make_settings, tmp_path):
     from pipeline.kafka.clients import make_producer
     from pipeline.retrain.schedule import DriftListener
@@ -324,7 +324,8 @@ def test_the_drift_listener_reads_the_route_header_on_the_real_topic(make_settin
     listener = DriftListener(s, lambda r: reg.current(None if r == "default" else r), ("default", "ecg"), ready)
     listener.start()
     try:
-        assert ready.wait(60), "the listener never got its partitions"
+        # a liveness wait, not a timing assertion: joining the group took over 60 s once beside two CPU hogs
+        assert ready.wait(300), "the listener never got its partitions"
         time.sleep(1.0)  # auto_offset_reset=latest: let its position settle before producing
         p = make_producer(s.kafka)
         for model, route in ((v2, "ecg"), (v1, "ecg"), (v1, None)):  # ecg's, stale, default's (no header)
