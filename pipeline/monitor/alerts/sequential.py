@@ -49,7 +49,8 @@ estimate) or at the spike's window. The alert extends while windows are hot and 
 learn only from quiet windows (no alert of either kind up, not hot); a fault that lasts becomes the
 window score's new regime within ``stats_windows`` windows, and the CUSUMs' with it.
 
-Cost: the streams of a call step together, one window index at a time, in ``(streams,)`` arrays.
+Cost: per call, every stream's CUSUMs in closed form (:func:`lindley`); only streams where a test
+reaches its threshold or an alert of these tests is up step window by window (:class:`_Lockstep`).
 """
 
 from __future__ import annotations
