@@ -37,7 +37,8 @@ from tests.chaos import (
 )
 from tests.workers import Zygote, worker_thread
 
-pytestmark = pytest.mark.kafka
+# Group joins beside CPU hogs can be slow: the per-test limit leaves room for wait_assigned's 300 s.
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_kill9_three_times_with_restarts(make_settings, topics, model_registry, 
     assert all(f["samples"] > 0 for f in figures.values())
 
 
-@pytest.mark.timeout(600)  # starts, stops and restarts a broker of its own (JVM start-ups)
+@pytest.mark.timeout(1200)  # starts, stops and restarts a broker of its own (JVM start-ups)
 def test_broker_stop_and_start_mid_stream(make_settings, topics, model_registry, tmp_path, zygote):
     with own_broker(tmp_path) as (port, bootstrap):
         # At-least-once commits rarely here, so the replay after the kill reaches back before the

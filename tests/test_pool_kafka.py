@@ -39,6 +39,7 @@ def _members(k) -> list:
         admin.close()
 
 
+@pytest.mark.timeout(900)  # the group join is a liveness wait of up to 300 s beside CPU hogs
 def test_two_processes_share_the_group_and_stop_cleanly(make_settings, model_registry, tmp_path):
     registry = tmp_path / "registry"
     shutil.copytree(model_registry, registry)
@@ -48,7 +49,7 @@ def test_two_processes_share_the_group_and_stop_cleanly(make_settings, model_reg
                             env=worker_env(s), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
     try:
         # Two members, the topic's 4 partitions split between them.
-        wait_for(lambda: sorted(map(_assigned, _members(s.kafka))) == [2, 2], 90, 0.5, "two members, 2+2 partitions")
+        wait_for(lambda: sorted(map(_assigned, _members(s.kafka))) == [2, 2], 300, 0.5, "two members, 2+2 partitions")
         sim = simulate(s.kafka, streams=8, sample_rate=1000.0, seconds=4.0, snr_db=10.0, chunk=(100, 400), seed=5)
         time.sleep(3.0)
     finally:
