@@ -147,10 +147,14 @@ class DriftListener(DriftInbox):
     """Follows the alerts topic in a background thread and offers every message to the inbox."""
 
     def __init__(self, s: Settings, current_version, routes=(DEFAULT_ROUTE,), ready: threading.Event | None = None):
-        from pipeline.kafka.clients import make_consumer
+        from pipeline.kafka.clients import ensure_topics, make_consumer
 
         super().__init__(current_version, routes, ready)
         self._stop = threading.Event()
+        # The topic must exist before the subscription: a consumer subscribed to a missing topic
+        # sees it appear only at its next metadata refresh (metadata.max.age.ms, 5 min), and with
+        # offsets reset to "latest" the drift events published meanwhile would never be read.
+        ensure_topics(s.kafka, [s.kafka.alerts_topic])
         self._consumer = make_consumer(s.kafka, group_id=f"{s.kafka.group_id}-retrain", auto_offset_reset="latest")
         self._consumer.subscribe([s.kafka.alerts_topic])
         self._thread = threading.Thread(target=self._run, name="dae-drift-listener", daemon=True)
