@@ -206,7 +206,14 @@ def port_free(port: int) -> bool:
 @contextmanager
 def own_broker(tmp_path: Path):
     """A second local broker with its own data directory (the shared test broker is never stopped)."""
-    port = next(p for p in range(39092, 39200, 3) if all(port_free(p + i) for i in range(3)))
+    # Below Linux's ephemeral range (32768-60999 by default): while the broker is away, clients
+    # reconnecting to it, or any process's outgoing connection, may be handed one of its ports as a
+    # local port (a client retrying a closed local port can even connect to itself), and the restart
+    # then fails to bind (a fresh-clone CI run lost the controller port 39093 that way).
+    port = next(p for p in range(28092, 28200, 3) if all(port_free(p + i) for i in range(3)))
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
+    assert port + 2 < low, f"test broker ports {port}-{port + 2} lie in the ephemeral range (from {low})"
     old = os.environ.get("DAE_KAFKA_DATA")
     os.environ["DAE_KAFKA_DATA"] = str(tmp_path / "kafka")
     try:
