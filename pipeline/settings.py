@@ -308,6 +308,10 @@ class AlertSettings(BaseModel):
     # sequential_memory quiet windows.
     sequential_warmup: int = Field(128, ge=8)
     sequential_memory: int = Field(1024, ge=16)
+    # The estimates (and the score's calibrated threshold) move once per block of this many windows of
+    # a stream, counted from its first window: so the decisions do not depend on how the worker's
+    # micro-batches cut the stream (they grow when it falls behind).
+    sequential_block: int = Field(64, ge=1, le=4096)
     # A stream's alert state is dropped after this many seconds without a window (it restarts with warm-up).
     state_ttl_s: float = Field(300.0, gt=0)
     # Streams tracked per worker at most (~24 KB each once warmed up); beyond, the least recently seen is dropped.

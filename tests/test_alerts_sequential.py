@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from pipeline.monitor.alerts.engine import AlertEngine, window_features
 from pipeline.monitor.alerts.scoring import Scoring
-from pipeline.monitor.alerts.sequential import SeqPlan, cusum_threshold, lindley, siegmund_arl
+from pipeline.monitor.alerts.cusum import cusum_threshold, exact, lindley, siegmund_arl
+from pipeline.monitor.alerts.sequential import SeqPlan
 from pipeline.settings import AlertSettings
 
 W, H = 64, 32
@@ -218,3 +219,20 @@ def test_lindley_closed_form_equals_the_recursion(steps, s0):
         want.append(s)
     got = lindley(inc[None, :], reset[None, :], np.array([s0]))[0]
     np.testing.assert_allclose(got, want, atol=1e-8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-100.0, 100.0), min_size=1, max_size=64), st.randoms(use_true_random=False))
+def test_a_blocks_sums_are_exact_in_any_order_and_any_cut(values, rnd):
+    # the estimates take a block's values in as exact sums: cut and ordered anyhow, the same bits
+    x = exact(np.array(values), 64.0, 64)
+    assert np.all(np.abs(x) <= 64.0)
+    assert np.all(np.abs(x - np.clip(values, -64, 64)) <= 2.0**-30)
+    perm = list(range(len(values)))
+    rnd.shuffle(perm)
+    cuts = sorted(rnd.sample(range(len(values) + 1), min(3, len(values) + 1)))
+    parts = np.split(x[perm], cuts)
+    total = 0.0
+    for p in parts:
+        total += float(np.sum(p))
+    assert total == float(np.sum(x))

@@ -195,6 +195,10 @@ class AlertEngine:
                 features = window_features(windows, outputs, self._work)
             self._score(streams, lengths, starts, int(window), errors, scales, features,
                         time.time() if now is None else float(now), score, act, z, events, ev_win)
+            # in the order of their windows (the detectors append theirs in turn): a stream's events come
+            # in the same order however its windows are cut into calls
+            perm = sorted(range(len(ev_win)), key=ev_win.__getitem__)
+            events, ev_win = [events[i] for i in perm], [ev_win[i] for i in perm]
         zs = np.zeros((len(TERMS), N))
         zs[p.term_rows] = z
         return BatchResult(events, ev_win, WindowScores(starts, score, dict(zip(TERMS, zs)), act,

@@ -12,7 +12,8 @@ score: while its alert is up the CUSUMs stay at 0 and nothing is raised here.
 CUSUM (``level`` and ``scale`` both ways, ``noise`` upwards). Input: the term's robust z of each
 window (the engine's, against the stream's own median and spread). Overlapping windows make
 successive z values correlated, so each stream also keeps an exponential estimate (memory
-``sequential_memory`` quiet windows, plain averages during its first ``sequential_warmup``) of the
+``sequential_memory`` quiet windows, plain averages during its first ``sequential_warmup``; moved once
+per block of ``sequential_block`` windows of the stream, counted from its first) of the
 z's mean ``mu``, variance ``v`` and lag-1 correlation ``rho``, and the CUSUM sums
 ``x = clip((z - mu) / s, ±cusum_clip)`` with the long-run sigma ``s = sqrt(v (1 + rho) / (1 - rho))``
 (an AR(1) model of the z sequence): ``S = min(2h, max(0, S + x - k))`` per side. The false-alarm
@@ -35,7 +36,7 @@ ratio's running mean and std (the same exponential memory): threshold
 The window score's threshold (``score``). The score is a maximum of ``|z|`` over the terms, so its
 upper tail is taken as a Gumbel law too, fitted per stream to the running mean and std of its quiet
 windows' scores (plain averages for the first ``sequential_memory`` windows, then that memory; updated
-once per call): the stream's raise threshold becomes the quantile at the score's per-window share,
+once per block): the stream's raise threshold becomes the quantile at the score's per-window share,
 never below ``raise_threshold``; until ``sequential_warmup`` quiet scores are in, twice
 ``raise_threshold`` (young statistics raised most false alarms; gross faults still raise). The
 paths read it per stream (a stream whose misfit has heavy tails
@@ -49,7 +50,14 @@ estimate) or at the spike's window. The alert extends while windows are hot and 
 learn only from quiet windows (no alert of either kind up, not hot); a fault that lasts becomes the
 window score's new regime within ``stats_windows`` windows, and the CUSUMs' with it.
 
-Cost: per call, every stream's CUSUMs in closed form (:func:`lindley`); only streams where a test
+Batching. The estimates move at the end of each block of ``sequential_block`` windows of a stream,
+from the block's quiet windows (their sums exact in float64 in any order, :func:`~pipeline.monitor.alerts.cusum.exact`), and a
+call spanning block ends is taken block by block: a stream's decisions and events are the same to
+the last bit however its windows are cut into calls (the worker's micro-batches grow when it falls
+behind, and a replay after a crash cuts them elsewhere). Not so with ``score`` on: the window
+score's paths read the calibrated threshold once per call, before the tests run.
+
+Cost: per call and block, every stream's CUSUMs in closed form (:func:`~pipeline.monitor.alerts.cusum.lindley`); only streams where a test
 reaches its threshold or an alert of these tests is up step window by window (:class:`_Lockstep`).
 """
 
@@ -61,6 +69,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from pipeline.monitor.alerts.cusum import cusum_threshold, ew_block, exact, lindley
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.settings import AlertSettings
@@ -74,26 +83,11 @@ _SIG_FLOOR = 0.05
 _ERR = 1  # the engine's column of the standardised error (scoring.Scoring.build)
 # The spike ratio is taken at most at exp(this) (a flat window's is 0 / 0).
 _V_MAX = 20.0
+# Bounds of the values the estimates take in (powers of 2; :func:`exact`): a term's z, and the spike
+# ratio and the window score (quiet windows lie far below both).
+_Z_MAX, _U_MAX = 64.0, 1024.0
 # Default windows per hour when the caller does not say (1 kHz, hop 128).
 WINDOWS_PER_HOUR = 1000.0 / 128 * 3600
-
-
-def siegmund_arl(h: float, k: float) -> float:
-    """Siegmund's approximation of the in-control average run length of a one-sided CUSUM with
-    reference ``k`` and threshold ``h`` on independent standard normal increments."""
-    a = 2.0 * k * (h + 1.166)
-    return (math.expm1(a) - a) / (2.0 * k * k)
-
-
-def cusum_threshold(arl: float, k: float) -> float:
-    """The ``h`` whose :func:`siegmund_arl` is ``arl`` (bisection)."""
-    lo, hi = 0.0, 1.0
-    while siegmund_arl(hi, k) < arl:
-        hi *= 2.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if siegmund_arl(mid, k) < arl else (lo, mid)
-    return hi
 
 
 @dataclass(frozen=True)
@@ -113,6 +107,7 @@ class SeqPlan:
     h: float
     warmup: int
     memory: int
+    block: int  # windows of a stream per step of the estimates
     spike_t: float  # threshold of the Gaussian model
     gumbel_c: float  # sds above the mean of a Gumbel fit at one test's per-window share
     resolve_windows: int
@@ -141,7 +136,7 @@ class SeqPlan:
             names=tuple(f"cusum_{terms[i]}{'+' if s > 0 else '-'}" for i, s in sides) + (("spike",) if spike else ()),
             gate=terms.index("noise") if "noise" in terms else -1, spike=spike, score=score,
             k=cfg.cusum_k, clip=cfg.cusum_clip, h=cusum_threshold(1.0 / p_win, cfg.cusum_k),
-            warmup=cfg.sequential_warmup, memory=cfg.sequential_memory,
+            warmup=cfg.sequential_warmup, memory=cfg.sequential_memory, block=cfg.sequential_block,
             spike_t=-NormalDist().inv_cdf(p_win / (2.0 * m)),
             gumbel_c=(-math.log(p_win) - _EULER) * math.sqrt(6.0) / math.pi,
             resolve_windows=cfg.resolve_windows, cooldown_windows=cfg.cooldown_windows,
@@ -152,12 +147,12 @@ class SequentialTests:
     """Runs a :class:`SeqPlan` over the windows of an engine call; state in the engine's slots
     (:mod:`pipeline.monitor.alerts.slots`, fields ``seq_*``): a zeroed slot is a new stream.
 
-    Per call: every window's CUSUM increments and spike ratio from the estimates as they stood at the
-    start of the call (one array operation), then the CUSUMs of the streams whose call holds nothing
-    to decide (no alert of either kind, no test reaching its threshold, every test ready throughout
-    or not at all) in closed form (Lindley: ``S_t = C_t - min(-S_0, min_j<=t C_j)`` over the
-    cumulative increments ``C``), the others window by window in lockstep, and last the estimates
-    from the call's quiet windows (one exponential-memory step per stream and call)."""
+    Per call and block (:meth:`update`): every window's CUSUM increments and spike ratio from the
+    estimates as they stood at the start of the block (one array operation), then the CUSUMs of the
+    streams whose call holds nothing to decide (no alert of either kind, no test reaching its
+    threshold, every test ready throughout or not at all) in closed form (Lindley: ``S_t = C_t - min(-S_0, min_j<=t C_j)`` over the
+    cumulative increments ``C``), the others window by window in lockstep, and last the block's
+    quiet windows into its accumulators (one exponential-memory step per stream and block, at its end)."""
 
     def __init__(self, plan: SeqPlan, closed_form: bool = True):
         self.plan = plan
@@ -167,7 +162,43 @@ class SequentialTests:
                model_version, events, ev_win, score=None) -> np.ndarray:
         """The windows of each stream ``u`` are ``first[u]`` to ``first[u] + n_u[u]`` of the grouped
         arrays. Appends events (and their windows); returns each window's score in units of the raise
-        threshold (``raise_threshold`` at a test's threshold)."""
+        threshold (``raise_threshold`` at a test's threshold).
+
+        The estimates move once per *block* of ``plan.block`` windows of a stream, counted from its
+        first window, not once per call: the call is taken in rounds, round ``r`` holding each stream's
+        windows of its ``r``-th block in the call, so a stream cut into calls of any size decides the
+        same (the worker's micro-batches grow when it falls behind)."""
+        N, U = starts.size, slots.size
+        if N == 0:
+            return np.zeros(0)
+        B = self.plan.block
+        seg = np.repeat(np.arange(U), n_u)
+        pos0 = tab.seq_pos[slots].copy()
+        tab.seq_pos[slots] = pos0 + n_u
+        rnd = (pos0[seg] + np.arange(N) - first[seg]) // B - (pos0 // B)[seg]
+        if not rnd.any():
+            return self._block(tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
+                               model_version, events, ev_win, score, (pos0 + n_u) // B > pos0 // B)
+        out = np.zeros(N)
+        for r in range(int(rnd.max()) + 1):
+            idx = np.flatnonzero(rnd == r)  # grouped by stream, in order: rnd does not fall within one
+            cnt = np.bincount(seg[idx], minlength=U)
+            has = np.flatnonzero(cnt)
+            sub_n = cnt[has]
+            sub_first = np.concatenate(([0], np.cumsum(sub_n)[:-1]))
+            end = (pos0[has] // B + r + 1) * B  # where each stream's block of this round ends
+            k = len(ev_win)
+            out[idx] = self._block(tab, [ids[u] for u in has], slots[has], sub_first, sub_n, starts[idx], window,
+                                   z[:, idx], spike[idx], finite[idx], engine_active[idx], ts, model_version,
+                                   events, ev_win, None if score is None else score[idx],
+                                   pos0[has] + n_u[has] >= end)
+            ev_win[k:] = idx[np.asarray(ev_win[k:], dtype=np.int64)].tolist()
+        return out
+
+    def _block(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
+               model_version, events, ev_win, score, closes) -> np.ndarray:
+        """:meth:`update` over windows that lie in one block of each stream; ``closes``: the streams whose
+        block ends with these windows (their estimates then take the block's quiet windows in)."""
         P = self.plan
         N, U = starts.size, slots.size
         if N == 0:
@@ -191,56 +222,29 @@ class SequentialTests:
         if slow.size:
             _Lockstep(P, tab, c, slots, ids, starts, window, ts, model_version).run(
                 slow, first, n_u, engine_active, out, quiet_w, events, ev_win)
-        c.learn(quiet_w & finite)
+        c.learn(quiet_w & finite, closes)
         if P.score and score is not None:
-            self._calibrate(tab, slots, c.seg, score, finite, engine_active)
+            self._calibrate(tab, slots, c.seg, score, finite, engine_active, closes)
         return out
 
-    def _calibrate(self, tab, slots, seg, score, finite, engine_active) -> None:
+    def _calibrate(self, tab, slots, seg, score, finite, engine_active, closes) -> None:
         """Fold each stream's quiet window scores (finite, below its threshold, no alert up after the
-        window) into their running mean and mean square and set its raise threshold: the Gumbel
-        quantile at the score's per-window share, never below ``raise_threshold``."""
+        window) into their running mean and mean square and, where its block closes, set its raise
+        threshold: the Gumbel quantile at the score's per-window share, never below ``raise_threshold``."""
         P = self.plan
         thr = np.maximum(P.raise_threshold, tab.seq_thr[slots])[seg]
         q = finite & ~engine_active & (score < thr)
-        n, (mu, m2) = _ew_step(tab.seq_sn[slots], (tab.seq_smu[slots], tab.seq_sm2[slots]), seg, q,
-                               (score, score * score), slots.size, P.memory)
-        tab.seq_sn[slots], tab.seq_smu[slots], tab.seq_sm2[slots] = n, mu, m2
+        fields = ("seq_sn", "seq_smu", "seq_sm2"), ("seq_sqn", "seq_sq1", "seq_sq2")
+        sc = np.minimum(score, _U_MAX)
+        ew_block(tab, slots, closes, seg, q, (exact(sc, _U_MAX, P.block), exact(sc * sc, _U_MAX**2, P.block)),
+                  *fields, memory=P.memory)
+        n, mu, m2 = tab.seq_sn[slots], tab.seq_smu[slots], tab.seq_sm2[slots]
         sd = np.sqrt(np.maximum(m2 - mu * mu, 0.0))
         tab.seq_thr[slots] = np.where(n >= P.warmup, mu + P.gumbel_c * sd, 2.0 * P.raise_threshold)
 
 
-def lindley(inc: np.ndarray, reset: np.ndarray, s0: np.ndarray) -> np.ndarray:
-    """``S_t = 0 if reset_t else max(0, S_{t-1} + inc_t)`` along the last axis, from ``S_{-1} = s0``
-    (``inc``, ``reset``: ``(..., L)``; ``s0``: ``(...)``), without a loop: ``S_t = C_t - min(-s0,
-    min_{j<=t} C_j)`` of the cumulative increments ``C`` (``inc`` taken as 0 at resets), where a reset
-    starts a new segment of the running minimum. Segments are kept apart by offsets larger than any
-    range of ``C``, so each later segment lies wholly below the earlier ones."""
-    C = np.cumsum(np.where(reset, 0.0, inc), axis=-1)
-    big = 2.0 * (np.abs(C).max(initial=0.0) + np.max(s0, initial=0.0)) + 1.0
-    A = C - np.cumsum(reset, axis=-1) * big
-    M = np.minimum(np.minimum.accumulate(A, axis=-1), -np.asarray(s0)[..., None])
-    S = A - M
-    return np.where(S < 1e-9, 0.0, S)
-
-
-def _ew_step(n0, means, seg, q, values, U: int, memory: int):
-    """One exponential-memory step per stream of running means: ``values`` (each ``(N,)``) of the
-    windows ``q`` of each stream ``seg``. Plain averages while a stream has at most ``memory``
-    values, then the call's mean weighs its windows / ``memory`` (at most 1/2). Returns the new
-    count and means."""
-    cnt = np.bincount(seg, weights=q, minlength=U)
-    n = n0 + cnt.astype(np.int64)
-    w = np.where(n <= memory, cnt / np.maximum(n, 1), np.minimum(cnt / memory, 0.5))
-    out = []
-    for m, v in zip(means, values):
-        mean = np.bincount(seg, weights=np.where(q, v, 0.0), minlength=U) / np.maximum(cnt, 1)
-        out.append(np.where(cnt > 0, m + w * (mean - m), m))
-    return n, out
-
-
 class _Call:
-    """One call's per-window inputs of the tests, from the estimates at the start of the call."""
+    """One call's (one block's) per-window inputs of the tests, from the estimates at the start of the block."""
 
     def __init__(self, P: SeqPlan, tab, slots, first, n_u, z, spike, finite):
         self.P, self.tab, self.slots, self.first, self.n_u = P, tab, slots, first, n_u
@@ -298,29 +302,28 @@ class _Call:
         best = best[:, streams]
         return np.where(best >= 0, starts[np.maximum(best, 0)], -1).T
 
-    def learn(self, quiet) -> None:
-        """The estimates from the call's quiet windows: the terms' z (and lag-1 products) where they
-        have one, the spike ratio."""
+    def learn(self, quiet, closes) -> None:
+        """The call's quiet windows into the blocks' accumulators, and the estimates of the streams whose
+        block closes: the terms' z (and lag-1 products) where they have one, the spike ratio."""
         P, tab, slots, seg = self.P, self.tab, self.slots, self.seg
         T, U = len(P.terms), slots.size
+        B = P.block
         for t in range(T):
-            col = slots, t
             zc = self.z[t]
             prev = np.concatenate(([0.0], zc[:-1]))
-            prev[self.first] = tab.seq_prev[col]
-            q = quiet & self.have[t]
-            n, (mu, m2, c1) = _ew_step(tab.seq_n[col], (tab.seq_mu[col], tab.seq_m2[col], tab.seq_c1[col]),
-                                       seg, q, (zc, zc * zc, zc * prev), U, P.memory)
-            tab.seq_n[col], tab.seq_mu[col], tab.seq_m2[col], tab.seq_c1[col] = n, mu, m2, c1
+            prev[self.first] = tab.seq_prev[slots, t]
+            vals = exact(zc, _Z_MAX, B), exact(zc * zc, _Z_MAX**2, B), exact(zc * prev, _Z_MAX**2, B)
+            ew_block(tab, slots, closes, seg, quiet & self.have[t], vals,
+                      ("seq_n", "seq_mu", "seq_m2", "seq_c1"), ("seq_qn", "seq_q1", "seq_q2", "seq_qc"),
+                      memory=P.memory, col=t)
             lastz = np.full(U, np.nan)
             h = np.flatnonzero(self.have[t])
             lastz[seg[h]] = zc[h]  # the last window that has a z, per stream
-            tab.seq_prev[col] = np.where(np.isnan(lastz), tab.seq_prev[col], lastz)
+            tab.seq_prev[slots, t] = np.where(np.isnan(lastz), tab.seq_prev[slots, t], lastz)
         if P.spike:
-            q = quiet & (self.v > 0)
-            n, (mu, m2) = _ew_step(tab.seq_un[slots], (tab.seq_umu[slots], tab.seq_um2[slots]), seg, q,
-                                   (self.v, self.v * self.v), U, P.memory)
-            tab.seq_un[slots], tab.seq_umu[slots], tab.seq_um2[slots] = n, mu, m2
+            v = np.minimum(self.v, _U_MAX)
+            ew_block(tab, slots, closes, seg, quiet & (self.v > 0), (exact(v, _U_MAX, B), exact(v * v, _U_MAX**2, B)),
+                      ("seq_un", "seq_umu", "seq_um2"), ("seq_uqn", "seq_uq1", "seq_uq2"), memory=P.memory)
 
 
 class _Lockstep:

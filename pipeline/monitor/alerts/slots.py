@@ -60,6 +60,13 @@ def record_dtype(p: Scoring) -> np.dtype:
         ("seq_un", np.int64), ("seq_umu", np.float64), ("seq_um2", np.float64),
         ("seq_active", np.bool_), ("seq_a_start", np.int64), ("seq_a_end", np.int64), ("seq_peak", np.float64),
         ("seq_det", np.int64), ("seq_below", np.int64), ("seq_cool", np.int64),
+        ("seq_pos", np.int64),  # windows through the tests so far (their estimates move per block of them)
+        # the current block's quiet windows: per CUSUM term their count and sums of z, z^2, z * previous z;
+        # of the spike statistic and of the window score: count, sum, sum of squares
+        ("seq_qn", np.int64, (MAX_TERMS,)), ("seq_q1", np.float64, (MAX_TERMS,)),
+        ("seq_q2", np.float64, (MAX_TERMS,)), ("seq_qc", np.float64, (MAX_TERMS,)),
+        ("seq_uqn", np.int64), ("seq_uq1", np.float64), ("seq_uq2", np.float64),
+        ("seq_sqn", np.int64), ("seq_sq1", np.float64), ("seq_sq2", np.float64),
         # the window score's calibrated raise threshold (0: the setting) and its quiet score's statistics
         ("seq_thr", np.float64), ("seq_sn", np.int64), ("seq_smu", np.float64), ("seq_sm2", np.float64),
         ("slow", np.float32, (p.slow_windows, max(f, 1))),  # ring of each slow term's feature values
@@ -185,8 +192,9 @@ class SlotTable:
         if live.size == 0:
             return
         t, d = np.asarray(terms, dtype=np.int64), np.asarray(sides, dtype=np.int64)
-        for name in ("seq_mu", "seq_m2", "seq_c1", "seq_prev", "seq_n"):
+        for name in ("seq_mu", "seq_m2", "seq_c1", "seq_prev", "seq_n", "seq_qn", "seq_q1", "seq_q2", "seq_qc"):
             getattr(self, name)[live[:, None], t[None, :]] = 0
         self.seq_S[live[:, None], d[None, :]] = 0
         if spike:
             self.seq_un[live], self.seq_umu[live], self.seq_um2[live] = 0, 0.0, 0.0
+            self.seq_uqn[live], self.seq_uq1[live], self.seq_uq2[live] = 0, 0.0, 0.0
