@@ -130,7 +130,8 @@ def test_refreshes_taken_at_once_equal_the_rounds_also_where_winsorising_bites(s
     np.testing.assert_array_equal(z1, z2)
 
 
-@pytest.mark.parametrize("sequential", [(), ("level", "scale", "noise", "spike")])
+@pytest.mark.parametrize("sequential", [(), ("level", "scale", "noise", "spike"),
+                                        ("level", "scale", "noise", "spike", "score")])
 def test_decisions_do_not_depend_on_how_a_stream_is_cut_into_calls(sequential):
     # the worker's micro-batches grow when it falls behind (a busy machine, a backlog after a restart):
     # the same windows, cut into calls of other sizes, must give the same scores and the same events
@@ -140,23 +141,37 @@ def test_decisions_do_not_depend_on_how_a_stream_is_cut_into_calls(sequential):
     n, k = 1200, 3
     streams = {f"s{j}": stream_inputs(rng, n, offset=float(j)) for j in range(k)}
     runs = []
-    for cuts in ("fixed", "random"):
+    for cuts in ("fixed", "random", "batched"):
         eng, pos = AlertEngine(cfg, CAL, "v1"), 0
         events, scores = {s: [] for s in streams}, {s: [] for s in streams}
         while pos < n:
             m = 16 if cuts == "fixed" else int(rng.integers(1, 120))
             b = min(n, pos + m)
-            for sid, (st, e, sc, f) in streams.items():
-                ev, one = eng.update_scored(sid, st[pos:b], W, e[pos:b], sc[pos:b], 1.0,
-                                            features={t: v[pos:b] for t, v in f.items()})
-                events[sid] += [x.to_dict() for x in ev]
-                scores[sid].append(one.score)
+            if cuts == "batched":  # one call across the streams, the first stream in two segments
+                h = (pos + b) // 2
+                parts = [("s0", pos, h), *((sid, pos, b) for sid in streams if sid != "s0"), ("s0", h, b)]
+                cat = [np.concatenate([streams[sid][i][a:c] for sid, a, c in parts]) for i in range(3)]
+                feats = {t: np.concatenate([streams[sid][3][t][a:c] for sid, a, c in parts]) for t in streams["s0"][3]}
+                r = eng.update_batch([p[0] for p in parts], [c - a for _, a, c in parts], cat[0], W, cat[1], cat[2],
+                                     1.0, features=feats)
+                ends = np.cumsum([c - a for _, a, c in parts])
+                for e in r.events:
+                    events[e.stream].append(e.to_dict())
+                for (sid, a, c), end in zip(parts, ends):
+                    scores[sid].append(r.scores.score[end - (c - a):end])
+            else:
+                for sid, (st, e, sc, f) in streams.items():
+                    ev, one = eng.update_scored(sid, st[pos:b], W, e[pos:b], sc[pos:b], 1.0,
+                                                features={t: v[pos:b] for t, v in f.items()})
+                    events[sid] += [x.to_dict() for x in ev]
+                    scores[sid].append(one.score)
             pos = b
         runs.append((events, {s: np.concatenate(v) for s, v in scores.items()}))
-    (ev_a, sc_a), (ev_b, sc_b) = runs
+    (ev_a, sc_a), (ev_b, sc_b), (ev_c, sc_c) = runs
     assert sum(map(len, ev_a.values())) >= 4  # alerts happened
     if sequential:  # ... of the sequential tests too
         assert {e["detector"] for v in ev_a.values() for e in v} - {"score"}
     for s in streams:
-        assert ev_a[s] == ev_b[s]
+        assert ev_a[s] == ev_b[s] == ev_c[s]
         np.testing.assert_array_equal(sc_a[s], sc_b[s])
+        np.testing.assert_array_equal(sc_a[s], sc_c[s])

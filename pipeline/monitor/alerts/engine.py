@@ -193,8 +193,9 @@ class AlertEngine:
         if cfg.enabled and N:
             if features is None:
                 features = window_features(windows, outputs, self._work)
-            self._score(streams, lengths, starts, int(window), errors, scales, features,
-                        time.time() if now is None else float(now), score, act, z, events, ev_win)
+            ts = time.time() if now is None else float(now)
+            self._score_rounds(streams, lengths, starts, int(window), errors, scales, features, ts, score, act, z,
+                               events, ev_win)
             # in the order of their windows (the detectors append theirs in turn): a stream's events come
             # in the same order however its windows are cut into calls
             perm = sorted(range(len(ev_win)), key=ev_win.__getitem__)
@@ -203,6 +204,50 @@ class AlertEngine:
         zs[p.term_rows] = z
         return BatchResult(events, ev_win, WindowScores(starts, score, dict(zip(TERMS, zs)), act,
                                                         cfg.raise_threshold, cfg.resolve_threshold))
+
+    def _score_rounds(self, streams, lengths, starts, window, errors, scales, features, ts, score, act, z, events,
+                      ev_win) -> None:
+        """:meth:`_score` over the call, a round of :meth:`_rounds` at a time."""
+        N = starts.size
+        for idx in self._rounds(streams, lengths):
+            if idx is None:
+                self._score(streams, lengths, starts, window, errors, scales, features, ts, score, act, z, events,
+                            ev_win)
+                return
+            sj = np.repeat(np.arange(len(streams)), lengths)[idx]  # the round's segments: runs of one
+            bounds = np.concatenate(([0], np.flatnonzero(sj[1:] != sj[:-1]) + 1, [idx.size]))
+            r_score, r_act, r_z = np.zeros(idx.size), np.zeros(idx.size, dtype=bool), np.zeros((z.shape[0], idx.size))
+            sub = {t: (np.asarray(v).reshape(-1)[idx] if np.size(v) == N else v) for t, v in features.items()}
+            k = len(ev_win)
+            self._score([streams[j] for j in sj[bounds[:-1]]], np.diff(bounds).tolist(), starts[idx], window,
+                        errors[idx], scales[idx], sub, ts, r_score, r_act, r_z, events, ev_win)
+            score[idx], act[idx], z[:, idx] = r_score, r_act, r_z
+            ev_win[k:] = idx[np.asarray(ev_win[k:], dtype=np.int64)].tolist()
+
+    def _rounds(self, streams, lengths):
+        """The call's windows in rounds (index arrays, call order) that each hold at most one block of
+        every stream (``sequential_block``, counted from the stream's first window), or ``[None]``: one
+        round. With ``score`` among the sequential tests the window score reads a threshold that moves
+        at block ends, so a call spanning one is taken a block at a time: the same decisions however
+        the stream is cut into calls. Without it only the sequential tests need blocks (they split
+        the call themselves)."""
+        if self._seq is None or not self._seq.plan.score or not len(streams):
+            return [None]
+        B = self._seq.plan.block
+        seg = np.repeat(np.arange(len(streams)), lengths)
+        uid: dict[str, int] = {}
+        # a stream may fill several segments
+        inv = np.array([uid.setdefault(x, len(uid)) for x in streams], dtype=np.int64)[seg]
+        ids = self._tab.ids
+        pos0 = np.array([self._tab.seq_pos[ids[x]] if x in ids else 0 for x in uid], dtype=np.int64)
+        cnt = np.bincount(inv, minlength=len(uid))
+        order = np.argsort(inv, kind="stable")
+        rank = np.empty(seg.size, dtype=np.int64)
+        rank[order] = np.arange(seg.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        rnd = (pos0[inv] + rank) // B - pos0[inv] // B
+        if not rnd.any():
+            return [None]
+        return [np.flatnonzero(rnd == r) for r in range(int(rnd.max()) + 1) if (rnd == r).any()]
 
     def _values(self, errors, scales, features, n) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
         """``(values (columns, N), their columns, finite (N,), log error (N,))`` of the call's windows."""

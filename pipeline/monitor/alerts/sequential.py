@@ -54,8 +54,9 @@ Batching. The estimates move at the end of each block of ``sequential_block`` wi
 from the block's quiet windows (their sums exact in float64 in any order, :func:`~pipeline.monitor.alerts.cusum.exact`), and a
 call spanning block ends is taken block by block: a stream's decisions and events are the same to
 the last bit however its windows are cut into calls (the worker's micro-batches grow when it falls
-behind, and a replay after a crash cuts them elsewhere). Not so with ``score`` on: the window
-score's paths read the calibrated threshold once per call, before the tests run.
+behind, and a replay after a crash cuts them elsewhere). With ``score`` on, the engine takes such a
+call a block at a time for the window score too (``AlertEngine._rounds``), whose paths read the
+calibrated threshold as it stood at the start of the block.
 
 Cost: per call and block, every stream's CUSUMs in closed form (:func:`~pipeline.monitor.alerts.cusum.lindley`); only streams where a test
 reaches its threshold or an alert of these tests is up step window by window (:class:`_Lockstep`).
