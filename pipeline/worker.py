@@ -229,6 +229,7 @@ class Worker:
             p.apply_done()
             self._maybe_swap_model()
             p.run_due_batches()
+            self._mark_caught_up()
             p.idle_flush()
             self.monitor.expire()
             p.release_held()
@@ -236,6 +237,16 @@ class Worker:
         self.producer.check()
         if self.commits.due():
             self.commits.commit()
+
+    def _mark_caught_up(self) -> None:
+        """Per partition: has this worker consumed everything the broker had at the last fetch? (Its
+        position has reached the high watermark.) Called with the lock held."""
+        for tp, part in self.partitions.items():
+            try:
+                high, pos = self.consumer.highwater(tp), self.consumer.position(tp, timeout_ms=0)
+            except AssertionError:  # no longer assigned (kafka-python asserts it)
+                high = pos = None
+            part.caught_up = high is not None and pos is not None and pos >= high
 
     def _maybe_trim(self) -> None:
         tracked = self.monitor.streams() + sum(len(part.streams) for part in self.partitions.values())

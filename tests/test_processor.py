@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -240,18 +241,29 @@ def scenario(draw):
         pos[sid] += n
     crash = draw(st.integers(1, len(msgs)))
     commit = draw(st.integers(0, crash))
-    return msgs, commit, crash
+    # a replaying owner's own stalls (a busy machine), before each message
+    stalls = draw(st.lists(st.sampled_from([0.0, 0.0, 2.5]), min_size=len(msgs), max_size=len(msgs)))
+    return msgs, commit, crash, stalls
 
 
-def run_owner(h: Harness, msgs, first: int, last: int, commit_at: int | None = None, paced: bool = True):
+def run_owner(h: Harness, msgs, first: int, last: int, commit_at: int | None = None, paced: bool = True,
+              log_end: int | None = None, stalls=None):
     """Feed messages [first, last); after message ``commit_at - 1`` take a commit: (offset, the
-    entries durable once it is taken, i.e. its own and the idle-flush records written after it)."""
+    entries durable once it is taken, i.e. its own and the idle-flush records written after it).
+    ``log_end``: the partition already holds this many messages (a backlog: the owner is caught up
+    only once it has handled them); None: live, each handled as it arrives. ``stalls``: the owner's
+    pauses before each message instead of the messages' own."""
     taken = None
     for off in range(first, last):
         if off == commit_at:
             taken = (*h.part.committable(), len(h.state_writes))
         sid, index, x, pause = msgs[off]
+        if log_end is not None:
+            h.part.caught_up = False  # message ``off`` waits in the log
+        pause = stalls[off] if stalls is not None else pause
         h.step(Msg(off, *encode_chunk(sid, index, RATE, x)), advance=pause if paced else 0.0)
+        if log_end is not None:
+            h.part.caught_up = off + 1 >= log_end
     if commit_at == last:
         taken = (*h.part.committable(), len(h.state_writes))
     offset, entries, n = taken if taken is not None else (first, {}, 0)
@@ -260,19 +272,20 @@ def run_owner(h: Harness, msgs, first: int, last: int, commit_at: int | None = N
     return offset, entries
 
 
+@pytest.mark.parametrize("stalls", [False, True])
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenario())
-def test_a_replay_from_any_commit_republishes_only_identical_values(case):
-    msgs, commit_at, crash = case
+@given(case=scenario())
+def test_a_replay_from_any_commit_republishes_only_identical_values(case, stalls):
+    msgs, commit_at, crash, own_stalls = case
     first = Harness()
     # Recorded idle flushes written after the commit are durable too (written before their tails).
     offset, entries = run_owner(first, msgs, 0, crash, commit_at if commit_at else None)
     second = Harness()
     second.part = second.p.partitions["tp"] = PartitionState("tp", resume=dict(entries), loaded=True,
                                                               start=offset, committed=offset)
-    # The replay reads a backlog: none of the first owner's pauses, so none of its idle flushes
-    # happen again by themselves.
-    run_owner(second, msgs, offset, len(msgs), paced=False)
+    # The replay reads a backlog, with stalls of its own (a busy machine): the worker's idle flushes
+    # wait until it has read the log to the end, so none happens where the first owner had none.
+    run_owner(second, msgs, offset, len(msgs), paced=stalls, log_end=len(msgs), stalls=own_stalls)
     second.drain()
     for sid in STREAMS:
         total = sum(len(x) for s, _, x, _ in msgs if s == sid)

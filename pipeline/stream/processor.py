@@ -11,7 +11,9 @@ segment drops that segment (logged, counted), never the batch or the worker.
 
 Idle flushes are decisions taken on the wall clock, so a replay could not recompute them: each is
 recorded (``write_state``) before the flushed tail is published, and a replay repeats it after the
-same message (``StreamState.replay``).
+same message (``StreamState.replay``). They are taken only on partitions read to the end
+(``PartitionState.caught_up``): a replay, or a worker that fell behind, must not take new ones on a
+stall of its own while the stream's next message waits in the backlog.
 """
 
 from __future__ import annotations
@@ -197,10 +199,11 @@ class StreamProcessor:
         segments.clear()
 
     def idle_flush(self) -> None:
-        """Release the tails of streams silent for ``idle_flush_s``; forget finished streams."""
+        """Release the tails of streams silent for ``idle_flush_s`` on partitions this owner has read
+        to the end (``PartitionState.caught_up``); forget finished streams."""
         limit = self._clock() - self.idle_flush_s
         for part in self.partitions.values():
-            for stream in part.streams.values():
+            for stream in part.streams.values() if part.caught_up else ():
                 seg = stream.open
                 if seg is not None and not seg.win.flushed and stream.last_seen < limit:
                     self.metrics.idle_flushes.inc()

@@ -142,6 +142,11 @@ class PartitionState:
     loaded: bool = False  # committed offset and resume entries read
     start: int | None = None  # the committed offset when loaded: earlier records are not handled
     committed: int | None = None  # the last offset the broker confirmed for this partition
+    # This owner has consumed everything the broker had when last asked (the worker sets it after
+    # each poll): only then may a silent stream be idle-flushed. A stream whose next message waits
+    # in a backlog is queued, not idle, and a replay (a backlog) must not flush where the previous
+    # owner did not: the re-published values would differ.
+    caught_up: bool = True
     # Entries of streams that finished (all output published, state dropped), kept until the
     # committed offset passes them: a replay from an older commit must not restart them mid-way.
     finished: dict[str, Resume] = field(default_factory=dict)
