@@ -7,7 +7,6 @@ one)."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -31,6 +30,14 @@ STREAMS = {
     "vib-a": (1000.0, "vib", (50, 250)),
     "ecg-c": (500.0, "default", (25, 120)),  # no route names 500 Hz: the default route's rate-generic model
 }
+
+
+def applied(w, prefix: str, version: str) -> bool:
+    """Both streams ``prefix*`` have had a batch of ``version`` applied (the worker's own state)."""
+    with w.lock:
+        seen = {sid for part in w.partitions.values() for sid, st in part.streams.items()
+                if sid.startswith(prefix) and any(seg.version == version for seg in st.segments())}
+    return len(seen) == 2
 
 
 def test_streams_follow_their_routes_and_one_route_swaps_alone(make_settings, tmp_path):
@@ -57,12 +64,13 @@ def test_streams_follow_their_routes_and_one_route_swaps_alone(make_settings, tm
             "default": v_default, "ecg": v_ecg, "slow": v_slow, "vib": v_vib}
         for t in producers:
             t.start()
-        time.sleep(3.5)
+        # promote once the ecg streams' output is under way (a fixed sleep was too short beside CPU hogs)
+        wait_for(lambda: applied(w, "ecg-a-", v_ecg), 60, 0.1, "the ecg streams' first batches")
         reg.promote(v_ecg2, route="ecg")
         wait_for(lambda: w.models.engines["ecg"].version == v_ecg2, 20, 0.1, "the ecg route to swap")
         assert {r: e.version for r, e in w.models.engines.items() if r != "ecg"} == {
             "default": v_default, "slow": v_slow, "vib": v_vib}, "only the promoted route swaps"
-        time.sleep(1.5)
+        wait_for(lambda: applied(w, "ecg-a-", v_ecg2), 60, 0.1, "a batch of the promoted ecg model")
         assert reg.rollback(route="ecg") == v_ecg and reg.current() == v_default
         wait_for(lambda: w.models.engines["ecg"].version == v_ecg, 20, 0.1, "the ecg route to roll back")
         rolled_back_live = all(t.is_alive() for t in producers)  # (else the streams ended on v_ecg2)
