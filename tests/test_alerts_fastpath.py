@@ -130,14 +130,16 @@ def test_refreshes_taken_at_once_equal_the_rounds_also_where_winsorising_bites(s
     np.testing.assert_array_equal(z1, z2)
 
 
-@pytest.mark.parametrize("sequential", [(), ("level", "scale", "noise", "spike"),
-                                        ("level", "scale", "noise", "spike", "score")])
-def test_decisions_do_not_depend_on_how_a_stream_is_cut_into_calls(sequential):
+@pytest.mark.parametrize("sequential, tail", [((), "pot"), (("level", "scale", "noise", "spike"), "pot"),
+                                              (("level", "scale", "noise", "spike", "score"), "pot"),
+                                              (("level", "scale", "noise", "spike", "score"), "gumbel")])
+def test_decisions_do_not_depend_on_how_a_stream_is_cut_into_calls(sequential, tail):
     # the worker's micro-batches grow when it falls behind (a busy machine, a backlog after a restart):
     # the same windows, cut into calls of other sizes, must give the same scores and the same events
     rng = np.random.default_rng(11)
     cfg = AlertSettings(min_windows=8, warmup_windows=16, stats_windows=64, refresh_every=5, slow_windows=16,
-                        cooldown_windows=3, sequential_warmup=32, sequential_memory=64, sequential=sequential)
+                        cooldown_windows=3, sequential_warmup=32, sequential_memory=64, sequential=sequential,
+                        score_tail=tail)
     n, k = 1200, 3
     streams = {f"s{j}": stream_inputs(rng, n, offset=float(j)) for j in range(k)}
     runs = []

@@ -64,7 +64,6 @@ reaches its threshold or an alert of these tests is up step window by window (:c
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -73,12 +72,12 @@ import numpy as np
 from pipeline.monitor.alerts.cusum import cusum_threshold, ew_block, exact, lindley
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.scoring import Scoring
+from pipeline.monitor.alerts.tail import ScoreTail, gumbel_c
 from pipeline.settings import AlertSettings
 
 # Directions tested per CUSUM term: +1 upwards, -1 downwards.
 SIDES = {"level": (1, -1), "scale": (1, -1), "noise": (1,)}
 MAX_TERMS, MAX_SIDES = 3, 5  # slot record sizes (slots.record_dtype)
-_EULER = 0.5772156649
 # Smallest long-run sigma of a z sequence (a constant stream has none).
 _SIG_FLOOR = 0.05
 _ERR = 1  # the engine's column of the standardised error (scoring.Scoring.build)
@@ -116,6 +115,9 @@ class SeqPlan:
     raise_threshold: float
     cap: float  # max_score: scores are capped here, as the window score's
     per_test_rate: float  # false alarms per hour each test may raise
+    p_win: float  # per-window false-alarm probability of one test
+    score_tail: str  # the window score's tail model (tail.py)
+    tail_frac: float  # its tail: the fraction of quiet windows above the POT level
 
     @classmethod
     def build(cls, cfg: AlertSettings, p: Scoring, window: int, windows_per_hour: float | None) -> SeqPlan | None:
@@ -139,9 +141,10 @@ class SeqPlan:
             k=cfg.cusum_k, clip=cfg.cusum_clip, h=cusum_threshold(1.0 / p_win, cfg.cusum_k),
             warmup=cfg.sequential_warmup, memory=cfg.sequential_memory, block=cfg.sequential_block,
             spike_t=-NormalDist().inv_cdf(p_win / (2.0 * m)),
-            gumbel_c=(-math.log(p_win) - _EULER) * math.sqrt(6.0) / math.pi,
+            gumbel_c=gumbel_c(p_win),
             resolve_windows=cfg.resolve_windows, cooldown_windows=cfg.cooldown_windows,
-            raise_threshold=cfg.raise_threshold, cap=cfg.max_score, per_test_rate=rate)
+            raise_threshold=cfg.raise_threshold, cap=cfg.max_score, per_test_rate=rate, p_win=p_win,
+            score_tail=cfg.score_tail, tail_frac=1.0 - cfg.score_tail_quantile)
 
 
 class SequentialTests:
@@ -158,6 +161,9 @@ class SequentialTests:
     def __init__(self, plan: SeqPlan, closed_form: bool = True):
         self.plan = plan
         self.closed = closed_form  # False: every stream window by window (tests compare the two)
+        P = plan
+        self.tail = ScoreTail(P.score_tail, P.p_win, P.tail_frac, P.raise_threshold, P.warmup, P.memory,
+                              P.block) if P.score else None
 
     def update(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
                model_version, events, ev_win, score=None) -> np.ndarray:
@@ -224,24 +230,9 @@ class SequentialTests:
             _Lockstep(P, tab, c, slots, ids, starts, window, ts, model_version).run(
                 slow, first, n_u, engine_active, out, quiet_w, events, ev_win)
         c.learn(quiet_w & finite, closes)
-        if P.score and score is not None:
-            self._calibrate(tab, slots, c.seg, score, finite, engine_active, closes)
+        if self.tail is not None and score is not None:  # the window score's threshold (tail.py)
+            self.tail.update(tab, slots, c.seg, first, n_u, score, finite, engine_active, closes)
         return out
-
-    def _calibrate(self, tab, slots, seg, score, finite, engine_active, closes) -> None:
-        """Fold each stream's quiet window scores (finite, below its threshold, no alert up after the
-        window) into their running mean and mean square and, where its block closes, set its raise
-        threshold: the Gumbel quantile at the score's per-window share, never below ``raise_threshold``."""
-        P = self.plan
-        thr = np.maximum(P.raise_threshold, tab.seq_thr[slots])[seg]
-        q = finite & ~engine_active & (score < thr)
-        fields = ("seq_sn", "seq_smu", "seq_sm2"), ("seq_sqn", "seq_sq1", "seq_sq2")
-        sc = np.minimum(score, _U_MAX)
-        ew_block(tab, slots, closes, seg, q, (exact(sc, _U_MAX, P.block), exact(sc * sc, _U_MAX**2, P.block)),
-                  *fields, memory=P.memory)
-        n, mu, m2 = tab.seq_sn[slots], tab.seq_smu[slots], tab.seq_sm2[slots]
-        sd = np.sqrt(np.maximum(m2 - mu * mu, 0.0))
-        tab.seq_thr[slots] = np.where(n >= P.warmup, mu + P.gumbel_c * sd, 2.0 * P.raise_threshold)
 
 
 class _Call:

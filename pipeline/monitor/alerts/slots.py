@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.sequential import MAX_SIDES, MAX_TERMS
+from pipeline.monitor.alerts.tail import TAIL_LEVELS
 
 _PAGE = mmap.PAGESIZE
 # Slots the map holds at first; it doubles when full (up to max_streams).
@@ -69,6 +70,12 @@ def record_dtype(p: Scoring) -> np.dtype:
         ("seq_sqn", np.int64), ("seq_sq1", np.float64), ("seq_sq2", np.float64),
         # the window score's calibrated raise threshold (0: the setting) and its quiet score's statistics
         ("seq_thr", np.float64), ("seq_sn", np.int64), ("seq_smu", np.float64), ("seq_sm2", np.float64),
+        # its upper tail on the POT grid (tail.py): per level the running fractions of quiet windows above
+        # it and crossing it upwards and the mean excess over it, the current block's counts and sum of
+        # excesses, and the last window's score
+        ("seq_tx", np.float64, (TAIL_LEVELS,)), ("seq_tc", np.float64, (TAIL_LEVELS,)),
+        ("seq_te", np.float64, (TAIL_LEVELS,)), ("seq_tqx", np.int32, (TAIL_LEVELS,)),
+        ("seq_tqc", np.int32, (TAIL_LEVELS,)), ("seq_tqe", np.float64, (TAIL_LEVELS,)), ("seq_tlast", np.float64),
         ("slow", np.float32, (p.slow_windows, max(f, 1))),  # ring of each slow term's feature values
         ("ring", np.float32, (p.stats_windows, t)),  # ring of admitted values per column (last: lazily touched)
     ]

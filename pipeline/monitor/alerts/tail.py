@@ -1,0 +1,136 @@
+"""The window score's raise threshold per stream (``score`` in ``alerts.sequential``): the upper tail of
+its quiet windows' scores, modelled per stream and read at the score's share of the false-alarm rate
+(pure numpy; state in the engine's slots, fields ``seq_s*`` and ``seq_t*``).
+
+Two tail models (``alerts.score_tail``):
+
+- ``pot`` (default), peaks over threshold with declustering. On a fixed grid of ``TAIL_LEVELS`` levels
+  (``raise_threshold`` / 12 apart, so 0.5 to 12 at the default 6) each stream keeps, with the same
+  exponential memory and blocks as the sequential tests' estimates, the fraction of its quiet windows
+  above each level, the fraction that *cross* it upwards (the window before was not above: one per
+  cluster of exceedances, since overlapping windows make exceedances come in runs), and the mean
+  excess over it. The tail's level ``u`` is the highest on the grid that a fraction
+  ``1 - score_tail_quantile`` (0.02) of the quiet windows still exceeds (the 98 % quantile, as SPOT:
+  Siffer et al., KDD 2017). Above it the excesses are taken as exponential (a generalised Pareto law
+  with shape 0) of scale ``beta`` = the mean excess over ``u``, so clusters start above ``u + y`` at the
+  rate ``c(u) exp(-y / beta)`` per window, ``c(u)`` the upcrossing fraction. The threshold is where
+  that rate is the score's per-window share ``p`` of ``false_alarms_per_hour``:
+  ``u + beta ln(c(u) / p)``. Counting clusters, not windows, is the runs estimator of the extremal
+  index: the share is spent on alerts, and an alert is a cluster.
+- ``gumbel``: a Gumbel law fitted to the running mean and std of the quiet scores, read at ``p`` per
+  window. Measured (docs/alerts.md): too conservative where the score's tail is light, too loose where
+  it is heavy.
+
+Either way the threshold is never below ``raise_threshold`` (the paths take the larger) and is twice
+``raise_threshold`` until ``sequential_warmup`` quiet scores are in. Every value summed into a block's
+accumulators lies on the grid of :func:`~pipeline.monitor.alerts.cusum.exact` (levels included), so
+the thresholds do not depend on how the worker's micro-batches cut a stream, to the last bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline.monitor.alerts.cusum import ew_block, exact
+
+TAIL_LEVELS = 24  # levels of the POT grid (slot record size: slots.record_dtype)
+_STEPS_PER_RAISE = 12  # grid levels per raise_threshold
+_EULER = 0.5772156649
+_U_MAX = 1024.0  # bound of the scores the estimates take in (a power of 2; sequential._U_MAX)
+TAILS = ("pot", "gumbel")
+
+
+def gumbel_c(p: float) -> float:
+    """Standard deviations above the mean of a Gumbel law's quantile at upper-tail probability ``p``."""
+    return (-math.log(p) - _EULER) * math.sqrt(6.0) / math.pi
+
+
+def tail_levels(raise_threshold: float, block: int) -> np.ndarray:
+    """The POT grid: ``raise_threshold * j / 12``, ``j = 1 .. TAIL_LEVELS``, on the grid of :func:`exact`."""
+    lev = raise_threshold / _STEPS_PER_RAISE * np.arange(1, TAIL_LEVELS + 1)
+    return exact(lev, _U_MAX, block)
+
+
+def pot_threshold(levels, above, cross, excess, tail_frac: float, p: float) -> np.ndarray:
+    """Per stream (rows of ``above``, ``cross``, ``excess``: ``(U, L)``, per quiet window the fraction
+    above each level, the fraction crossing it upwards, the mean excess over it) the score where clusters
+    of exceedances start at the rate ``p`` per window, extrapolated exponentially from the highest level
+    still exceeded by ``tail_frac`` of the windows (the lowest level where none is)."""
+    U = above.shape[0]
+    j = np.maximum((above >= tail_frac).sum(axis=1) - 1, 0)
+    r = np.arange(U)
+    a, c, e = above[r, j], cross[r, j], excess[r, j]
+    beta = e / np.maximum(a, 1e-300)
+    return levels[j] + np.where((a > 0) & (c > p), beta * np.log(np.maximum(c, p) / p), 0.0)
+
+
+class ScoreTail:
+    """Folds each call's quiet window scores into the streams' tail estimates and sets, where a
+    stream's block closes, its calibrated raise threshold (``seq_thr``)."""
+
+    def __init__(self, kind: str, p_win: float, tail_frac: float, raise_threshold: float, warmup: int,
+                 memory: int, block: int):
+        if kind not in TAILS:
+            raise ValueError(f"score_tail must be one of {TAILS}, got {kind!r}")
+        self.kind, self.p, self.tail_frac = kind, p_win, tail_frac
+        self.raise_threshold, self.warmup, self.memory, self.block = raise_threshold, warmup, memory, block
+        self.c = gumbel_c(p_win)
+        self.levels = tail_levels(raise_threshold, block)
+
+    def update(self, tab, slots, seg, first, n_u, score, finite, engine_active, closes) -> None:
+        """Windows ``first[u]`` to ``first[u] + n_u[u]`` are stream ``u``'s, in order; quiet: finite, below
+        the stream's threshold, no alert up after the window."""
+        B = self.block
+        thr = np.maximum(self.raise_threshold, tab.seq_thr[slots])[seg]
+        q = finite & ~engine_active & (score < thr)
+        sc = exact(np.where(finite, np.minimum(score, _U_MAX), 0.0), _U_MAX, B)
+        if self.kind == "pot":  # before ew_block: it reads the block's count of quiet windows as it stood
+            self._pot(tab, slots, seg, first, n_u, q, sc, closes)
+        ew_block(tab, slots, closes, seg, q, (sc, exact(sc * sc, _U_MAX**2, B)),
+                 ("seq_sn", "seq_smu", "seq_sm2"), ("seq_sqn", "seq_sq1", "seq_sq2"), memory=self.memory)
+        young = tab.seq_sn[slots] < self.warmup
+        tab.seq_thr[slots[young]] = 2.0 * self.raise_threshold
+        sl = slots[closes & ~young]  # the estimates move only where a block closes
+        if sl.size == 0:
+            return
+        if self.kind == "pot":
+            tab.seq_thr[sl] = pot_threshold(self.levels, tab.seq_tx[sl], tab.seq_tc[sl], tab.seq_te[sl],
+                                            self.tail_frac, self.p)
+        else:
+            mu, m2 = tab.seq_smu[sl], tab.seq_sm2[sl]
+            tab.seq_thr[sl] = mu + self.c * np.sqrt(np.maximum(m2 - mu * mu, 0.0))
+
+    def _pot(self, tab, slots, seg, first, n_u, q, sc, closes) -> None:
+        """The quiet windows' exceedances, upcrossings and excesses over each level into the block's
+        accumulators; where a block closes, one exponential-memory step of the fractions and mean excess."""
+        U, L = slots.size, TAIL_LEVELS
+        prev = np.concatenate(([0.0], sc[:-1]))
+        prev[first] = tab.seq_tlast[slots]
+        tab.seq_tlast[slots] = sc[first + n_u - 1]
+        qi = np.flatnonzero(q)
+        ex = sc[qi, None] - self.levels[None, :]
+        up = ex > 0
+        cross = up & (prev[qi, None] <= self.levels[None, :])
+        key = (seg[qi, None] * L + np.arange(L)[None, :]).ravel()
+
+        def per_stream(w):
+            return np.bincount(key, weights=w.ravel(), minlength=U * L).reshape(U, L)
+
+        tab.seq_tqx[slots] += per_stream(up).astype(np.int32)
+        tab.seq_tqc[slots] += per_stream(cross).astype(np.int32)
+        tab.seq_tqe[slots] += per_stream(np.where(up, ex, 0.0))
+        c = np.flatnonzero(closes)
+        if c.size == 0:
+            return
+        sl = slots[c]
+        cnt = tab.seq_sqn[sl] + np.bincount(seg, weights=q, minlength=U).astype(np.int64)[c]
+        n = tab.seq_sn[sl] + cnt
+        w = np.where(n <= self.memory, cnt / np.maximum(n, 1), np.minimum(cnt / self.memory, 0.5))[:, None]
+        k = np.maximum(cnt, 1)[:, None]
+        has = (cnt > 0)[:, None]
+        for est, acc in (("seq_tx", "seq_tqx"), ("seq_tc", "seq_tqc"), ("seq_te", "seq_tqe")):
+            e, a = getattr(tab, est), getattr(tab, acc)
+            e[sl] = np.where(has, e[sl] + w * (a[sl] / k - e[sl]), e[sl])
+            a[sl] = 0
