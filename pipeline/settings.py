@@ -305,10 +305,12 @@ class AlertSettings(BaseModel):
     # together: their thresholds follow from it and each one's false-alarm model (even shares).
     false_alarms_per_hour: float = Field(0.2, gt=0)
     # CUSUM reference value: half the shift (in long-run sigmas of the term's z) detected fastest.
-    cusum_k: float = Field(1.0, gt=0)
+    cusum_k: float = Field(0.5, gt=0)
     # One window adds at most this many long-run sigmas to a CUSUM (a single wild window is the
-    # window score's business; a CUSUM sums lasting evidence).
-    cusum_clip: float = Field(2.5, gt=0)
+    # window score's business; a CUSUM sums lasting evidence): with k 0.5 it takes >= 12 windows
+    # (1.5 s at 1 kHz, hop 128) of the strongest evidence to raise, so shorter dips (a multi-tone
+    # signal's beating) do not (docs/alerts.md).
+    cusum_clip: float = Field(1.5, gt=0)
     # Windows of a term's z (after the stream's warm-up) that estimate its mean and long-run
     # variance before its CUSUM runs; the estimates then follow an exponential memory of
     # sequential_memory quiet windows.

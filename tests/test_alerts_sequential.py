@@ -205,7 +205,9 @@ def test_the_closed_form_decides_as_the_window_by_window_step():
                                  np.exp(log_err[:, sl]).ravel(), np.ones(32 * streams), now=0.0,
                                  features={"level": level[:, sl].ravel(), "spike": spike[:, sl].ravel()})
             out[k] += [(e.to_dict(), w) for e, w in zip(r.events, r.event_windows)]
-    assert out[0] == out[1]
+    # the same events; a peak score may differ in its last bits (the closed form sums in another order)
+    assert [({**e, "peak_score": None}, w) for e, w in out[0]] == [({**e, "peak_score": None}, w) for e, w in out[1]]
+    np.testing.assert_allclose([e["peak_score"] for e, _ in out[0]], [e["peak_score"] for e, _ in out[1]], rtol=1e-12)
     assert {e["detector"] for e, _ in out[0]} >= {"cusum_level+", "cusum_level-", "spike", "score"}
     for f in ("seq_S", "seq_zero", "seq_mu", "seq_m2", "seq_c1", "seq_n", "seq_active", "seq_cool"):
         np.testing.assert_allclose(getattr(engines[0]._tab, f), getattr(engines[1]._tab, f), atol=1e-9, err_msg=f)
