@@ -70,9 +70,15 @@ def ew_block(tab, slots, closes, seg, q, values, est, acc, memory: int, col=None
     e = [getattr(tab, name) for name in est]
     cnt = f[0][at]
     n = e[0][at] + cnt
-    w = np.where(n <= memory, cnt / np.maximum(n, 1), np.minimum(cnt / memory, 0.5))
+    w = ew_weight(cnt, n, memory)
     for m, a in zip(e[1:], f[1:]):
         m[at] = np.where(cnt > 0, m[at] + w * (a[at] / np.maximum(cnt, 1) - m[at]), m[at])
         a[at] = 0.0
     e[0][at] = n
     f[0][at] = 0
+
+
+def ew_weight(cnt, n, memory: int):
+    """The weight of a block of ``cnt`` values in an estimate of ``n`` values in all (the block's own
+    included): plain averages while ``n <= memory``, then ``cnt / memory`` (at most 1/2)."""
+    return np.where(n <= memory, cnt / np.maximum(n, 1), np.minimum(cnt / memory, 0.5))

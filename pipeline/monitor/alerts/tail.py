@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from pipeline.monitor.alerts.cusum import ew_block, exact
+from pipeline.monitor.alerts.cusum import ew_block, ew_weight, exact
 
 TAIL_LEVELS = 24  # levels of the POT grid (slot record size: slots.record_dtype)
 _STEPS_PER_RAISE = 12  # grid levels per raise_threshold
@@ -127,7 +127,7 @@ class ScoreTail:
         sl = slots[c]
         cnt = tab.seq_sqn[sl] + np.bincount(seg, weights=q, minlength=U).astype(np.int64)[c]
         n = tab.seq_sn[sl] + cnt
-        w = np.where(n <= self.memory, cnt / np.maximum(n, 1), np.minimum(cnt / self.memory, 0.5))[:, None]
+        w = ew_weight(cnt, n, self.memory)[:, None]
         k = np.maximum(cnt, 1)[:, None]
         has = (cnt > 0)[:, None]
         for est, acc in (("seq_tx", "seq_tqx"), ("seq_tc", "seq_tqc"), ("seq_te", "seq_tqe")):
