@@ -9,6 +9,10 @@ import math
 
 import numpy as np
 
+# Bound of the positive statistics the block estimates take in (the spike ratio, the window score):
+# a power of 2 for :func:`exact`; quiet windows lie far below it.
+U_MAX = 1024.0
+
 
 def siegmund_arl(h: float, k: float) -> float:
     """Siegmund's approximation of the in-control average run length of a one-sided CUSUM with

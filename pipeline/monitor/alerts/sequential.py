@@ -69,7 +69,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from pipeline.monitor.alerts.cusum import cusum_threshold, ew_block, exact, lindley
+from pipeline.monitor.alerts.cusum import U_MAX, cusum_threshold, ew_block, exact, lindley
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.tail import ScoreTail, gumbel_c
@@ -83,9 +83,8 @@ _SIG_FLOOR = 0.05
 _ERR = 1  # the engine's column of the standardised error (scoring.Scoring.build)
 # The spike ratio is taken at most at exp(this) (a flat window's is 0 / 0).
 _V_MAX = 20.0
-# Bounds of the values the estimates take in (powers of 2; :func:`exact`): a term's z, and the spike
-# ratio and the window score (quiet windows lie far below both).
-_Z_MAX, _U_MAX = 64.0, 1024.0
+# Bound of a term's z the estimates take in (a power of 2; :func:`exact`); the spike ratio's: cusum.U_MAX.
+_Z_MAX = 64.0
 # Default windows per hour when the caller does not say (1 kHz, hop 128).
 WINDOWS_PER_HOUR = 1000.0 / 128 * 3600
 
@@ -313,8 +312,8 @@ class _Call:
             lastz[seg[h]] = zc[h]  # the last window that has a z, per stream
             tab.seq_prev[slots, t] = np.where(np.isnan(lastz), tab.seq_prev[slots, t], lastz)
         if P.spike:
-            v = np.minimum(self.v, _U_MAX)
-            ew_block(tab, slots, closes, seg, quiet & (self.v > 0), (exact(v, _U_MAX, B), exact(v * v, _U_MAX**2, B)),
+            v = np.minimum(self.v, U_MAX)
+            ew_block(tab, slots, closes, seg, quiet & (self.v > 0), (exact(v, U_MAX, B), exact(v * v, U_MAX**2, B)),
                       ("seq_un", "seq_umu", "seq_um2"), ("seq_uqn", "seq_uq1", "seq_uq2"), memory=P.memory)
 
 

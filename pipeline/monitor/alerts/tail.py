@@ -33,12 +33,11 @@ import math
 
 import numpy as np
 
-from pipeline.monitor.alerts.cusum import ew_block, ew_weight, exact
+from pipeline.monitor.alerts.cusum import U_MAX, ew_block, ew_weight, exact
 
 TAIL_LEVELS = 24  # levels of the POT grid (slot record size: slots.record_dtype)
 _STEPS_PER_RAISE = 12  # grid levels per raise_threshold
 _EULER = 0.5772156649
-_U_MAX = 1024.0  # bound of the scores the estimates take in (a power of 2; sequential._U_MAX)
 TAILS = ("pot", "gumbel")
 
 
@@ -50,7 +49,7 @@ def gumbel_c(p: float) -> float:
 def tail_levels(raise_threshold: float, block: int) -> np.ndarray:
     """The POT grid: ``raise_threshold * j / 12``, ``j = 1 .. TAIL_LEVELS``, on the grid of :func:`exact`."""
     lev = raise_threshold / _STEPS_PER_RAISE * np.arange(1, TAIL_LEVELS + 1)
-    return exact(lev, _U_MAX, block)
+    return exact(lev, U_MAX, block)
 
 
 def pot_threshold(levels, above, cross, excess, tail_frac: float, p: float) -> np.ndarray:
@@ -76,7 +75,7 @@ class ScoreTail:
             raise ValueError(f"score_tail must be one of {TAILS}, got {kind!r}")
         self.kind, self.p, self.tail_frac = kind, p_win, tail_frac
         self.raise_threshold, self.warmup, self.memory, self.block = raise_threshold, warmup, memory, block
-        self.c = gumbel_c(p_win)
+        self.gumbel_c = gumbel_c(p_win)
         self.levels = tail_levels(raise_threshold, block)
 
     def update(self, tab, slots, seg, first, n_u, score, finite, engine_active, closes) -> None:
@@ -85,10 +84,10 @@ class ScoreTail:
         B = self.block
         thr = np.maximum(self.raise_threshold, tab.seq_thr[slots])[seg]
         q = finite & ~engine_active & (score < thr)
-        sc = exact(np.where(finite, np.minimum(score, _U_MAX), 0.0), _U_MAX, B)
+        sc = exact(np.where(finite, np.minimum(score, U_MAX), 0.0), U_MAX, B)
         if self.kind == "pot":  # before ew_block: it reads the block's count of quiet windows as it stood
             self._pot(tab, slots, seg, first, n_u, q, sc, closes)
-        ew_block(tab, slots, closes, seg, q, (sc, exact(sc * sc, _U_MAX**2, B)),
+        ew_block(tab, slots, closes, seg, q, (sc, exact(sc * sc, U_MAX**2, B)),
                  ("seq_sn", "seq_smu", "seq_sm2"), ("seq_sqn", "seq_sq1", "seq_sq2"), memory=self.memory)
         young = tab.seq_sn[slots] < self.warmup
         tab.seq_thr[slots[young]] = 2.0 * self.raise_threshold
@@ -100,7 +99,7 @@ class ScoreTail:
                                             self.tail_frac, self.p)
         else:
             mu, m2 = tab.seq_smu[sl], tab.seq_sm2[sl]
-            tab.seq_thr[sl] = mu + self.c * np.sqrt(np.maximum(m2 - mu * mu, 0.0))
+            tab.seq_thr[sl] = mu + self.gumbel_c * np.sqrt(np.maximum(m2 - mu * mu, 0.0))
 
     def _pot(self, tab, slots, seg, first, n_u, q, sc, closes) -> None:
         """The quiet windows' exceedances, upcrossings and excesses over each level into the block's
