@@ -56,7 +56,8 @@ def test_thresholds_follow_the_false_alarm_budget():
 
     loose, strict = plan(2.0), plan(0.02)
     assert strict.h > loose.h and strict.spike_t > loose.spike_t and strict.gumbel_c > loose.gumbel_c
-    assert plan(0.2).per_test_rate == pytest.approx(0.2 / 6)  # level±, scale±, noise+, spike
+    assert plan(0.2).per_test_rate == pytest.approx(0.2 / 8)  # level±, scale±, noise+, spike, run_scale-, run_noise+
+    assert plan(0.2).names[-3:] == ("run_scale-", "run_noise+", "spike")
     assert plan(0.2, sequential=("score", "level")).per_test_rate == pytest.approx(0.2 / 3)
     assert plan(0.2, sequential=()) is None
 

@@ -109,7 +109,9 @@ class AlertEngine:
         if self._seq is not None:
             sp = self._seq.plan
             terms = [i for i, c in enumerate(sp.cols) if c in p.model_cols]
-            self._tab.reset_seq(terms, np.flatnonzero(np.isin(sp.side_term, terms)), sp.spike)
+            runs = [r for r, c in enumerate(sp.run_cols) if c in p.model_cols]
+            sides = np.concatenate((np.flatnonzero(np.isin(sp.side_term, terms)), sp.side_term.size + np.array(runs, int)))
+            self._tab.reset_seq(terms, sides, sp.spike, runs)
 
     def _use_model(self, calibration: dict[str, float] | None, model_version: str) -> Scoring:
         self.model_version = str(model_version)

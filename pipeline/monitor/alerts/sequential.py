@@ -33,6 +33,10 @@ ratio ``max|d2| / scale`` is a maximum, so its upper tail is taken as a Gumbel l
 ratio's running mean and std (the same exponential memory): threshold
 ``mean + (-ln p - 0.577) sqrt(6)/pi * sd``.
 
+Sign runs (``runs``, :mod:`pipeline.monitor.alerts.signruns`): a term on one side of the stream's
+median for longer than its own run-length history makes credible; here one more CUSUM side each,
+adding ``h / L*`` per window on its side and reset by any other.
+
 The window score's threshold (``score``). The score is a maximum of ``|z|`` over the terms, so its
 upper tail is taken as a Gumbel law too, fitted per stream to the running mean and std of its quiet
 windows' scores (plain averages for the first ``sequential_memory`` windows, then that memory; updated
@@ -47,7 +51,8 @@ hot window raises (the CUSUM is its own debounce), unless an alert of these test
 cooldown; the raised range starts at the last window where a hot CUSUM was 0 (the change-point
 estimate) or at the spike's window. The alert extends while windows are hot and resolves after
 ``resolve_windows`` windows in which every CUSUM is below ``h/2`` and no spike is hot. Estimates
-learn only from quiet windows (no alert of either kind up, not hot); a fault that lasts becomes the
+learn only from quiet windows (no alert of either kind up, not hot, window score below
+``raise_threshold`` even where ``score`` calibrated a higher threshold); a fault that lasts becomes the
 window score's new regime within ``stats_windows`` windows, and the CUSUMs' with it.
 
 Batching. The estimates move at the end of each block of ``sequential_block`` windows of a stream,
@@ -72,12 +77,14 @@ import numpy as np
 from pipeline.monitor.alerts.cusum import U_MAX, cusum_threshold, ew_block, exact, lindley
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.scoring import Scoring
+from pipeline.monitor.alerts.signruns import MAX_RUNS, SignRuns, run_cols
 from pipeline.monitor.alerts.tail import ScoreTail, gumbel_c
 from pipeline.settings import AlertSettings
 
 # Directions tested per CUSUM term: +1 upwards, -1 downwards.
 SIDES = {"level": (1, -1), "scale": (1, -1), "noise": (1,)}
-MAX_TERMS, MAX_SIDES = 3, 5  # slot record sizes (slots.record_dtype)
+MAX_TERMS = 3  # slot record sizes (slots.record_dtype): CUSUM terms, and sides (CUSUMs, then run tests)
+MAX_SIDES = 5 + MAX_RUNS
 # Smallest long-run sigma of a z sequence (a constant stream has none).
 _SIG_FLOOR = 0.05
 _ERR = 1  # the engine's column of the standardised error (scoring.Scoring.build)
@@ -97,7 +104,10 @@ class SeqPlan:
     cols: tuple[int, ...]  # their engine columns
     side_term: np.ndarray  # (D,) index into terms
     side_sign: np.ndarray  # (D,) +1 / -1
-    names: tuple[str, ...]  # (D + spike,) detector names of the events
+    names: tuple[str, ...]  # (D + R + spike,) detector names of the events
+    run_cols: tuple[int, ...]  # (R,) engine columns of the run tests (signruns.py)
+    run_signs: tuple[int, ...]
+    run_beyond: tuple[float, ...]
     gate: int  # index into terms of "noise" (gated by the error's z), or -1
     spike: bool
     score: bool  # calibrate the window score's raise threshold per stream
@@ -123,8 +133,9 @@ class SeqPlan:
         terms = tuple(t for t in p.cols[: p.features] if t in SIDES and t in cfg.sequential)
         spike = "spike" in cfg.sequential
         sides = [(i, s) for i, t in enumerate(terms) for s in SIDES[t]]
+        rcols, rsigns, rbeyond, rnames = run_cols(p.cols[: p.features], cfg.sequential)
         score = "score" in cfg.sequential
-        tests = len(sides) + spike + score
+        tests = len(sides) + len(rcols) + spike + score
         if not tests:
             return None
         wph = float(windows_per_hour or WINDOWS_PER_HOUR)
@@ -135,7 +146,8 @@ class SeqPlan:
             terms=terms, cols=tuple(p.col(t) for t in terms),
             side_term=np.array([i for i, _ in sides], dtype=np.int64),
             side_sign=np.array([s for _, s in sides], dtype=np.float64),
-            names=tuple(f"cusum_{terms[i]}{'+' if s > 0 else '-'}" for i, s in sides) + (("spike",) if spike else ()),
+            names=tuple(f"cusum_{terms[i]}{'+' if s > 0 else '-'}" for i, s in sides) + rnames
+            + (("spike",) if spike else ()), run_cols=rcols, run_signs=rsigns, run_beyond=rbeyond,
             gate=terms.index("noise") if "noise" in terms else -1, spike=spike, score=score,
             k=cfg.cusum_k, clip=cfg.cusum_clip, h=cusum_threshold(1.0 / p_win, cfg.cusum_k),
             warmup=cfg.sequential_warmup, memory=cfg.sequential_memory, block=cfg.sequential_block,
@@ -163,6 +175,7 @@ class SequentialTests:
         P = plan
         self.tail = ScoreTail(P.score_tail, P.p_win, P.tail_frac, P.raise_threshold, P.warmup, P.memory,
                               P.block) if P.score else None
+        self.runs = SignRuns(P.run_cols, P.run_signs, P.p_win, P.warmup, P.memory, P.run_beyond)
 
     def update(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
                model_version, events, ev_win, score=None) -> np.ndarray:
@@ -209,12 +222,14 @@ class SequentialTests:
         N, U = starts.size, slots.size
         if N == 0:
             return np.zeros(0)
-        c = _Call(P, tab, slots, first, n_u, z, spike, finite)
+        c = _Call(P, tab, slots, first, n_u, z, spike, finite, self.runs)
         S, sp = c.closed_form(engine_active)
         peak = S.max(axis=0) if S.size else np.zeros(N)
         hot_w = (peak >= P.h) | (sp >= 1.0)
         busy = (np.bincount(c.seg, weights=hot_w, minlength=U) > 0) | tab.seq_active[slots] | (not self.closed)
         quiet_w = ~hot_w & ~engine_active
+        if score is not None:  # nor one the fixed rule finds hot (a calibrated threshold may sit higher)
+            quiet_w &= score < P.raise_threshold
         fast = np.flatnonzero(~busy)
         if fast.size:
             last = first[fast] + n_u[fast] - 1
@@ -228,7 +243,7 @@ class SequentialTests:
         if slow.size:
             _Lockstep(P, tab, c, slots, ids, starts, window, ts, model_version).run(
                 slow, first, n_u, engine_active, out, quiet_w, events, ev_win)
-        c.learn(quiet_w & finite, closes)
+        c.learn(quiet_w & finite, closes, self.runs)
         if self.tail is not None and score is not None:  # the window score's threshold (tail.py)
             self.tail.update(tab, slots, c.seg, first, n_u, score, finite, engine_active, closes)
         return out
@@ -237,7 +252,7 @@ class SequentialTests:
 class _Call:
     """One call's (one block's) per-window inputs of the tests, from the estimates at the start of the block."""
 
-    def __init__(self, P: SeqPlan, tab, slots, first, n_u, z, spike, finite):
+    def __init__(self, P: SeqPlan, tab, slots, first, n_u, z, spike, finite, runs: SignRuns):
         self.P, self.tab, self.slots, self.first, self.n_u = P, tab, slots, first, n_u
         U, N = slots.size, int(n_u.sum())
         self.seg = seg = np.repeat(np.arange(U), n_u)
@@ -257,6 +272,10 @@ class _Call:
         ready = self.have & (n >= P.warmup)[:, seg]
         self.inc = x[P.side_term] * P.side_sign[:, None] - P.k  # (D, N)
         self.ready = ready[P.side_term]
+        if len(runs):  # the run tests: more sides, reset off their side (signruns.py)
+            self.on = runs.sides(z, finite)
+            r_inc, r_ready = runs.increments(tab, slots, self.seg, self.on, P.h)
+            self.inc, self.ready = np.concatenate((self.inc, r_inc)), np.concatenate((self.ready, r_ready))
         self.sp = np.zeros(N)
         self.v = np.exp(np.minimum(np.where(np.isfinite(spike), spike, 0.0), _V_MAX))
         if P.spike:
@@ -293,10 +312,12 @@ class _Call:
         best = best[:, streams]
         return np.where(best >= 0, starts[np.maximum(best, 0)], -1).T
 
-    def learn(self, quiet, closes) -> None:
+    def learn(self, quiet, closes, runs: SignRuns) -> None:
         """The call's quiet windows into the blocks' accumulators, and the estimates of the streams whose
-        block closes: the terms' z (and lag-1 products) where they have one, the spike ratio."""
+        block closes: the terms' z (and lag-1 products) where they have one, the spike ratio, the runs."""
         P, tab, slots, seg = self.P, self.tab, self.slots, self.seg
+        if len(runs):
+            runs.learn(tab, slots, seg, self.first, self.n_u, self.on, quiet, closes)
         T, U = len(P.terms), slots.size
         B = P.block
         for t in range(T):

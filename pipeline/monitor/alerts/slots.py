@@ -25,6 +25,7 @@ import numpy as np
 
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.sequential import MAX_SIDES, MAX_TERMS
+from pipeline.monitor.alerts.signruns import MAX_RUNS
 from pipeline.monitor.alerts.tail import TAIL_LEVELS
 
 _PAGE = mmap.PAGESIZE
@@ -68,6 +69,12 @@ def record_dtype(p: Scoring) -> np.dtype:
         ("seq_q2", np.float64, (MAX_TERMS,)), ("seq_qc", np.float64, (MAX_TERMS,)),
         ("seq_uqn", np.int64), ("seq_uq1", np.float64), ("seq_uq2", np.float64),
         ("seq_sqn", np.int64), ("seq_sq1", np.float64), ("seq_sq2", np.float64),
+        # run tests (signruns.py): per test the current run's length, the counted windows, the runs of at
+        # least RUN_L0 windows and their excess per window, and the current block's count and sums
+        ("seq_rlen", np.int64, (MAX_RUNS,)), ("seq_rn", np.int64, (MAX_RUNS,)),
+        ("seq_rc", np.float64, (MAX_RUNS,)), ("seq_re", np.float64, (MAX_RUNS,)),
+        ("seq_rqn", np.int64, (MAX_RUNS,)), ("seq_rq1", np.float64, (MAX_RUNS,)),
+        ("seq_rq2", np.float64, (MAX_RUNS,)),
         # the window score's calibrated raise threshold (0: the setting) and its quiet score's statistics
         ("seq_thr", np.float64), ("seq_sn", np.int64), ("seq_smu", np.float64), ("seq_sm2", np.float64),
         # its upper tail on the POT grid (tail.py): per level the running fractions of quiet windows above
@@ -192,9 +199,10 @@ class SlotTable:
         if len(slow):
             self.slow_n[live[:, None], np.asarray(slow, dtype=np.int64)[None, :]] = 0
 
-    def reset_seq(self, terms: Sequence[int], sides: Sequence[int], spike: bool) -> None:
-        """Restart the sequential tests' estimates of CUSUM terms ``terms`` (indices), their ``sides`` and,
-        with ``spike``, the spike statistic's, in every slot."""
+    def reset_seq(self, terms: Sequence[int], sides: Sequence[int], spike: bool, runs: Sequence[int] = ()) -> None:
+        """Restart the sequential tests' estimates of CUSUM terms ``terms`` (indices), the CUSUMs of
+        ``sides``, with ``spike`` the spike statistic's, and those of run tests ``runs`` (indices), in
+        every slot."""
         live = np.fromiter(self.ids.values(), dtype=np.int64, count=len(self.ids))
         if live.size == 0:
             return
@@ -202,6 +210,9 @@ class SlotTable:
         for name in ("seq_mu", "seq_m2", "seq_c1", "seq_prev", "seq_n", "seq_qn", "seq_q1", "seq_q2", "seq_qc"):
             getattr(self, name)[live[:, None], t[None, :]] = 0
         self.seq_S[live[:, None], d[None, :]] = 0
+        r = np.asarray(runs, dtype=np.int64)
+        for name in ("seq_rlen", "seq_rn", "seq_rc", "seq_re", "seq_rqn", "seq_rq1", "seq_rq2"):
+            getattr(self, name)[live[:, None], r[None, :]] = 0
         if spike:
             self.seq_un[live], self.seq_umu[live], self.seq_um2[live] = 0, 0.0, 0.0
             self.seq_uqn[live], self.seq_uq1[live], self.seq_uq2[live] = 0, 0.0, 0.0
