@@ -228,7 +228,7 @@ ALERT_FEATURES = ("residual", "error", "noise", "scale", "level", "peak", "clip"
 # Per-window terms that may vote (``error`` only gates the residual; ``freq`` only votes slow).
 VOTING = ("residual", "noise", "scale", "level", "peak", "clip")
 # Terms with a sequential test (CUSUM), and the spike matched test.
-SEQUENTIAL = ("score", "level", "scale", "noise", "spike", "runs")
+SEQUENTIAL = ("score", "level", "scale", "noise", "spike", "runs", "freq")
 ALERT_SLOWABLE = tuple(f for f in ALERT_FEATURES if f != "error")
 SLOWABLE = ALERT_SLOWABLE
 
@@ -289,14 +289,14 @@ class AlertSettings(BaseModel):
     slow_windows: int = Field(64, ge=2)
     # Scores are capped here (a flat window has log scale = -inf; JSON has no infinity).
     max_score: float = Field(1000.0, gt=0)
-    # Sequential tests (pipeline.monitor.alerts.sequential, docs/alerts.md): CUSUMs on the z of level
-    # and scale (both ways) and noise (upwards, gated by the error as the residual is); "spike", the
-    # matched test for isolated spikes; "runs", the sign-run tests of scale (below its median) and
-    # noise (above it) for bursty signals (pipeline.monitor.alerts.signruns); and, not by default, "score": a stream's raise_threshold
-    # raised to its quiet scores' extreme-value quantile (fewer false alarms on heavy-tailed streams,
-    # but measured: level-shift recall 0.97 -> 0.81, frequency change 0.72 -> 0.34 on the standard set,
-    # docs/alerts.md). Empty: off.
-    sequential: tuple[str, ...] = ("level", "scale", "noise", "spike", "runs")
+    # Sequential tests (pipeline.monitor.alerts.sequential, docs/alerts.md): CUSUMs on the z of level,
+    # scale and freq (both ways) and noise (upwards, gated by the error as the residual is); "spike", the
+    # matched test for isolated spikes; "runs", the sign-run tests of scale (below its median) and noise
+    # (above it) for bursty signals (pipeline.monitor.alerts.signruns); and, not by default, "score": a
+    # stream's raise_threshold raised to its quiet scores' extreme-value quantile (fewer false alarms on
+    # heavy-tailed streams, but measured: level-shift recall 0.97 -> 0.81, frequency change 0.84 -> 0.72
+    # on the standard set, docs/alerts.md). Empty: off.
+    sequential: tuple[str, ...] = ("level", "scale", "noise", "freq", "spike", "runs")
     # With "score": the model of the quiet scores' upper tail (pipeline.monitor.alerts.tail): "pot",
     # peaks over threshold with declustering, or "gumbel", a Gumbel law fitted to their mean and std;
     # and, for "pot", the quantile of the quiet scores above which the tail is modelled.

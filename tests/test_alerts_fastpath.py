@@ -131,7 +131,7 @@ def test_refreshes_taken_at_once_equal_the_rounds_also_where_winsorising_bites(s
 
 
 @pytest.mark.parametrize("sequential, tail", [((), "pot"), (("level", "scale", "noise", "spike"), "pot"),
-                                              (("level", "scale", "noise", "spike", "runs"), "pot"),
+                                              (("level", "scale", "noise", "freq", "spike", "runs"), "pot"),
                                               (("level", "scale", "noise", "spike", "score"), "pot"),
                                               (("level", "scale", "noise", "spike", "score"), "gumbel")])
 def test_decisions_do_not_depend_on_how_a_stream_is_cut_into_calls(sequential, tail):

@@ -56,8 +56,11 @@ def test_thresholds_follow_the_false_alarm_budget():
 
     loose, strict = plan(2.0), plan(0.02)
     assert strict.h > loose.h and strict.spike_t > loose.spike_t and strict.gumbel_c > loose.gumbel_c
-    assert plan(0.2).per_test_rate == pytest.approx(0.2 / 8)  # level±, scale±, noise+, spike, run_scale-, run_noise+
-    assert plan(0.2).names[-3:] == ("run_scale-", "run_noise+", "spike")
+    # level±, scale±, noise+, freq±, run_scale-, run_noise+, spike
+    assert plan(0.2).per_test_rate == pytest.approx(0.2 / 10)
+    assert sorted(plan(0.2).names) == sorted(("cusum_level+", "cusum_level-", "cusum_scale+", "cusum_scale-",
+                                              "cusum_noise+", "cusum_freq+", "cusum_freq-", "run_scale-",
+                                              "run_noise+", "spike"))
     assert plan(0.2, sequential=("score", "level")).per_test_rate == pytest.approx(0.2 / 3)
     assert plan(0.2, sequential=()) is None
 
@@ -80,6 +83,31 @@ def test_a_small_lasting_level_shift_raises_a_cusum_alert_the_window_score_misse
     assert H * (a - 8) <= raised.start <= H * a + W  # the change-point estimate: where the CUSUM left 0
     assert raised.end <= H * (a + 10) + W  # raised within ten windows of the shift
     assert resolved.end >= H * (b - 1) and resolved.end <= H * (b + 30) + W
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_process_that_runs_faster_or_slower_for_seconds_raises_the_frequency_cusum(sign):
+    # the freq feature (log mean-square frequency of the output) moves by 2 ln 1.2 = 0.36 when the
+    # process runs 20 % faster: 3 of its window-to-window sigmas here, for 40 windows (5 s at hop 128)
+    rng = np.random.default_rng(13 if sign > 0 else 14)
+    n, a, b, sd = 700, 400, 440, 0.12
+    freq = -2.0 + sd * rng.standard_normal(n)
+    freq[a:b] += sign * 2 * math.log(1.2)
+    kw = dict(terms=("residual",), slow_terms=("freq",), slow_windows=64)
+
+    def run(seq):
+        eng, ev = engine(sequential=seq, **kw), []
+        for c in range(0, n, 16):
+            k = min(c + 16, n) - c
+            e, sc = healthy(k, rng)
+            ev += eng.update_scored("s", H * np.arange(c, c + k), W, e, sc, now=0.0,
+                                    features={"freq": freq[c : c + k]})[0]
+        return [(v.detector, v.start) for v in ev if v.kind == "raised"]
+
+    assert run(()) == []  # neither the window score nor the slow freq term sees it
+    raised = run(("freq",))
+    assert [d for d, _ in raised] == [f"cusum_freq{'+' if sign > 0 else '-'}"]
+    assert H * (a - 8) <= raised[0][1] <= H * a + W
 
 
 def test_a_stationary_stream_raises_nothing():

@@ -9,7 +9,7 @@ statistic. These tests sit next to the score, read the same per-window z values 
 raise alerts of their own (``AlertEvent.detector`` names the test). They do not repeat the window
 score: while its alert is up the CUSUMs stay at 0 and nothing is raised here.
 
-CUSUM (``level`` and ``scale`` both ways, ``noise`` upwards). Input: the term's robust z of each
+CUSUM (``level``, ``scale`` and ``freq`` both ways, ``noise`` upwards). Input: the term's robust z of each
 window (the engine's, against the stream's own median and spread). Overlapping windows make
 successive z values correlated, so each stream also keeps an exponential estimate (memory
 ``sequential_memory`` quiet windows, plain averages during its first ``sequential_warmup``; moved once
@@ -82,9 +82,9 @@ from pipeline.monitor.alerts.tail import ScoreTail, gumbel_c
 from pipeline.settings import AlertSettings
 
 # Directions tested per CUSUM term: +1 upwards, -1 downwards.
-SIDES = {"level": (1, -1), "scale": (1, -1), "noise": (1,)}
-MAX_TERMS = 3  # slot record sizes (slots.record_dtype): CUSUM terms, and sides (CUSUMs, then run tests)
-MAX_SIDES = 5 + MAX_RUNS
+SIDES = {"level": (1, -1), "scale": (1, -1), "noise": (1,), "freq": (1, -1)}
+MAX_TERMS = 4  # slot record sizes (slots.record_dtype): CUSUM terms, and sides (CUSUMs, then run tests)
+MAX_SIDES = 7 + MAX_RUNS
 # Smallest long-run sigma of a z sequence (a constant stream has none).
 _SIG_FLOOR = 0.05
 _ERR = 1  # the engine's column of the standardised error (scoring.Scoring.build)
