@@ -10,6 +10,8 @@
 #   DAE_KAFKA_HOME    jar cache (default ~/.cache/dae/kafka-<version>); resolved once with Maven
 #   DAE_KAFKA_DATA    data/log directory (default ${TMPDIR:-/tmp}/dae-kafka-<port>)
 #   DAE_KAFKA_HEAP    JVM heap (default 1g)
+#   DAE_KAFKA_START_TIMEOUT_S  seconds to wait for the broker to start (default 300: on a loaded
+#                     2-core machine KRaft's controller registration alone has taken 150 s)
 #   DAE_KAFKA_SASL    "scram": add a SASL_PLAINTEXT listener with SCRAM-SHA-256 and SCRAM-SHA-512 on
 #                     PORT+2 (print that address), with the user DAE_KAFKA_SASL_USER (default dae)
 #                     / DAE_KAFKA_SASL_PASSWORD (default dae-secret) created at format time.
@@ -121,14 +123,15 @@ start() {
   nohup setsid "${jvm[@]}" kafka.Kafka "$data/server.properties" >"$logfile" 2>&1 < /dev/null &
   echo $! > "$pidfile"
   # Wait for the broker to register and open its client listener (KRaft start takes a few seconds).
-  for _ in $(seq 1 240); do
+  local wait_s="${DAE_KAFKA_START_TIMEOUT_S:-300}"
+  for _ in $(seq 1 $((wait_s * 2))); do
     if ! running; then log "broker exited during start; last lines of $logfile:"; tail -20 "$logfile" >&2; exit 1; fi
     if grep -q "Kafka Server started" "$logfile" 2>/dev/null && port_open "$port"; then
       echo "$bootstrap"; return
     fi
     sleep 0.5
   done
-  log "broker did not start within 120 s; see $logfile"; exit 1
+  log "broker did not start within $wait_s s (DAE_KAFKA_START_TIMEOUT_S); see $logfile"; exit 1
 }
 
 stop() {
