@@ -158,7 +158,10 @@ def test_decisions_do_not_depend_on_how_a_stream_is_cut_into_calls(sequential, t
                 r = eng.update_batch([p[0] for p in parts], [c - a for _, a, c in parts], cat[0], W, cat[1], cat[2],
                                      1.0, features=feats)
                 ends = np.cumsum([c - a for _, a, c in parts])
-                for e in r.events:
+                owner = np.repeat([sid for sid, _, _ in parts], [c - a for _, a, c in parts])
+                assert len(r.event_windows) == len(r.events)
+                for e, w in zip(r.events, r.event_windows):  # each event names a window of its own stream
+                    assert 0 <= w < owner.size and owner[w] == e.stream
                     events[e.stream].append(e.to_dict())
                 for (sid, a, c), end in zip(parts, ends):
                     scores[sid].append(r.scores.score[end - (c - a):end])

@@ -275,6 +275,7 @@ class AlertEngine:
         """:meth:`update_batch` past the checks: group the windows by stream, run the quiet runs, then
         the scalar step for the rest; outputs into ``score``, ``act``, ``z``, ``events``, ``ev_win``."""
         p = self._scoring
+        k0 = len(ev_win)  # events of earlier rounds of the call are already in the caller's order
         vals, cols, finite, log_err = self._values(errors, scales, features, starts.size)
         uniq: dict[str, int] = {}
         seg_u = [uniq.setdefault(s, len(uniq)) for s in streams]
@@ -305,7 +306,7 @@ class AlertEngine:
                              o_act, ts, events, ev_win)
         if order is not None:
             score[order], act[order], z[:, order] = o_score, o_act, o_z
-            ev_win[:] = order[ev_win].tolist()
+            ev_win[k0:] = order[np.asarray(ev_win[k0:], dtype=np.int64)].tolist()
 
     def _sequential(self, ids, slots, first, n_u, starts, window, z, score, features, order, finite, active, ts,
                     events, ev_win) -> None:
