@@ -7,7 +7,7 @@ long-run variance. On a signal of bursts over silence (knocks on a structure, th
 ``impacts`` family) a window's scale and residual noise are bimodal, burst or silence, and they
 alternate quickly: the long-run variance is large, so five seconds of a lost signal (every window
 silent) or of doubled noise (every silent window louder) barely move a CUSUM, although the
-*pattern* is unmistakable. Measured on the four seeds' clean ``impacts`` streams (24 stream-hours):
+*pattern* is unmistakable. Measured on the four seeds' 16 clean ``impacts`` streams (8 stream-hours):
 windows below the median scale never come more than 13 in a row; a lost signal makes 40.
 
 What. Per stream and test, the window is *on its side* when the term's robust z (the engine's,
