@@ -107,7 +107,6 @@ class SeqPlan:
     names: tuple[str, ...]  # (D + R + spike,) detector names of the events
     run_cols: tuple[int, ...]  # (R,) engine columns of the run tests (signruns.py)
     run_signs: tuple[int, ...]
-    run_beyond: tuple[float, ...]
     gate: int  # index into terms of "noise" (gated by the error's z), or -1
     spike: bool
     score: bool  # calibrate the window score's raise threshold per stream
@@ -133,7 +132,7 @@ class SeqPlan:
         terms = tuple(t for t in p.cols[: p.features] if t in SIDES and t in cfg.sequential)
         spike = "spike" in cfg.sequential
         sides = [(i, s) for i, t in enumerate(terms) for s in SIDES[t]]
-        rcols, rsigns, rbeyond, rnames = run_cols(p.cols[: p.features], cfg.sequential)
+        rcols, rsigns, rnames = run_cols(p.cols[: p.features], cfg.sequential)
         score = "score" in cfg.sequential
         tests = len(sides) + len(rcols) + spike + score
         if not tests:
@@ -147,7 +146,7 @@ class SeqPlan:
             side_term=np.array([i for i, _ in sides], dtype=np.int64),
             side_sign=np.array([s for _, s in sides], dtype=np.float64),
             names=tuple(f"cusum_{terms[i]}{'+' if s > 0 else '-'}" for i, s in sides) + rnames
-            + (("spike",) if spike else ()), run_cols=rcols, run_signs=rsigns, run_beyond=rbeyond,
+            + (("spike",) if spike else ()), run_cols=rcols, run_signs=rsigns,
             gate=terms.index("noise") if "noise" in terms else -1, spike=spike, score=score,
             k=cfg.cusum_k, clip=cfg.cusum_clip, h=cusum_threshold(1.0 / p_win, cfg.cusum_k),
             warmup=cfg.sequential_warmup, memory=cfg.sequential_memory, block=cfg.sequential_block,
@@ -175,7 +174,7 @@ class SequentialTests:
         P = plan
         self.tail = ScoreTail(P.score_tail, P.p_win, P.tail_frac, P.raise_threshold, P.warmup, P.memory,
                               P.block) if P.score else None
-        self.runs = SignRuns(P.run_cols, P.run_signs, P.p_win, P.warmup, P.memory, P.run_beyond)
+        self.runs = SignRuns(P.run_cols, P.run_signs, P.p_win, P.warmup, P.memory)
 
     def update(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
                model_version, events, ev_win, score=None) -> np.ndarray:

@@ -36,9 +36,8 @@ import numpy as np
 
 from pipeline.monitor.alerts.cusum import ew_block, lindley
 
-# Terms with a run test, the side tested and how far beyond the median (in the term's robust z) a
-# window must lie to be on it: scale below its median, noise above it.
-RUN_TERMS = (("scale", -1, 0.0), ("noise", 1, 0.0))
+# Terms with a run test and the side of the median tested: scale below it, noise above it.
+RUN_TERMS = (("scale", -1), ("noise", 1))
 MAX_RUNS = len(RUN_TERMS)  # slot record size (slots.record_dtype)
 RUN_L0 = 4  # run lengths are modelled as geometric from this many windows up
 RUN_MIN = 8  # no run test raises on fewer windows (1 s at 1 kHz, hop 128)
@@ -60,20 +59,16 @@ def run_limit(c: np.ndarray, e: np.ndarray, n: np.ndarray, p: float) -> np.ndarr
     e = np.asarray(e, dtype=np.float64)
     mean_excess = (e * n + RUN_PRIOR_RUNS * RUN_PRIOR_EXCESS) / (np.asarray(c) * n + RUN_PRIOR_RUNS)
     c = np.maximum(c, 1.0 / n)  # no run that long in n windows: about one in n, not none
-    r = mean_excess / (1.0 + mean_excess)
-    with np.errstate(divide="ignore"):
-        grow = np.where(r > 0, -np.log(np.where(r > 0, r, 1.0)), np.inf)  # ln(1 / r)
-    span = np.log(np.maximum(c, p) / p) / np.maximum(grow, 1e-300)
+    r = mean_excess / (1.0 + mean_excess)  # in (0, 1): the prior keeps the mean excess above 0
+    span = np.log(np.maximum(c, p) / p) / np.maximum(-np.log(r), 1e-300)
     return np.clip(RUN_L0 + span, RUN_MIN, _L_MAX)
 
 
 class SignRuns:
     """The run tests of one engine: which engine columns they read, and their bookkeeping."""
 
-    def __init__(self, cols: tuple[int, ...], signs: tuple[int, ...], p_win: float, warmup: int, memory: int,
-                 beyond: tuple[float, ...] | None = None):
+    def __init__(self, cols: tuple[int, ...], signs: tuple[int, ...], p_win: float, warmup: int, memory: int):
         self.cols, self.signs = cols, np.array(signs, dtype=np.float64)
-        self.beyond = np.zeros(len(cols)) if beyond is None else np.array(beyond, dtype=np.float64)
         self.p, self.warmup, self.memory = p_win, warmup, RUN_MEMORY * memory
 
     def __len__(self) -> int:
@@ -81,8 +76,7 @@ class SignRuns:
 
     def sides(self, z, finite) -> np.ndarray:
         """``(R, N)``: each window on each test's side (a term without statistics yet has z 0: not)."""
-        zr = z[list(self.cols)] * self.signs[:, None]
-        return (zr > np.maximum(self.beyond, 0.0)[:, None]) & finite[None, :]
+        return (z[list(self.cols)] * self.signs[:, None] > 0.0) & finite[None, :]
 
     def increments(self, tab, slots, seg, on, h: float) -> tuple[np.ndarray, np.ndarray]:
         """Each window's increment ``h / L*`` and readiness ``(R, N)`` from the estimates at the start
@@ -119,10 +113,10 @@ class SignRuns:
 
 
 def run_cols(p_cols: tuple[str, ...], sequential: tuple[str, ...]):
-    """The engine columns, signs, z beyond the median and detector names of the run tests ``sequential``
-    asks for (a term the engine keeps no statistics of has none)."""
+    """The engine columns, signs and detector names of the run tests ``sequential`` asks for (a term the
+    engine keeps no statistics of has none)."""
     if "runs" not in sequential:
-        return (), (), (), ()
-    got = [(p_cols.index(t), s, b, f"run_{t}{'+' if s > 0 else '-'}") for t, s, b in RUN_TERMS if t in p_cols]
-    return tuple(tuple(g[i] for g in got) for i in range(4))
+        return (), (), ()
+    got = [(p_cols.index(t), s, f"run_{t}{'+' if s > 0 else '-'}") for t, s in RUN_TERMS if t in p_cols]
+    return tuple(tuple(g[i] for g in got) for i in range(3))
 
