@@ -172,11 +172,48 @@ def verify(settings: dict, truth: dict[str, int], label: str) -> dict:
         bad = sum(rep.mismatched_duplicates.get(sid, 0) for sid in truth)
         figures[mode] = {"missing": missing, "duplicates": dups, "mismatched": bad, "samples": sum(truth.values())}
         print(f"[chaos] {label} {mode}: {figures[mode]}")
-        assert missing == 0, f"{label} {mode}: {missing} samples missing"
+        if missing:
+            try:
+                why = diagnose_missing(s.kafka, rep, truth)
+            except Exception as exc:  # the diagnosis must not hide the failure
+                why = f"no diagnosis ({exc!r})"
+            raise AssertionError(f"{label} {mode}: {missing} samples missing; {why}")
         assert bad == 0, f"{label} {mode}: {bad} duplicates with different values"
         if mode == "exactly_once":
             assert dups == 0, f"{label} {mode}: {dups} duplicated samples"
     return figures
+
+
+def diagnose_missing(k, rep, truth: dict[str, int]) -> str:
+    """Where the missing samples are (none of a stream, a tail, holes), whether a read_uncommitted
+    reader sees them (written in a transaction still open or aborted) and the partitions' last
+    stable offsets against their high watermarks: what tells a stuck transaction from a stalled worker."""
+    absent = [sid for sid in truth if sid not in rep.streams]
+    tails, holes = [], 0
+    for sid, n in truth.items():
+        if sid in absent:
+            continue
+        x, s0 = rep.streams[sid][:, 0], rep.start[sid]
+        have = np.zeros(n, bool)
+        lo, hi = max(0, s0), min(n, s0 + x.size)
+        if hi > lo:
+            have[lo:hi] = ~np.isnan(x[lo - s0: hi - s0])
+        last = int(np.flatnonzero(have)[-1]) + 1 if have.any() else 0
+        if last < n:
+            tails.append(last)
+        holes += int(np.count_nonzero(~have[:last]))
+    raw = capture(k, idle_s=5.0, max_seconds=60, expected=truth, read_committed=False)
+    seen = sum(covered(raw, sid, n) for sid, n in truth.items()) - sum(covered(rep, sid, n) for sid, n in truth.items())
+    offsets = []
+    for level in ("read_committed", "read_uncommitted"):
+        c = KafkaConsumer(bootstrap_servers=k.bootstrap_servers, isolation_level=level)
+        tps = [TopicPartition(k.clean_topic, p) for p in sorted(c.partitions_for_topic(k.clean_topic) or ())]
+        offsets.append([c.end_offsets(tps)[tp] for tp in tps])
+        c.close()
+    cut = f"ending at samples {min(tails)}..{max(tails)}" if tails else ""
+    return (f"{len(absent)} streams absent, {len(tails)} cut short {cut}, {holes} samples in holes; "
+            f"a read_uncommitted reader sees {seen} more samples; clean topic end offsets "
+            f"read_committed {offsets[0]} vs read_uncommitted {offsets[1]}")
 
 
 def covered(rep, sid: str, n: int) -> int:

@@ -36,6 +36,39 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timeout(base + extra), append=False)
 
 
+# A failed test that ran worker processes shows what they logged: the lines at WARNING and above
+# and the last lines of each log under its tmp_path (a CI run keeps nothing else).
+LOG_TAIL_LINES = 6
+LOG_NOTABLE_LINES = 12
+
+
+def _log_digest(path) -> str:
+    lines = path.read_text(errors="replace").splitlines()
+    notable = [i for i, ln in enumerate(lines) if any(f" {lvl} " in ln for lvl in ("WARNING", "ERROR", "CRITICAL"))]
+    keep = sorted(set(notable[-LOG_NOTABLE_LINES:]) | set(range(max(0, len(lines) - LOG_TAIL_LINES), len(lines))))
+    out, last = [], -1
+    for i in keep:
+        if i > last + 1:
+            out.append(f"[... {i - last - 1} lines]")
+        out.append(lines[i])
+        last = i
+    return "\n".join(out)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if rep.when != "call" or not rep.failed or tmp is None:
+        return
+    for path in sorted(tmp.glob("**/*.log")):
+        try:
+            rep.sections.append((f"log {path.relative_to(tmp)}", _log_digest(path)))
+        except OSError as exc:
+            rep.sections.append((f"log {path.name}", f"unreadable: {exc}"))
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap():
     def say(line: str) -> None:  # past pytest's capture: a user should see which broker and why
