@@ -4,6 +4,7 @@ needed: the watchdog reads the manager's own clock of the last successful commit
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 
@@ -44,3 +45,50 @@ def test_stalled_commits_show_in_the_gauge_and_one_warning_per_period(monkeypatc
         assert not [r for r in caplog.records if "stalled" in r.getMessage()]
     finally:
         m.close()
+
+
+class _Slow:
+    """Stand-ins for the consumer, the state store and the transactions, each taking ``s`` seconds."""
+
+    def __init__(self, s: float):
+        self.s = s
+
+    def committed(self, tp):
+        time.sleep(self.s)
+        return 42
+
+    def load(self, tp):
+        time.sleep(self.s)
+        return {}
+
+    def open(self, tp):
+        time.sleep(self.s)
+
+
+def test_a_slow_takeover_is_logged_with_where_the_time_went(monkeypatch, caplog):
+    from kafka import TopicPartition
+
+    from pipeline.stream.state import PartitionState
+
+    slow = _Slow(0.05)
+    tp = TopicPartition("raw", 3)
+    for threshold, expect in ((1000.0, 0), (0.1, 1)):
+        monkeypatch.setattr(commits, "SLOW_LOAD_S", threshold)
+        m = CommitManager(
+            slow, {tp: PartitionState(tp)}, threading.RLock(), WorkerMetrics(CollectorRegistry()), producer=None,
+            store=slow, transactions=slow, drop_queued=lambda gone: None, on_partition_gone=lambda part: None,
+            commit_interval_s=1.0, flush_timeout_s=1.0, broker="b:9092",
+        )
+        try:
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="pipeline.kafka.commits"):
+                m.load_resume_points()
+            assert m.partitions[tp].loaded and m.partitions[tp].committed == 42
+            said = [r.getMessage() for r in caplog.records if "taking over" in r.getMessage()]
+            assert len(said) == expect, said
+            if expect:
+                assert re.fullmatch(r"raw\[3\]: taking over took \d+\.\d s \(claiming its transactional id "
+                                    r"\d+\.\d s, reading the committed offset \d+\.\d s, the resume entries "
+                                    r"\d+\.\d s\)", said[0]), said[0]
+        finally:
+            m.close()

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 REVOKE_FLUSH_MAX_S = 5.0
 # Commits that have not succeeded for this long are a stall: one WARNING per this many seconds.
 STALL_WARN_S = 10.0
+# Taking over a partition (claim, committed offset, resume entries) slower than this is logged.
+SLOW_LOAD_S = 5.0
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -126,10 +128,18 @@ class CommitManager:
         with self.lock:
             todo = [tp for tp, part in self.partitions.items() if not part.loaded]
         for tp in todo:
+            t0 = time.monotonic()
             if self.transactions is not None:
                 self.transactions.open(tp)  # fences the previous owner; its transaction ends first
+            t1 = time.monotonic()
             committed = self.consumer.committed(tp)
+            t2 = time.monotonic()
             entries = self.store.load(tp)
+            t3 = time.monotonic()
+            if t3 - t0 >= SLOW_LOAD_S:  # the partition's outputs waited as long
+                log.warning("%s[%d]: taking over took %.1f s (claiming its transactional id %.1f s, reading the "
+                            "committed offset %.1f s, the resume entries %.1f s)", tp.topic, tp.partition,
+                            t3 - t0, t1 - t0, t2 - t1, t3 - t2)
             with self.lock:
                 part = self.partitions.get(tp)
                 if part is None or part.loaded:  # revoked meanwhile
