@@ -59,18 +59,32 @@ def ew_block(tab, slots, closes, seg, q, values, est, acc, memory: int, col=None
     accumulators ``acc`` (slot fields: count, then one sum per value); where the stream's block
     ``closes``, one exponential-memory step of its estimates ``est`` (count, then one running mean per
     value) from the block's means: plain averages while a stream has at most ``memory`` values, then
-    the block's mean weighs its windows / ``memory`` (at most 1/2). ``col``: the fields' column.
-    ``values`` must sum exactly in any order (:func:`exact`)."""
+    the block's mean weighs its windows / ``memory`` (at most 1/2). ``col``: the fields' column; or
+    ``q`` and ``values`` of shape ``(T, N)``, row ``t`` for column ``t`` of the fields (one call for
+    ``T`` columns). ``values`` must sum exactly in any order (:func:`exact`)."""
     U = slots.size
-    at = (slots,) if col is None else (slots, col)
+    q = np.asarray(q)
+    if q.ndim == 2:
+        T = q.shape[0]
+        cols = slice(0, T)
+        key = (seg[None, :] * T + np.arange(T)[:, None]).ravel()  # (stream, column), row-major
+
+        def total(w):
+            return np.bincount(key, weights=w.ravel(), minlength=U * T).reshape(U, T)
+    else:
+        cols = col
+
+        def total(w):
+            return np.bincount(seg, weights=w, minlength=U)
+    at = (slots,) if cols is None else (slots, cols)
     f = [getattr(tab, name) for name in acc]
-    f[0][at] += np.bincount(seg, weights=q, minlength=U).astype(np.int64)
+    f[0][at] += total(q).astype(np.int64)
     for a, v in zip(f[1:], values):
-        a[at] += np.bincount(seg, weights=np.where(q, v, 0.0), minlength=U)
+        a[at] += total(np.where(q, v, 0.0))
     c = np.flatnonzero(closes)
     if c.size == 0:
         return
-    at = (slots[c],) if col is None else (slots[c], col)
+    at = (slots[c],) if cols is None else (slots[c], cols)
     e = [getattr(tab, name) for name in est]
     cnt = f[0][at]
     n = e[0][at] + cnt

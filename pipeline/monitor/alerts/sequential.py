@@ -303,12 +303,8 @@ class _Call:
         """Per side and stream of ``streams``: the start of its last window in the call at 0, or -1."""
         if S.size == 0:
             return None
-        sel = np.isin(self.seg, streams)
-        idx = np.where((S == 0.0) & sel[None, :], np.arange(S.shape[1])[None, :], -1)
-        best = np.full((S.shape[0], self.slots.size), -1)
-        for d in range(S.shape[0]):
-            np.maximum.at(best[d], self.seg, idx[d])
-        best = best[:, streams]
+        idx = np.where(S == 0.0, np.arange(S.shape[1])[None, :], -1)
+        best = np.maximum.reduceat(idx, self.first, axis=1)[:, streams]  # each stream's windows are contiguous
         return np.where(best >= 0, starts[np.maximum(best, 0)], -1).T
 
     def learn(self, quiet, closes, runs: SignRuns) -> None:
@@ -319,18 +315,18 @@ class _Call:
             runs.learn(tab, slots, seg, self.first, self.n_u, self.on, quiet, closes)
         T, U = len(P.terms), slots.size
         B = P.block
-        for t in range(T):
-            zc = self.z[t]
-            prev = np.concatenate(([0.0], zc[:-1]))
-            prev[self.first] = tab.seq_prev[slots, t]
-            vals = exact(zc, _Z_MAX, B), exact(zc * zc, _Z_MAX**2, B), exact(zc * prev, _Z_MAX**2, B)
-            ew_block(tab, slots, closes, seg, quiet & self.have[t], vals,
-                      ("seq_n", "seq_mu", "seq_m2", "seq_c1"), ("seq_qn", "seq_q1", "seq_q2", "seq_qc"),
-                      memory=P.memory, col=t)
-            lastz = np.full(U, np.nan)
-            h = np.flatnonzero(self.have[t])
-            lastz[seg[h]] = zc[h]  # the last window that has a z, per stream
-            tab.seq_prev[slots, t] = np.where(np.isnan(lastz), tab.seq_prev[slots, t], lastz)
+        if T:  # every term at once: row t of the (T, N) arrays is column t of the slot fields
+            Z = self.z
+            prev = np.concatenate((np.zeros((T, 1)), Z[:, :-1]), axis=1)
+            prev[:, self.first] = tab.seq_prev[slots, :T].T
+            vals = exact(Z, _Z_MAX, B), exact(Z * Z, _Z_MAX**2, B), exact(Z * prev, _Z_MAX**2, B)
+            ew_block(tab, slots, closes, seg, quiet[None, :] & self.have, vals,
+                     ("seq_n", "seq_mu", "seq_m2", "seq_c1"), ("seq_qn", "seq_q1", "seq_q2", "seq_qc"),
+                     memory=P.memory)
+            lastz = np.full((T, U), np.nan)
+            t_, h = np.nonzero(self.have)
+            lastz[t_, seg[h]] = Z[t_, h]  # the last window that has a z, per term and stream
+            tab.seq_prev[slots, :T] = np.where(np.isnan(lastz), tab.seq_prev[slots, :T].T, lastz).T
         if P.spike:
             v = np.minimum(self.v, U_MAX)
             ew_block(tab, slots, closes, seg, quiet & (self.v > 0), (exact(v, U_MAX, B), exact(v * v, U_MAX**2, B)),

@@ -107,9 +107,8 @@ class SignRuns:
         excess = np.where(ends, before - RUN_L0, 0.0)
         last = first + n_u - 1
         tab.seq_rlen[slots, :R] = np.rint(run[:, seg[last], pos[last]]).T.astype(np.int64)
-        for r in range(R):
-            ew_block(tab, slots, closes, seg, counted, (ends[r].astype(np.float64), excess[r]),
-                     ("seq_rn", "seq_rc", "seq_re"), ("seq_rqn", "seq_rq1", "seq_rq2"), memory=self.memory, col=r)
+        ew_block(tab, slots, closes, seg, np.broadcast_to(counted, ends.shape), (ends.astype(np.float64), excess),
+                 ("seq_rn", "seq_rc", "seq_re"), ("seq_rqn", "seq_rq1", "seq_rq2"), memory=self.memory)
 
 
 def run_cols(p_cols: tuple[str, ...], sequential: tuple[str, ...]):
