@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from pipeline.kafka.clients import ensure_topics, make_producer, wait_for_broker
+from pipeline.kafka.transactions import TRANSACTION_TIMEOUT_MS
 from pipeline.settings import KafkaSettings
 from pipeline.tools import kafka_local
 from pipeline.tools.capture import capture
@@ -186,8 +187,10 @@ def verify(settings: dict, truth: dict[str, int], label: str) -> dict:
 
 def diagnose_missing(k, rep, truth: dict[str, int]) -> str:
     """Where the missing samples are (none of a stream, a tail, holes), whether a read_uncommitted
-    reader sees them (written in a transaction still open or aborted) and the partitions' last
-    stable offsets against their high watermarks: what tells a stuck transaction from a stalled worker."""
+    reader sees them (written in a transaction still open or aborted), the partitions' last stable
+    offsets against their high watermarks, and how many are still missing after waiting past the
+    broker's abort of an abandoned transaction: what tells a stall (a stuck transaction, a stalled
+    worker) from a loss."""
     absent = [sid for sid in truth if sid not in rep.streams]
     tails, holes = [], 0
     for sid, n in truth.items():
@@ -202,18 +205,23 @@ def diagnose_missing(k, rep, truth: dict[str, int]) -> str:
         if last < n:
             tails.append(last)
         holes += int(np.count_nonzero(~have[:last]))
+    had = sum(covered(rep, sid, n) for sid, n in truth.items())
     raw = capture(k, idle_s=5.0, max_seconds=60, expected=truth, read_committed=False)
-    seen = sum(covered(raw, sid, n) for sid, n in truth.items()) - sum(covered(rep, sid, n) for sid, n in truth.items())
+    seen = sum(covered(raw, sid, n) for sid, n in truth.items()) - had
     offsets = []
     for level in ("read_committed", "read_uncommitted"):
         c = KafkaConsumer(bootstrap_servers=k.bootstrap_servers, isolation_level=level)
         tps = [TopicPartition(k.clean_topic, p) for p in sorted(c.partitions_for_topic(k.clean_topic) or ())]
         offsets.append([c.end_offsets(tps)[tp] for tp in tps])
         c.close()
+    # A stall or a loss? Read again, waiting past the broker's abort of an abandoned transaction.
+    late = capture(k, idle_s=TRANSACTION_TIMEOUT_MS / 1000 + 15, max_seconds=180, expected=truth)
+    still = sum(truth.values()) - sum(covered(late, sid, n) for sid, n in truth.items())
     cut = f"ending at samples {min(tails)}..{max(tails)}" if tails else ""
     return (f"{len(absent)} streams absent, {len(tails)} cut short {cut}, {holes} samples in holes; "
             f"a read_uncommitted reader sees {seen} more samples; clean topic end offsets "
-            f"read_committed {offsets[0]} vs read_uncommitted {offsets[1]}")
+            f"read_committed {offsets[0]} vs read_uncommitted {offsets[1]}; read again until "
+            f"{TRANSACTION_TIMEOUT_MS / 1000 + 15:.0f} s without a record ({late.seconds:.0f} s): {still} still missing")
 
 
 def covered(rep, sid: str, n: int) -> int:
