@@ -181,3 +181,35 @@ def test_decisions_do_not_depend_on_how_a_stream_is_cut_into_calls(sequential, t
         assert ev_a[s] == ev_b[s] == ev_c[s]
         np.testing.assert_array_equal(sc_a[s], sc_b[s])
         np.testing.assert_array_equal(sc_a[s], sc_c[s])
+
+
+def test_segments_without_windows_change_nothing():
+    # a segment of length 0 (a stream with nothing in this micro-batch) is skipped: the same scores,
+    # events and later decisions as the call without it, wherever it sits and whether or not its
+    # stream was seen before; a negative length is refused
+    rng = np.random.default_rng(5)
+    cfg = AlertSettings(min_windows=8, warmup_windows=16, stats_windows=64, refresh_every=5, slow_windows=16,
+                        sequential_warmup=32, sequential_memory=64)
+    n = 600
+    streams = {f"s{j}": stream_inputs(rng, n, offset=float(j)) for j in range(2)}
+    results = []
+    for empty in (False, True):
+        eng, out = AlertEngine(cfg, CAL, "v1"), []
+        for pos in range(0, n, 40):
+            parts = [("s0", pos, pos + 40), ("s1", pos, pos + 40)]
+            if empty:
+                parts = [("s1", pos, pos), ("s0", pos, pos + 40), ("never", 0, 0), ("s1", pos, pos + 40), ("s0", 0, 0)]
+            src = [streams.get(sid, streams["s0"]) for sid, _, _ in parts]
+            cat = [np.concatenate([x[i][a:c] for x, (_, a, c) in zip(src, parts)]) for i in range(3)]
+            feats = {t: np.concatenate([x[3][t][a:c] for x, (_, a, c) in zip(src, parts)]) for t in src[0][3]}
+            r = eng.update_batch([p[0] for p in parts], [c - a for _, a, c in parts], cat[0], W, cat[1], cat[2],
+                                 1.0, features=feats)
+            out.append((r.scores.score, [e.to_dict() for e in r.events], r.event_windows))
+        results.append(out)
+        assert eng.streams() == 2  # the empty segments' streams are not tracked for them
+    assert sum(len(ev) for _, ev, _ in results[0]) >= 2  # alerts happened
+    for (sa, ea, wa), (sb, eb, wb) in zip(*results):
+        np.testing.assert_array_equal(sa, sb)
+        assert ea == eb and wa == wb
+    with pytest.raises(ValueError, match="negative"):
+        AlertEngine(cfg, CAL, "v1").update_batch(["a", "b"], [2, -1], np.arange(1), W, np.ones(1), np.ones(1), 1.0)
