@@ -16,7 +16,7 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from pipeline.kafka.clients import ensure_topics, make_producer, wait_for_broker
+from pipeline.kafka.clients import ensure_topics, make_consumer, make_producer, wait_for_broker
 from pipeline.kafka.transactions import TRANSACTION_TIMEOUT_MS
 from pipeline.settings import KafkaSettings
 from pipeline.tools import kafka_local
@@ -196,11 +196,7 @@ def diagnose_missing(k, rep, truth: dict[str, int]) -> str:
     for sid, n in truth.items():
         if sid in absent:
             continue
-        x, s0 = rep.streams[sid][:, 0], rep.start[sid]
-        have = np.zeros(n, bool)
-        lo, hi = max(0, s0), min(n, s0 + x.size)
-        if hi > lo:
-            have[lo:hi] = ~np.isnan(x[lo - s0: hi - s0])
+        have = present(rep, sid, n)
         last = int(np.flatnonzero(have)[-1]) + 1 if have.any() else 0
         if last < n:
             tails.append(last)
@@ -210,7 +206,7 @@ def diagnose_missing(k, rep, truth: dict[str, int]) -> str:
     seen = sum(covered(raw, sid, n) for sid, n in truth.items()) - had
     offsets = []
     for level in ("read_committed", "read_uncommitted"):
-        c = KafkaConsumer(bootstrap_servers=k.bootstrap_servers, isolation_level=level)
+        c = make_consumer(k, isolation_level=level)
         tps = [TopicPartition(k.clean_topic, p) for p in sorted(c.partitions_for_topic(k.clean_topic) or ())]
         offsets.append([c.end_offsets(tps)[tp] for tp in tps])
         c.close()
@@ -224,12 +220,20 @@ def diagnose_missing(k, rep, truth: dict[str, int]) -> str:
             f"{TRANSACTION_TIMEOUT_MS / 1000 + 15:.0f} s without a record ({late.seconds:.0f} s): {still} still missing")
 
 
+def present(rep, sid: str, n: int) -> np.ndarray:
+    """Which samples of [0, n) the capture of ``sid`` holds, ``(n,)`` bool."""
+    have = np.zeros(n, bool)
+    if sid in rep.streams:
+        x, s0 = rep.streams[sid][:, 0], rep.start[sid]
+        lo, hi = max(0, s0), min(n, s0 + x.size)
+        if hi > lo:
+            have[lo:hi] = ~np.isnan(x[lo - s0: hi - s0])
+    return have
+
+
 def covered(rep, sid: str, n: int) -> int:
     """Samples of [0, n) present in the capture of ``sid``."""
-    if sid not in rep.streams:
-        return 0
-    x, s0 = rep.streams[sid][:, 0], rep.start[sid]
-    return int(np.count_nonzero(~np.isnan(x[max(0, -s0): max(0, n - s0)])))
+    return int(np.count_nonzero(present(rep, sid, n)))
 
 
 def output_stalls(k, kills: list[float]) -> list[float]:

@@ -188,10 +188,10 @@ class AlertEngine:
         if not (starts.shape == errors.shape == scales.shape) or sum(lengths) != N or len(lengths) != len(streams):
             raise ValueError(f"starts {starts.shape}, errors {errors.shape}, scales {scales.shape} and the "
                              f"segment lengths (sum {sum(lengths)}) must match")
-        if any(int(n) <= 0 for n in lengths):  # a segment without windows has nothing to score
-            if any(int(n) < 0 for n in lengths):
-                raise ValueError(f"segment lengths must not be negative: {list(lengths)}")
-            keep = [j for j, n in enumerate(lengths) if int(n) > 0]
+        if any(int(n) < 0 for n in lengths):
+            raise ValueError(f"segment lengths must not be negative: {list(lengths)}")
+        if not all(lengths):  # a segment without windows has nothing to score
+            keep = [j for j, n in enumerate(lengths) if n]
             streams, lengths = [streams[j] for j in keep], [int(lengths[j]) for j in keep]
         score, act = np.zeros(N), np.zeros(N, dtype=bool)
         z = np.zeros((len(p.cols), N))
