@@ -4,6 +4,7 @@
 #   deploy/kafka/kafka.sh start [PORT]   start (idempotent), wait until it answers, print bootstrap
 #   deploy/kafka/kafka.sh stop  [PORT]   stop cleanly (SIGTERM, then SIGKILL after a grace period)
 #   deploy/kafka/kafka.sh status [PORT]  exit 0 and print bootstrap when running
+#   deploy/kafka/kafka.sh resolve        fetch the jars into the cache only (deploy/gpu/offline-kit.sh)
 #
 # Environment:
 #   DAE_KAFKA_PORT    broker port (default 19092; the controller listens on PORT+1)
@@ -152,5 +153,6 @@ case "$cmd" in
   stop) stop ;;
   status) if running; then echo "$bootstrap"; else exit 3; fi ;;
   clean) stop; rm -rf "$data" ;;
-  *) echo "usage: $0 start|stop|status|clean [PORT]" >&2; exit 2 ;;
+  resolve) resolve_jars ;;
+  *) echo "usage: $0 start|stop|status|clean|resolve [PORT]" >&2; exit 2 ;;
 esac

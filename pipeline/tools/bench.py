@@ -251,7 +251,12 @@ def _run_leg(make, s: Settings, messages, samples: int, live_rate: float) -> Leg
     done = getattr(leg, "samples_done", samples)  # the naive loop may stop early (NAIVE_MAX_S)
     name = leg.name
     leg.close()
-    if not getattr(leg, "measures_latency", True):  # (b-procs: throughput only)
+    if not getattr(leg, "measures_latency", True):  # (b-procs: throughput only, from output timestamps)
+        from pipeline.tools.bench_pool import MIN_SPAN_S
+
+        done, secs = leg.timed()
+        if secs != secs:
+            console.print(f"  {name}: output span under {MIN_SPAN_S} s, too short to time (more --seconds)")
         return LegResult(name, done, secs, done / secs, nbytes * done / samples / secs / 1e6, float("nan"),
                          float("nan"), live_rate, getattr(leg, "model", None), None)
     # Latency: paced live input, consumer joined first.

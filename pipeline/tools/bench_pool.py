@@ -2,9 +2,12 @@
 as the single-process worker leg (b), as a separate command would run it.
 
 The pool's children are separate processes, so this leg measures from the outside: a reader on the
-cleaned topic counts the output samples; the throughput clock runs from the first cleaned record
-seen to the last one needed (so the group join is excluded, as in the other legs, and the time of
-one batch is included). Latency is not measured here (the input record of an output is the worker's
+cleaned topic counts the output samples, and the rate comes from the records' own timestamps (set
+by the workers' producers when each was sent): the samples of every record after the first
+millisecond's over the span from the first record's timestamp to the last one's. So the group
+join and the first batch are excluded, as in the other legs, and the reader's polling does not
+count (reading the time of arrival instead, a small input that arrives in one poll measured a
+span of nearly zero: 1.7 G samples/s in a dry run). A span under MIN_SPAN_S cannot be timed: NaN. Latency is not measured here (the input record of an output is the worker's
 knowledge; leg (b) measures it for the same code): the leg has no latency phase and reports NaN.
 """
 
@@ -23,6 +26,8 @@ from pipeline.settings import Settings
 
 # A pool's SIGTERM-to-exit allowance (each child finishes its batch, flushes and commits).
 STOP_TIMEOUT_S = 60.0
+# Output timestamps have millisecond resolution: a shorter span says nothing about the rate.
+MIN_SPAN_S = 0.2
 
 
 class PoolLeg:
@@ -54,6 +59,7 @@ class PoolLeg:
         self.target = n_samples - n_streams * window  # stream tails wait for the idle flush
         self.out = 0
         self.first_records: float | None = None
+        self._stamps: list[tuple[int, int]] = []  # (record timestamp in ms, samples) of each output
         self.lat: list[float] = []
 
     def pump(self) -> int:
@@ -63,13 +69,20 @@ class PoolLeg:
         for recs in self.reader.poll(timeout_ms=50).values():
             for m in recs:
                 got += 1
-                self.out += len(m.value) // 4
+                n = len(m.value) // 4
+                self.out += n
+                self._stamps.append((m.timestamp, n))
         if got and self.first_records is None:
             self.first_records = time.perf_counter()
         return got
 
     def done(self) -> bool:
         return self.out >= self.target
+
+    def timed(self) -> tuple[int, float]:
+        """(samples, seconds) between the first output record's timestamp and the last one's;
+        seconds is NaN when the span is under MIN_SPAN_S."""
+        return timed_span(self._stamps)
 
     def close(self) -> None:
         self.reader.close()
@@ -79,3 +92,15 @@ class PoolLeg:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise RuntimeError("dae worker --processes did not stop within 60 s of SIGTERM") from None
+
+
+def timed_span(stamps: list[tuple[int, int]]) -> tuple[int, float]:
+    """(samples after the first millisecond, span in seconds) of ``(timestamp_ms, samples)`` pairs;
+    the span is NaN when it is under MIN_SPAN_S (too short to time)."""
+    if not stamps:
+        return 0, float("nan")
+    first = min(t for t, _ in stamps)
+    last = max(t for t, _ in stamps)
+    after = sum(n for t, n in stamps if t > first)
+    span = (last - first) / 1000.0
+    return after, span if span >= MIN_SPAN_S else float("nan")
