@@ -24,6 +24,19 @@ def test_resolve_processes():
             resolve_processes(bad, "cpu")
 
 
+@pytest.mark.parametrize("cores, gpus, device, want", [
+    (16, 1, "cuda", 4),   # the measured host: 4 per GPU served 1.9x one, 8 no more
+    (64, 1, "auto", 4),   # capped at PROCS_PER_GPU_MAX
+    (8, 1, "cuda", 2),    # one per 4 cores
+    (2, 1, "cuda", 1),    # at least one per GPU
+    (16, 8, "cuda", 8),
+    (16, 2, "cpu", 16),   # the model on the CPU: one per core, GPUs or not
+    (6, 0, "auto", 6),
+])
+def test_auto_processes_per_gpu(cores, gpus, device, want):
+    assert resolve_processes("auto", device, cores=cores, gpus=gpus) == want
+
+
 def test_child_env_ports_instance_ids_threads_and_gpus():
     envs = [child_env({"X": "1"}, i, 3, metrics_port=9108, instance_id="w", cores=8, gpus=2) for i in range(3)]
     assert [e["DAE_METRICS__PORT"] for e in envs] == ["9108", "9109", "9110"]

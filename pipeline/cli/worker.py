@@ -43,7 +43,7 @@ def worker(
     max_seconds: Optional[float] = typer.Option(None, show_default="run until SIGTERM/SIGINT",
                                                 help="Stop cleanly after this many seconds (tests, demos)"),
     processes: str = typer.Option("1", "--processes", help="Consumer-group members to start on this host: a "
-                                  "number, or 'auto' (one per GPU for a CUDA model, else one per core); each "
+                                  "number, or 'auto' (a CUDA model: one per 4 cores per GPU, 1-4 per GPU; else one per core); each "
                                   "serves metrics on --metrics-port + its index; SIGTERM stops all cleanly"),
     verbose: bool = VerboseOpt,
 ):

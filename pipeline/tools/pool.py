@@ -56,11 +56,27 @@ def gpu_count() -> int:
         return 0
 
 
-def resolve_processes(value: str, device: str) -> int:
-    """``N`` (>= 1) or ``auto``: one per GPU when the model runs on CUDA, else one per core."""
+# Worker processes per GPU under ``auto``: each process is bound by its CPU side (the Kafka client
+# and the alert engine), not by the GPU. Measured on one H200 with 16 cores (docs/bench.md, GPU):
+# 4 processes served 1.9x one, 8 no more than 4. So up to this many per GPU, one per 4 cores.
+PROCS_PER_GPU_MAX = 4
+CORES_PER_GPU_PROC = 4
+
+
+def resolve_processes(value: str, device: str, *, cores: int | None = None, gpus: int | None = None) -> int:
+    """``N`` (>= 1) or ``auto``: with the model on CUDA, per GPU one process per
+    :data:`CORES_PER_GPU_PROC` cores, 1 .. :data:`PROCS_PER_GPU_MAX`; else one per core. ``cores`` and
+    ``gpus`` default to this host's."""
     if value == "auto":
-        gpus = gpu_count() if device in ("auto", "cuda") else 0
-        return max(1, gpus or cpu_count())
+        cores = cpu_count() if cores is None else cores
+        if device not in ("auto", "cuda"):
+            gpus = 0
+        elif gpus is None:
+            gpus = gpu_count()
+        if gpus:
+            per_gpu = cores // (CORES_PER_GPU_PROC * gpus)
+            return gpus * max(1, min(PROCS_PER_GPU_MAX, per_gpu))
+        return max(1, cores)
     try:
         n = int(value)
     except ValueError:
