@@ -118,6 +118,22 @@ def test_short_segment_is_reflect_padded_and_fully_emitted():
     np.testing.assert_allclose(y, x)
 
 
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 300), extra=st.integers(1, 700), channels=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_flush_window_is_padded_as_np_pad_reflect(n, extra, channels, seed):
+    """The tail window of a flush: the real samples, then their reflection (edge for one sample),
+    exactly as np.pad(mode="reflect") gives it, for pads longer than the samples too."""
+    W = n + extra
+    x = np.random.default_rng(seed).standard_normal((n, channels)).astype(np.float32)
+    win = StreamWindowing(W, W, channels, 0)
+    assert win.feed(x) is None  # shorter than a window: nothing cut before the flush
+    block = win.flush()
+    assert block.start == 0 and len(block) == 1
+    want = np.pad(x, ((0, W - n), (0, 0)), mode="reflect" if n > 1 else "edge")
+    np.testing.assert_array_equal(block.data[0].T, want)
+    assert block.data.dtype == np.float32 and block.data.flags.c_contiguous
+
+
 def test_single_sample_segment():
     y = denoise_offline(np.array([[2.5]], np.float32), lambda b: b * 2, 8, 4)
     np.testing.assert_allclose(y, [[5.0]])

