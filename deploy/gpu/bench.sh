@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU bench of issue 13 (item 8) in one go, about 5 minutes on a GPU host:
+# The GPU bench of issue 13 (item 8) in one go (445 s on a 16-core H200 host, docs/bench.md):
 # install the repo, start the local broker, train the two models with small step budgets (their
 # throughput, not their quality, is measured), run `dae bench --device cuda`, write the JSON.
 #
@@ -13,15 +13,18 @@
 #   DAE_BENCH_BOOTSTRAP   use this broker instead of starting the local one
 #   DAE_BENCH_PORT        port of the local broker (default 29292)
 #   DAE_BENCH_REGISTRY    registry to bench (default: a fresh one under OUT, trained here)
-#   DAE_BENCH_SECONDS     seconds of signal per stream (default 150, dae bench's default)
-#   DAE_BENCH_PROCESSES   worker processes of the (b-procs) leg, one bench run each (default "1 4 8";
+#   DAE_BENCH_SECONDS     seconds of signal per stream (default 400: with 32 streams, 12.8 M samples,
+#                         enough to time a GPU worker; dae bench's own default is 150 x 8 streams)
+#   DAE_BENCH_PROCESSES   worker processes of the (b-procs) leg, one bench run each (default "4 8";
 #                         1 runs the single-process legs only); also the process counts of the
 #                         engine-only run sharing the GPU
 #   DAE_BENCH_DEVICE      cuda (default); cpu runs every step here without a GPU (a dry run of the
 #                         script itself, with a small DAE_BENCH_SECONDS)
 #   DAE_BENCH_ENGINE=0    skip the engine-only rates (step 4)
-#   DAE_BENCH_STREAMS     streams in the bench input (default 8, dae bench's default)
-#   DAE_BENCH_LIVE_RATE   input rate of the latency phase, samples/s (default: dae bench's)
+#   DAE_BENCH_STREAMS     streams in the bench input (default 32)
+#   DAE_BENCH_LIVE_RATE   input rate of the latency phase, samples/s (default 2000000: at dae bench's
+#                         200000 the latency phase of 12.8 M samples would take a minute per leg)
+#   DAE_KAFKA__PARTITIONS partitions of the bench topics (default here 16, so that 8 processes share them)
 #   DAE_BENCH_KIT         a kit.tar.xz of deploy/gpu/offline-kit.sh (a JRE and the broker's jars),
 #                         for a host without a JDK or network
 #   DAE_BENCH_WHEELS      a folder of wheels (offline-kit.sh): install with --no-index from there
@@ -37,9 +40,12 @@ mkdir -p "$out"
 py="${DAE_BENCH_PYTHON:-python3}"
 venv="${DAE_BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dae/venv-gpu}"
 port="${DAE_BENCH_PORT:-29292}"
-seconds="${DAE_BENCH_SECONDS:-150}"
+seconds="${DAE_BENCH_SECONDS:-400}"
 reg="${DAE_BENCH_REGISTRY:-$out/registry}"
-processes="${DAE_BENCH_PROCESSES:-1 4 8}"
+processes="${DAE_BENCH_PROCESSES:-4 8}"
+streams="${DAE_BENCH_STREAMS:-32}"
+live_rate="${DAE_BENCH_LIVE_RATE:-2000000}"
+export DAE_KAFKA__PARTITIONS="${DAE_KAFKA__PARTITIONS:-16}"
 device="${DAE_BENCH_DEVICE:-cuda}"
 
 log() { echo "gpu/bench.sh: $*" >&2; }
@@ -139,10 +145,7 @@ if [[ "$bench_help" == *--processes* ]]; then
 fi
 for n in $processes; do
   args=(bench --device "$device" --bootstrap "$bootstrap" --registry "$reg" --seconds "$seconds"
-        --streams "${DAE_BENCH_STREAMS:-8}" --json "$out/bench-$device-n$n.json")
-  if [[ -n "${DAE_BENCH_LIVE_RATE:-}" ]]; then
-    args+=(--live-rate "$DAE_BENCH_LIVE_RATE")
-  fi
+        --streams "$streams" --live-rate "$live_rate" --json "$out/bench-$device-n$n.json")
   if [[ -n "$multi" ]]; then
     args+=(--processes "$n")  # the (b-procs) leg: dae worker --processes N; N=1 skips it
   elif [[ "$n" != 1 ]]; then
