@@ -58,9 +58,12 @@ if [[ -n "$wheels" ]]; then
 fi
 if [[ "$venv" == "-" ]]; then
   site="$out/site"
-  log "installing the wheels into $site (no venv)"
-  "$py" -m pip install -q --no-deps --no-compile --target "$site" ${wheels:+"$wheels"/*.whl} > "$out/pip.log" 2>&1 \
-    || { tail -n 20 "$out/pip.log" >&2; exit 1; }
+  mkdir -p "$site"
+  if [[ -n "$wheels" ]]; then  # else the interpreter is taken to have the dependencies already
+    log "installing the wheels into $site (no venv)"
+    "$py" -m pip install -q --no-deps --no-compile --target "$site" "$wheels"/*.whl > "$out/pip.log" 2>&1 \
+      || { tail -n 20 "$out/pip.log" >&2; exit 1; }
+  fi
   export PYTHONPATH="$root:$site${PYTHONPATH:+:$PYTHONPATH}"
   python="$py"
   dae_cmd=("$py" -m pipeline.cli.app)
