@@ -7,8 +7,9 @@ by the workers' producers when each was sent): the samples of every record after
 millisecond's over the span from the first record's timestamp to the last one's. So the group
 join and the first batch are excluded, as in the other legs, and the reader's polling does not
 count (reading the time of arrival instead, a small input that arrives in one poll measured a
-span of nearly zero: 1.7 G samples/s in a dry run). A span under MIN_SPAN_S cannot be timed: NaN. Latency is not measured here (the input record of an output is the worker's
-knowledge; leg (b) measures it for the same code): the leg has no latency phase and reports NaN.
+span of nearly zero: 1.7 G samples/s in a dry run). A span under MIN_SPAN_S cannot be timed: NaN.
+Latency is not measured here (the input record of an output is the worker's knowledge; leg (b)
+measures it for the same code): the leg has no latency phase and reports NaN.
 """
 
 from __future__ import annotations
