@@ -131,10 +131,10 @@ fi
 
 # 4. What the device serves without Kafka: the worker's engine path and the bare forward pass, per
 #    model and micro-batch size, and N processes sharing the GPU (pipeline/tools/engine_rate.py).
-current="$("$python" -c 'import sys; from models.registry import ModelRegistry; print(ModelRegistry(sys.argv[1]).current() or "")' "$reg")"
-seed="$("$python" -c 'import sys; from pathlib import Path; from pipeline.tools.bench import seed_mlp_version; print(seed_mlp_version(Path(sys.argv[1]), 1000.0) or "")' "$reg")"
-procs_list="$(echo "$processes" | tr ' ' '\n' | awk '$1 > 1' | paste -sd, -)"
 if [[ "${DAE_BENCH_ENGINE:-1}" != 0 ]]; then
+  current="$("$python" -c 'import sys; from models.registry import ModelRegistry; print(ModelRegistry(sys.argv[1]).current() or "")' "$reg")"
+  seed="$("$python" -c 'import sys; from pathlib import Path; from pipeline.tools.bench import seed_mlp_version; print(seed_mlp_version(Path(sys.argv[1]), 1000.0) or "")' "$reg")"
+  procs_list="$(echo "$processes" | tr ' ' '\n' | awk '$1 > 1' | paste -sd, -)"
   log "engine rates: seed MLP ${seed:-none}, current ${current:-none}, processes ${procs_list:-none}"
   "$python" -m pipeline.tools.engine_rate --registry "$reg" --versions "$seed,$current" --device "$device" \
     --procs "$procs_list" --json "$out/engine-$device.json" 2>&1 | tee "$out/engine-$device.log"

@@ -43,8 +43,9 @@ def worker(
     max_seconds: Optional[float] = typer.Option(None, show_default="run until SIGTERM/SIGINT",
                                                 help="Stop cleanly after this many seconds (tests, demos)"),
     processes: str = typer.Option("1", "--processes", help="Consumer-group members to start on this host: a "
-                                  "number, or 'auto' (a CUDA model: one per 4 cores per GPU, 1-4 per GPU; else one per core); each "
-                                  "serves metrics on --metrics-port + its index; SIGTERM stops all cleanly"),
+                                  "number, or 'auto' (a CUDA model: one per 4 cores per GPU, 1-4 per GPU; else "
+                                  "one per core); each serves metrics on --metrics-port + its index; SIGTERM "
+                                  "stops all cleanly"),
     verbose: bool = VerboseOpt,
 ):
     """Consume raw chunks, denoise them, publish cleaned chunks; SIGTERM or Ctrl-C stops it cleanly."""

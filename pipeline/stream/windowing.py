@@ -46,7 +46,8 @@ def validate_geometry(window: int, hop: int) -> None:
 def _reflect_index(n: int, width: int) -> np.ndarray:
     """Rows ``0 .. width-1`` of ``n`` real rows padded past the last one as ``np.pad(mode="reflect")``
     pads them (``"edge"`` for one row): the reflection repeats with period ``2 * (n - 1)``. An index
-    array, cached per shape: a one-chunk stream's flush took ~50 µs in ``np.pad``, ~2 µs this way."""
+    array, cached per shape: 20,000 one-chunk streams' flushes took 59 µs each with ``np.pad``, 14 µs
+    this way (the whole flush, measured alone)."""
     if n == 1:
         idx = np.zeros(width, dtype=np.int64)
     else:

@@ -25,6 +25,7 @@ Two phases per leg, each on a fresh topic and consumer group:
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import time
 import uuid
@@ -255,7 +256,7 @@ def _run_leg(make, s: Settings, messages, samples: int, live_rate: float) -> Leg
         from pipeline.tools.bench_pool import MIN_SPAN_S
 
         done, secs = leg.timed()
-        if secs != secs:
+        if math.isnan(secs):
             console.print(f"  {name}: output span under {MIN_SPAN_S} s, too short to time (more --seconds)")
         return LegResult(name, done, secs, done / secs, nbytes * done / samples / secs / 1e6, float("nan"),
                          float("nan"), live_rate, getattr(leg, "model", None), None)

@@ -63,8 +63,9 @@ def sweep(data: Sequence[tuple[str, np.ndarray, list]], score_file, thresholds: 
     """The corpus score of the detector at each threshold, and the best. ``data``: (name, values,
     label windows) per file; ``score_file(n, detections, windows)`` our scorer's per-file dict."""
     scores = [windowed_gaussian_scores(x) for _, x, _ in data]
-    null = sum(score_file(x.size, [], w)["raw"] for _, x, w in data)
-    perfect = float(sum(score_file(x.size, [], w)["windows"] for _, x, w in data))
+    empty = [score_file(x.size, [], w) for _, x, w in data]  # no detection: the null score
+    null = sum(r["raw"] for r in empty)
+    perfect = float(sum(r["windows"] for r in empty))
     rows = []
     for t in thresholds:
         raw, hit, dets = 0.0, 0, 0
