@@ -321,6 +321,14 @@ class AlertSettings(BaseModel):
     # a stream, counted from its first window: so the decisions do not depend on how the worker's
     # micro-batches cut the stream (they grow when it falls behind).
     sequential_block: int = Field(64, ge=1, le=4096)
+    # The record outlier test (pipeline.monitor.alerts.outliers): each new raw sample against an
+    # exponential mean and std of the stream's last ~outlier_memory samples (after min_windows
+    # windows' worth); a window whose new samples reach the stream's threshold raises (detector
+    # "outlier"). The threshold: the stream's own quiet history's extreme-value quantile at the test's
+    # share of false_alarms_per_hour, never below outlier_z. 0: off. 7: NAB's windowed Gaussian
+    # baseline (its optimised |z| ~ 7.2, docs/alerts.md).
+    outlier_z: float = Field(7.0, ge=0)
+    outlier_memory: int = Field(65_536, ge=2)
     # A stream's alert state is dropped after this many seconds without a window (it restarts with warm-up).
     state_ttl_s: float = Field(300.0, gt=0)
     # Streams tracked per worker at most (~24 KB each once warmed up); beyond, the least recently seen is dropped.

@@ -107,7 +107,7 @@ class Monitor:
         if pair is None:
             alerts = AlertEngine(self._settings.alerts, engine.meta.error_quantiles, engine.version,
                                  on_evict=self.metrics.alert_state_evicted, window=getattr(engine, "window", 256),
-                                 windows_per_hour=_windows_per_hour(engine))
+                                 windows_per_hour=_windows_per_hour(engine), hop=getattr(engine, "hop", None))
             drift = DriftMonitor(self._settings.drift, engine.version, _q50(engine))
             pair = self._routes[route] = (alerts, drift)
             self.metrics.drift_ratio.labels(route).set(float("nan"))

@@ -76,6 +76,7 @@ import numpy as np
 
 from pipeline.monitor.alerts.cusum import U_MAX, cusum_threshold, ew_block, exact, lindley
 from pipeline.monitor.alerts.events import AlertEvent
+from pipeline.monitor.alerts.outliers import outlier_tests
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.signruns import MAX_RUNS, SignRuns, run_cols
 from pipeline.monitor.alerts.tail import ScoreTail, gumbel_c
@@ -138,7 +139,7 @@ class SeqPlan:
         if not tests:
             return None
         wph = float(windows_per_hour or WINDOWS_PER_HOUR)
-        rate = cfg.false_alarms_per_hour / tests
+        rate = cfg.false_alarms_per_hour / (tests + outlier_tests(cfg))  # equal shares with the outlier test
         p_win = rate / wph  # per-window false-alarm probability of one test
         m = max(int(window) - 2, 1)
         return cls(

@@ -220,7 +220,7 @@ def evaluate_synthetic(engine, settings: AlertSettings, cfg: SyntheticConfig,
     streams = make_streams(cfg)
     t_gen = time.perf_counter() - t0
     log(f"synthetic: {len(streams)} streams generated in {t_gen:.1f} s; running the alert path")
-    alerts = AlertEngine(settings, engine.meta.error_quantiles, engine.version)
+    alerts = AlertEngine(settings, engine.meta.error_quantiles, engine.version, window=engine.window, hop=engine.hop)
     W, fs = engine.window, cfg.sample_rate
     per_stream, runs = [], {}
     windows = 0

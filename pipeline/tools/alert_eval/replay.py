@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.monitor.alerts.engine import AlertEngine
 from pipeline.monitor.alerts.events import TERMS, AlertEvent
+from pipeline.monitor.alerts.outliers import record_features
 from pipeline.monitor.alerts.terms import window_features
 from pipeline.stream.windowing import StreamWindowing
 
@@ -96,7 +97,7 @@ def _score_group(engine, alerts: AlertEngine, group, wins, events, parts, t0: fl
     for (k, b), j in zip(group, ends - lengths):
         wins[k].add_output(b.start, inf.outputs[j : j + len(b)])
         wins[k].ready()
-    feats = window_features(data, inf.outputs)
+    feats = {**window_features(data, inf.outputs), **record_features(data, wins[group[0][0]].hop)}
     res = alerts.update_batch([k for k, _ in group], lengths, np.concatenate([b.starts for _, b in group]), W,
                               inf.errors, inf.scales, features=feats)
     for ev, w in zip(res.events, res.event_windows):
