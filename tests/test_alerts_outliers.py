@@ -16,7 +16,7 @@ CAL = {"q50": 0.01, "q90": 0.02, "q99": 0.05, "q999": 0.1}
 
 def engine(**kw):
     base = dict(min_windows=8, warmup_windows=16, stats_windows=128, refresh_every=4, slow_terms=(),
-                sequential=(), outlier_memory=2048)
+                sequential=(), outlier_z=7.0, outlier_memory=2048)
     base.update(kw)
     return AlertEngine(AlertSettings(**base), CAL, "v7", window=W, hop=H)
 
@@ -103,11 +103,12 @@ def test_gaussian_noise_raises_nothing():
     assert feed(engine(), streams, range(0, 2400, 64)) == {k: [] for k in streams}
 
 
-def test_off_when_outlier_z_is_0_and_before_the_warm_up():
+def test_off_by_default_or_when_outlier_z_is_0_and_before_the_warm_up():
     rng = np.random.default_rng(5)
     x = rng.standard_normal(6000)
     x[5000] = 50.0
     assert feed(engine(outlier_z=0), {"s": x}, [])["s"] == []
+    assert AlertSettings().outlier_z == 0 and AlertEngine(AlertSettings(), CAL, "v7")._out is None
     assert [e[0] for e in feed(engine(), {"s": x}, [])["s"]] == ["raised", "resolved"]
     y = rng.standard_normal(6000)
     y[200] = 50.0  # min_windows (8) windows of hop 32: 256 samples before the test votes

@@ -59,12 +59,12 @@ def test_thresholds_follow_the_false_alarm_budget():
     loose, strict = plan(2.0), plan(0.02)
     assert strict.h > loose.h and strict.spike_t > loose.spike_t and strict.gumbel_c > loose.gumbel_c
     # level±, scale±, noise+, freq±, run_scale-, run_noise+, spike; and the record outlier test's share
-    assert plan(0.2).per_test_rate == pytest.approx(0.2 / 11)
-    assert plan(0.2, outlier_z=0).per_test_rate == pytest.approx(0.2 / 10)
+    assert plan(0.2).per_test_rate == pytest.approx(0.2 / 10)
+    assert plan(0.2, outlier_z=7).per_test_rate == pytest.approx(0.2 / 11)
     assert sorted(plan(0.2).names) == sorted(("cusum_level+", "cusum_level-", "cusum_scale+", "cusum_scale-",
                                               "cusum_noise+", "cusum_freq+", "cusum_freq-", "run_scale-",
                                               "run_noise+", "spike"))
-    assert plan(0.2, sequential=("score", "level")).per_test_rate == pytest.approx(0.2 / 4)
+    assert plan(0.2, sequential=("score", "level")).per_test_rate == pytest.approx(0.2 / 3)
     assert plan(0.2, sequential=()) is None
 
 

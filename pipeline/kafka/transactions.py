@@ -24,9 +24,11 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from pipeline.kafka.clients import make_producer
+from pipeline.kafka.compat import install as _fix_txn_offset_commit
 from pipeline.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+_fix_txn_offset_commit()  # kafka-python 2.3's TxnOffsetCommit error handling (pipeline/kafka/compat.py)
 
 # A killed worker's open transaction blocks read_committed readers of the partitions it wrote to
 # until the partition's next owner re-initialises the id, or the broker aborts it after this long

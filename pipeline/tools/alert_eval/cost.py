@@ -117,11 +117,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-sequential", action="store_true",
                     help="the window score alone (alerts.sequential empty): what the sequential tests cost")
-    ap.add_argument("--no-outlier", action="store_true",
-                    help="without the record outlier test (alerts.outlier_z 0): what it costs")
+    ap.add_argument("--outlier", action="store_true",
+                    help="with the record outlier test (alerts.outlier_z 7; off by default): what it costs")
     a = ap.parse_args()
     _SETTINGS[0] = AlertSettings(**({"sequential": ()} if a.no_sequential else {}),
-                                 **({"outlier_z": 0.0} if a.no_outlier else {}))
+                                 **({"outlier_z": 7.0} if a.outlier else {}))
     if a.many:
         many_streams(a.many, a.rounds)
         return
