@@ -7,7 +7,8 @@ with 7 windows, so the evaluator trains (once, cached under ``OUT/nab-model``) a
 64-sample window on the same synthetic families — a denoiser is defined per sample (cycles per
 sample), not per second, so no resampling is needed, only a window the series can hold (hop 32: a
 detection resolution of 32 rows). Alert settings for NAB keep the synthetic defaults except the
-warm-up and statistics lengths, scaled to the short series (see ``NAB_OVERRIDES``).
+warm-up and statistics lengths, scaled to the short series, and the record outlier test, on for these
+slow metrics (see ``NAB_OVERRIDES``); the engine is told NAB's 5-minute rate (:func:`nab_alert_engine`).
 
 Reported: per-window-hit precision/recall/F1 (a label window is hit when an alert is raised inside
 it; an alert is true when raised inside a window), and NAB's standard-profile score
