@@ -11,7 +11,8 @@ from the clean topics: at-least-once: nothing missing, every duplicate identical
   the idle flushes taken during the outage;
 - rebalance: a second worker joins, the first is killed, and rejoins;
 - 5,000 fuzzed messages among good streams (lenient header text, the int64 poison pill, bad
-  payloads and keys): each one ends as output or as exactly one dead letter with its reason;
+  payloads and keys): each one ends as output or as a dead letter with its reason, exactly once
+  (at-least-once: again, with the same reason, only where a replay repeats it);
 - 200 streams with 91-byte ids on one partition, kill -9: resume state far beyond what commit
   metadata holds.
 
@@ -184,8 +185,15 @@ def test_fuzzed_messages_among_good_streams(make_settings, topics, model_registr
     for mode in MODES:
         dead = capture_dead(s[mode].kafka)
         counts = Counter((p_, o) for p_, o, _ in dead)
-        assert max(counts.values()) == 1, f"{mode}: a message dead-lettered more than once"
-        got = {(p_, o): r for p_, o, r in dead}
+        if mode == "exactly_once":
+            assert max(counts.values()) == 1, f"{mode}: a message dead-lettered more than once"
+        # at-least-once: a replay from the last commit (a group membership lost on a starved machine:
+        # seen beside two CPU hogs, 2026-12-04) dead-letters its bad messages again, as it re-publishes
+        # outputs, with the same reason
+        got = {}
+        for p_, o, r in dead:
+            first = got.setdefault((p_, o), r)
+            assert first == r, f"{mode}: {(p_, o)} dead-lettered with reasons {first} and {r}"
         expected = {pos_: item[3] for pos_, item in where.items() if item[3] is not None}
         assert got.keys() == expected.keys(), f"{mode}: {len(got)} dead letters for {len(expected)} bad messages"
         wrong = [(pos_, got[pos_], r) for pos_, r in expected.items() if got[pos_] != r]
