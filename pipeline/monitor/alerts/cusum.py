@@ -51,7 +51,7 @@ def exact(x: np.ndarray, bound: float, block: int) -> np.ndarray:
     coarse enough that the sum of a block's values is exact in float64 in any order: the estimates then
     do not depend on how a block's windows were cut into calls, to the last bit."""
     k = 52 - int(math.log2(bound)) - int(math.ceil(math.log2(block + 1)))
-    return np.rint(np.clip(x, -bound, bound) * 2.0**k) * 2.0**-k
+    return np.rint(np.minimum(np.maximum(x, -bound), bound) * 2.0**k) * 2.0**-k  # np.clip, at less call overhead
 
 
 def ew_block(tab, slots, closes, seg, q, values, est, acc, memory: int, col=None) -> None:

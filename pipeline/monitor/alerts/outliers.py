@@ -47,12 +47,11 @@ stream (most calls: one or two), each a few array operations over the streams.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.monitor.alerts.cusum import U_MAX, ew_weight
+from pipeline.monitor.alerts.cusum import U_MAX, ew_weight, exact
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.tail import gumbel_c
 
@@ -92,13 +91,6 @@ def record_features(windows: np.ndarray, tail: int) -> dict[str, np.ndarray]:
             "outlier_max": blk.max(axis=1), "outlier_min": blk.min(axis=1)}
 
 
-def _grid(x: np.ndarray, bound: float) -> np.ndarray:
-    """:func:`~pipeline.monitor.alerts.cusum.exact` for values in ``[0, bound]``, a calibration block's worth
-    (cheaper: no clipping)."""
-    k = 52 - int(math.log2(bound)) - int(math.ceil(math.log2(BLOCK + 1)))
-    return np.rint(x * 2.0**k) * 2.0**-k
-
-
 def outlier_tests(cfg) -> int:
     """1 when the settings turn the test on: its share of ``false_alarms_per_hour`` is one test's."""
     return 1 if cfg.enabled and cfg.outlier_z else 0
@@ -112,7 +104,6 @@ class OutlierPlan:
     calib_after: int  # quiet windows before the stream's own tail calibrates the threshold
     calib_memory: int  # windows in the exponential memory of that calibration
     gumbel_c: float  # sds above the mean of a Gumbel fit at the test's per-window share
-    p_win: float  # that share: per-window false-alarm probability
     resolve_windows: int
     cooldown_windows: int
 
@@ -122,7 +113,7 @@ class OutlierPlan:
         if not outlier_tests(cfg):
             return None
         return cls(float(cfg.outlier_z), float(cfg.outlier_memory), float(cfg.min_windows * hop),
-                   int(cfg.warmup_windows), int(cfg.sequential_memory), gumbel_c(p_win), float(p_win),
+                   int(cfg.warmup_windows), int(cfg.sequential_memory), gumbel_c(p_win),
                    int(cfg.resolve_windows), int(cfg.cooldown_windows))
 
 
@@ -150,21 +141,21 @@ class OutlierTest:
         F = [np.asarray(feats[k], dtype=np.float64).reshape(-1) for k in FEATURES]
         ok = np.isfinite(F[1] + F[2] + F[3] + F[4])  # inf - inf is nan: any non-finite makes the sum so
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            mean, var, ns = self._moments(S, seg, pos, pos0, first, n_u, F, ok)
+            blk = pos // BLOCK - (pos0 // BLOCK)[seg]  # the window's block, counted in this call
+            mean, var, ns = self._moments(S, seg, pos, blk, first, n_u, F, ok)
             sd = np.maximum(np.sqrt(var), _STD_FLOOR * np.maximum(1.0, np.abs(mean)))
             warm = ok & (ns >= self.plan.warmup)
             z = np.where(warm, np.maximum(F[3] - mean, mean - F[4]) / sd, 0.0)
-            thr = self._calibrate(S, seg, pos, pos0, z, warm)
+            thr = self._calibrate(S, seg, pos, blk, z, warm)
         S[:, POS] += n_u
         self._alerts(S, ids, first, n_u, seg, starts, window, F[0], z, thr, z >= thr, ts, model_version, events,
                      ev_win)
         tab.out[slots] = S
 
-    def _moments(self, S, seg, pos, pos0, first, n_u, F, ok) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _moments(self, S, seg, pos, blk, first, n_u, F, ok) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per window: the mean, variance and samples merged as they stood at the start of its block; the
         blocks that close in the call move them (``S`` updated, with each stream's open block)."""
         P, U = self.plan, S.shape[0]
-        blk = pos // BLOCK - (pos0 // BLOCK)[seg]  # the window's block, counted in this call
         R = int(blk.max()) + 1
         j = pos % BLOCK
         # every block of the call with its windows' sample counts, means and variances (the first block
@@ -198,20 +189,19 @@ class OutlierTest:
         S[:, RING:] = np.where(closes[u, r][:, None], 0.0, E[:, u, r, :].transpose(1, 0, 2).reshape(U, 3 * BLOCK))
         return at[0, seg, blk], at[1, seg, blk], at[2, seg, blk]
 
-    def _calibrate(self, S, seg, pos, pos0, z, warm) -> np.ndarray:
+    def _calibrate(self, S, seg, pos, blk, z, warm) -> np.ndarray:
         """Per window its threshold (inf until the stream is calibrated): the Gumbel quantile of the
         quiet windows' z as it stood at the start of the window's calibration block, never below
         ``outlier_z``; the quiet windows of each block move it when the block closes (``S`` updated)."""
         P, U = self.plan, S.shape[0]
-        cb = pos // BLOCK - (pos0 // BLOCK)[seg]
-        R = int(cb.max()) + 1
-        zc = _grid(np.minimum(z, U_MAX), U_MAX)  # on a grid: the block's sums exact in any order
-        zc2 = _grid(zc * zc, U_MAX * U_MAX)
+        R = int(blk.max()) + 1
+        zc = exact(z, U_MAX, BLOCK)  # on a grid: the block's sums exact in any order
+        zc2 = exact(zc * zc, U_MAX * U_MAX, BLOCK)
         zn, zm, z2 = S[:, ZN].copy(), S[:, ZM].copy(), S[:, Z2].copy()
         qn, q1, q2 = S[:, ZQN].copy(), S[:, ZQ1].copy(), S[:, ZQ2].copy()
         thr = np.empty(z.size)
-        order = np.argsort(cb, kind="stable") if R > 1 else None
-        bounds = np.searchsorted(cb[order], np.arange(R + 1)) if R > 1 else (0, z.size)
+        order = np.argsort(blk, kind="stable") if R > 1 else None
+        bounds = np.searchsorted(blk[order], np.arange(R + 1)) if R > 1 else (0, z.size)
         closes = (pos % BLOCK == BLOCK - 1)
         for k in range(R):
             w = slice(None) if order is None else order[bounds[k] : bounds[k + 1]]
