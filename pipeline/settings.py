@@ -224,12 +224,13 @@ class WorkerSettings(BaseModel):
 
 # The alert engine's window features (pipeline/monitor/alerts/terms.py computes them); named here
 # because settings choose among them.
-ALERT_FEATURES = ("residual", "error", "noise", "scale", "level", "peak", "clip", "freq")
+ALERT_FEATURES = ("residual", "error", "noise", "scale", "level", "peak", "clip", "freq", "floor")
 # Per-window terms that may vote (``error`` only gates the residual; ``freq`` only votes slow).
 VOTING = ("residual", "noise", "scale", "level", "peak", "clip")
 # Terms with a sequential test (CUSUM), and the spike matched test.
-SEQUENTIAL = ("score", "level", "scale", "noise", "spike", "runs", "freq")
-ALERT_SLOWABLE = tuple(f for f in ALERT_FEATURES if f != "error")
+SEQUENTIAL = ("score", "level", "scale", "noise", "spike", "runs", "freq", "floor")
+# ``floor`` has a CUSUM only (a robust noise floor of the raw window, for impulsive signals).
+ALERT_SLOWABLE = tuple(f for f in ALERT_FEATURES if f not in ("error", "floor"))
 SLOWABLE = ALERT_SLOWABLE
 
 
@@ -280,6 +281,7 @@ class AlertSettings(BaseModel):
     # Share of samples at the window's extremes (0.01 = 2.6 of 256).
     clip_floor: float = Field(0.01, gt=0)
     freq_floor: float = Field(0.05, gt=0)
+    floor_floor: float = Field(0.05, gt=0)
     # Per-window terms that vote (those needing windows/outputs only when the caller passes them).
     terms: tuple[str, ...] = VOTING
     # Features whose mean over the last slow_windows windows also votes, with statistics of its own.
@@ -295,7 +297,9 @@ class AlertSettings(BaseModel):
     # (above it) for bursty signals (pipeline.monitor.alerts.signruns); and, not by default, "score": a
     # stream's raise_threshold raised to its quiet scores' extreme-value quantile (fewer false alarms on
     # heavy-tailed streams, but measured: level-shift recall 0.97 -> 0.81, frequency change 0.84 -> 0.72
-    # on the standard set, docs/alerts.md). Empty: off.
+    # on the standard set, docs/alerts.md); "floor", not by default either: a CUSUM (upwards) on the
+    # raw window's robust noise floor (the median of its newer half's |second differences|), which
+    # knocks and clicks do not move as they move the residual's noise term (docs/alerts.md). Empty: off.
     sequential: tuple[str, ...] = ("level", "scale", "noise", "freq", "spike", "runs")
     # With "score": the model of the quiet scores' upper tail (pipeline.monitor.alerts.tail): "pot",
     # peaks over threshold with declustering, or "gumbel", a Gumbel law fitted to their mean and std;
@@ -331,6 +335,12 @@ class AlertSettings(BaseModel):
     # cost ~11 % of the worker's throughput (docs/alerts.md).
     outlier_z: float = Field(0.0, ge=0)
     outlier_memory: int = Field(65_536, ge=2)
+    # The isolated-sample test (pipeline.monitor.alerts.isolated): each new raw sample against the
+    # mean and spread of its 4 neighbours on either side; a window with a sample that leaves both
+    # sides at once beyond the stream's threshold raises (detector "isolated"). The threshold: the
+    # stream's own quiet history's extreme-value quantile at the test's share of
+    # false_alarms_per_hour, never below isolated_z. 0 (default): off. docs/alerts.md.
+    isolated_z: float = Field(0.0, ge=0)
     # A stream's alert state is dropped after this many seconds without a window (it restarts with warm-up).
     state_ttl_s: float = Field(300.0, gt=0)
     # Streams tracked per worker at most (~24 KB each once warmed up); beyond, the least recently seen is dropped.

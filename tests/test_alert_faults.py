@@ -208,6 +208,10 @@ def test_quick_hard_run_through_the_cli_writes_the_curve(tmp_path):
     assert fa["stream_hours"] == pytest.approx(3 * 60 / 3600) and len(fa["ci95"]) == 2
     assert set(hard["false_alarms"]["per_seed"]) == {"3"}
     assert hard["target"]["status"] in ("MET", "NOT MET")
+    # the target pools the four subtle kinds issue 15 names; all six are reported beside them
+    named, six = hard["pooled"]["subtle_named"], hard["pooled"]["subtle_at_target"]
+    assert (named["anomalies"], six["anomalies"]) == (4, 6) and hard["target"]["subtle_recall"] == named["recall"]
+    assert sum(fa["by_detector"].values()) == fa["false_alarms"]
     assert "detection curve" in res.output and "Garwood" in res.output
 
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from pipeline.monitor.alerts.engine import AlertEngine
 from pipeline.monitor.alerts.outliers import BLOCK, FEATURES, MEAN, NS, VAR, record_features
 from pipeline.settings import AlertSettings
+from tests import raw_feed
 
 W, H = 64, 32
 CAL = {"q50": 0.01, "q90": 0.02, "q99": 0.05, "q999": 0.1}
@@ -21,34 +22,8 @@ def engine(**kw):
     return AlertEngine(AlertSettings(**base), CAL, "v7", window=W, hop=H)
 
 
-def windows_of(x):
-    n = (x.size - W) // H + 1
-    idx = H * np.arange(n)[:, None] + np.arange(W)[None, :]
-    return H * np.arange(n), x[idx][:, None, :].astype(np.float32)
-
-
 def feed(eng, streams: dict, cuts):
-    """Every stream's windows, the calls cut at window indices ``cuts`` (all streams in each call);
-    returns the outlier events per stream, in order."""
-    wins = {k: windows_of(x) for k, x in streams.items()}
-    n = max(s.size for s, _ in wins.values())
-    out = {k: [] for k in streams}
-    edges = [0, *sorted(set(c for c in cuts if 0 < c < n)), n]
-    for a, b in zip(edges[:-1], edges[1:]):
-        ids, lengths, st_, ws = [], [], [], []
-        for k, (starts, w) in wins.items():
-            if a < starts.size:
-                ids.append(k)
-                lengths.append(min(b, starts.size) - a)
-                st_.append(starts[a:b])
-                ws.append(w[a:b])
-        m = sum(lengths)
-        r = eng.update_batch(ids, lengths, np.concatenate(st_), W, np.full(m, 0.01), np.ones(m), now=float(a),
-                             windows=np.concatenate(ws))
-        for ev in r.events:
-            if ev.detector == "outlier":
-                out[ev.stream].append((ev.kind, ev.start, ev.end, ev.peak_score))
-    return out
+    return raw_feed.feed(eng, streams, cuts, "outlier", W, H)
 
 
 def test_record_features_are_the_moments_of_each_windows_new_samples():
@@ -108,7 +83,7 @@ def test_off_by_default_or_when_outlier_z_is_0_and_before_the_warm_up():
     x = rng.standard_normal(6000)
     x[5000] = 50.0
     assert feed(engine(outlier_z=0), {"s": x}, [])["s"] == []
-    assert AlertSettings().outlier_z == 0 and AlertEngine(AlertSettings(), CAL, "v7")._out is None
+    assert AlertSettings().outlier_z == 0 and AlertEngine(AlertSettings(), CAL, "v7")._raw.out is None
     assert [e[0] for e in feed(engine(), {"s": x}, [])["s"]] == ["raised", "resolved"]
     y = rng.standard_normal(6000)
     y[200] = 50.0  # min_windows (8) windows of hop 32: 256 samples before the test votes

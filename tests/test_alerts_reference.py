@@ -393,7 +393,13 @@ def test_window_features_equal_the_float64_ones_within_float32_rounding():
         ad = np.sort(np.abs(np.diff(xd.reshape(n, -1), n=2, axis=1)), axis=1) if r.shape[1] > 2 else None
         want["spike"] = (np.log(np.maximum(ad[:, -1], TINY) / np.maximum(1.4826 * ad[:, ad.shape[1] // 2], TINY))
                          if ad is not None else np.zeros(n))
+        if shape[2] >= 4:  # the newer half's second differences, per channel, pooled
+            half = np.abs(np.diff(xd[:, :, shape[2] - shape[2] // 2 - 2 :], n=2, axis=2)).reshape(n, -1)
+            med = np.sort(half, axis=1)[:, half.shape[1] // 2]
+            want["floor"] = np.log(np.maximum(1.4826 * med / np.sqrt(6.0), TINY))
+        else:
+            want["floor"] = np.zeros(n)
         assert got.keys() == want.keys()
         for k in want:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=f"{shape} {k}")
-        assert window_features(x, None).keys() == {"level", "clip", "spike"}
+        assert window_features(x, None).keys() == {"level", "clip", "spike", "floor"}

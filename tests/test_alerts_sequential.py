@@ -274,3 +274,42 @@ def test_a_blocks_sums_are_exact_in_any_order_and_any_cut(values, rnd):
     for p in parts:
         total += float(np.sum(p))
     assert total == float(np.sum(x))
+
+
+def _knocking(n, rng, noise_at=None):
+    """``n`` samples of decaying resonances (10 to 30 noise std, every 300 samples) over unit white
+    noise, whose power is 4x over ``noise_at`` (a slice)."""
+    x = rng.standard_normal(n)
+    if noise_at is not None:
+        x[noise_at] += 3 ** 0.5 * rng.standard_normal(x[noise_at].size)  # independent noise: power x 4
+    t = np.arange(600)
+    for at in range(50, n - 600, 300):
+        f, tau = rng.uniform(1 / 60, 0.15), rng.uniform(10, 60)
+        x[at : at + 600] += rng.uniform(10, 30) * np.exp(-t / tau) * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3))
+    return x
+
+
+@pytest.mark.parametrize("risen", [True, False])
+def test_the_floor_cusum_sees_the_noise_power_rise_under_knocks(risen):
+    # 4x the noise power (the hard set's noise fault at its strongest) for 62 windows on a knocking
+    # stream: the raw window's robust floor rises by ln 2 = 0.69 where the knocks leave the median alone
+    rng = np.random.default_rng(21)
+    n, a, b = 64_000, 40_000, 42_000
+    x = _knocking(n, rng, slice(a, b) if risen else None)
+    idx = H * np.arange((n - W) // H + 1)[:, None] + np.arange(W)[None, :]
+    win = x[idx][:, None, :].astype(np.float32)
+    f = window_features(win, None)
+    quiet = (idx[:, 0] % 300 > 250) & ((idx[:, 0] < a - W) | (idx[:, 0] > b))  # knocks died down
+    assert np.median(f["floor"][quiet]) == pytest.approx(0.0, abs=0.15)  # log of the unit noise std
+    eng = engine(terms=("residual",), sequential=("floor",))
+    ev = []
+    for c in range(0, win.shape[0], 64):
+        sl = slice(c, c + 64)
+        k = win[sl].shape[0]
+        e, s = healthy(k, rng)
+        ev += eng.update_scored("s", idx[sl, 0], W, e, s, now=0.0, features={k_: v[sl] for k_, v in f.items()})[0]
+    raised = [(v.detector, v.start) for v in ev if v.kind == "raised"]
+    if risen:
+        assert [d for d, _ in raised] == ["cusum_floor+"] and a - 20 * H <= raised[0][1] <= b
+    else:
+        assert raised == []

@@ -38,14 +38,15 @@ def test_score_stream_counts_detection_delay_and_false_alarms():
     W = 256
     ev = [AlertEvent("raised", "s", 10_000, 10_384, 9.0, 6.0, "v", 0.0),
           AlertEvent("resolved", "s", 10_000, 12_000, 9.0, 3.0, "v", 0.0),
-          AlertEvent("raised", "s", 50_000, 50_384, 7.0, 6.0, "v", 0.0),
-          AlertEvent("resolved", "s", 50_000, 50_512, 7.0, 3.0, "v", 0.0)]
+          AlertEvent("raised", "s", 50_000, 50_384, 7.0, 6.0, "v", 0.0, "isolated"),
+          AlertEvent("resolved", "s", 50_000, 50_512, 7.0, 3.0, "v", 0.0, "isolated")]
     run_ = StreamRun("s", 100_000, np.zeros(0, np.int64), np.zeros(0), {}, np.zeros(0, bool), ev, {})
     anomalies = [Anomaly("spike", 10_200, 10_203), Anomaly("spike", 80_000, 80_002)]
     r = score_stream(run_, anomalies, W)
     assert [d["detected"] for d in r["detections"]] == [True, False]
     assert r["detections"][0]["delay"] == 10_384 - 10_200  # raised once its triggering window ended
     assert (r["true_alerts"], r["false_alarms"]) == (1, 1)
+    assert r["false_alarms_by_detector"] == {"isolated": 1}  # what raised the false alarm
     # clean time excludes [a - W, b + W) of each anomaly
     assert r["clean_samples"] == 100_000 - (3 + 2 * W) - (2 + 2 * W)
 
@@ -87,3 +88,13 @@ def test_quick_run_writes_the_table_json_and_timeline(tmp_path):
     assert (tmp_path / "alerts_timeline.png").stat().st_size > 10_000
     table = "\n".join(lines)
     assert "recall" in table and "clean streams" in table and "target" in table
+
+
+def test_the_nab_profile_turns_the_fast_signal_tests_off_and_the_outlier_test_on():
+    from pipeline.settings import AlertSettings
+    from pipeline.tools.alert_eval.nab import nab_settings
+
+    strict = AlertSettings(isolated_z=5.0, sequential=("level", "spike", "score", "floor"))
+    nab = nab_settings(strict)
+    assert nab.isolated_z == 0 and nab.outlier_z == 7.0
+    assert nab.sequential == ("level", "spike")  # the rest of the base's choice kept

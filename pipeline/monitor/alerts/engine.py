@@ -46,9 +46,10 @@ compares them with each other and with the engine before the slots. Streams sile
 seen is evicted.
 
 Beside the window score, the sequential tests (:mod:`pipeline.monitor.alerts.sequential`) and the
-record outlier test (:mod:`pipeline.monitor.alerts.outliers`: raw samples against the stream's long
-memory; it needs the raw ``windows``, or their :func:`~pipeline.monitor.alerts.outliers.record_features`
-among ``features``) raise alerts of their own, named by ``AlertEvent.detector``.
+raw-sample tests (:mod:`pipeline.monitor.alerts.outliers`: against the stream's long memory;
+:mod:`pipeline.monitor.alerts.isolated`: against each sample's neighbours; they need the raw
+``windows``, or their features among ``features``) raise alerts of their own, named by
+``AlertEvent.detector``.
 
 Modules: ``events`` (what is emitted; a leaf), ``terms`` (features, robust statistics), ``scoring``
 (the :class:`~pipeline.monitor.alerts.scoring.Scoring` parameters and shared arithmetic), ``slots``
@@ -66,8 +67,7 @@ import numpy as np
 
 from pipeline.monitor.alerts.events import EVENT_TYPE, TERMS, AlertEvent, WindowScores
 from pipeline.monitor.alerts.fresh import first_windows
-from pipeline.monitor.alerts.outliers import FEATURES as OUTLIER_FEATURES
-from pipeline.monitor.alerts.outliers import OutlierPlan, OutlierTest, record_features
+from pipeline.monitor.alerts.raw import RawTests
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scalar import Cursor, refresh_many
 from pipeline.monitor.alerts.scoring import Scoring
@@ -104,7 +104,7 @@ class AlertEngine:
         self._hop = int(hop) if hop else max(1, int(window) // 2)
         self._active: set[str] = set()
         self._seq_active: set[str] = set()
-        self._out_active: set[str] = set()
+        self._raw = RawTests()
         self._work = FeatureWork()
         self._use_model(calibration, model_version)
         self._tab = SlotTable(self._scoring, cfg.max_streams, cfg.state_ttl_s, self._evicted)
@@ -128,11 +128,10 @@ class AlertEngine:
         self._scoring = Scoring.build(self.cfg, self.calibration, self.model_version)
         plan = SeqPlan.build(self.cfg, self._scoring, self._seq_window, self._wph) if self.cfg.enabled else None
         self._seq = SequentialTests(plan) if plan is not None else None
-        # the outlier test's share of the false-alarm budget: one test's (equal shares), per window
+        # the raw-sample tests' shares of the false-alarm budget: one test's each (equal shares), per window
         wph = float(self._wph or WINDOWS_PER_HOUR)
         p_win = plan.p_win if plan is not None else self.cfg.false_alarms_per_hour / wph
-        out = OutlierPlan.build(self.cfg, self._hop, p_win)
-        self._out = OutlierTest(out) if out is not None else None
+        self._raw.build(self.cfg, self._seq_window, self._hop, p_win)
         return self._scoring
 
     def forget(self, stream: str) -> None:
@@ -140,7 +139,7 @@ class AlertEngine:
         self._tab.release(stream)
         self._active.discard(stream)
         self._seq_active.discard(stream)
-        self._out_active.discard(stream)
+        self._raw.discard(stream)
 
     def expire(self) -> list[str]:
         """Drop the state of streams without a window for ``state_ttl_s``; returns their ids."""
@@ -149,7 +148,7 @@ class AlertEngine:
     def _evicted(self, stream: str, reason: str) -> None:
         self._active.discard(stream)
         self._seq_active.discard(stream)
-        self._out_active.discard(stream)
+        self._raw.discard(stream)
         if self._on_evict is not None:
             self._on_evict(stream, reason)
 
@@ -160,11 +159,11 @@ class AlertEngine:
 
     def active(self) -> int:
         """Raised (not yet resolved) alerts: of the window score, plus of the sequential tests and of the
-        record outlier test."""
-        return len(self._active) + len(self._seq_active) + len(self._out_active)
+        raw-sample tests."""
+        return len(self._active) + len(self._seq_active) + self._raw.count()
 
     def is_active(self, stream: str) -> bool:
-        return stream in self._active or stream in self._seq_active or stream in self._out_active
+        return stream in self._active or stream in self._seq_active or self._raw.has(stream)
 
     def streams(self) -> int:
         return len(self._tab)
@@ -217,8 +216,7 @@ class AlertEngine:
         if cfg.enabled and N:
             if features is None:
                 features = window_features(windows, outputs, self._work)
-            if self._out is not None and "outlier_n" not in features and windows is not None:
-                features = {**features, **record_features(windows, self._hop)}
+            features = self._raw.features(features, windows, self._hop)
             ts = time.time() if now is None else float(now)
             self._score_rounds(streams, lengths, starts, int(window), errors, scales, features, ts, score, act, z,
                                events, ev_win)
@@ -328,8 +326,8 @@ class AlertEngine:
         if self._seq is not None:
             self._sequential(ids, slots, first, n_u, starts, window, o_z, o_score, features, order, finite,
                              o_act, ts, events, ev_win)
-        if self._out is not None and "outlier_n" in features:
-            self._outliers(ids, slots, first, n_u, starts, window, features, order, ts, events, ev_win)
+        self._raw.update(self._tab, ids, slots, first, n_u, starts, window, features, order, ts, self.model_version,
+                         events, ev_win)
         if order is not None:
             score[order], act[order], z[:, order] = o_score, o_act, o_z
             ev_win[k0:] = order[np.asarray(ev_win[k0:], dtype=np.int64)].tolist()
@@ -347,15 +345,6 @@ class AlertEngine:
                          self.model_version, evs, ev_win, score)
         for ev in evs:
             (self._seq_active.add if ev.kind == "raised" else self._seq_active.discard)(ev.stream)
-        events.extend(evs)
-
-    def _outliers(self, ids, slots, first, n_u, starts, window, features, order, ts, events, ev_win) -> None:
-        """The record outlier test over the call's windows (grouped by stream); its events after the others'."""
-        feats = {k: features[k] if order is None else np.asarray(features[k])[order] for k in OUTLIER_FEATURES}
-        evs: list[AlertEvent] = []
-        self._out.update(self._tab, ids, slots, first, n_u, starts, window, feats, ts, self.model_version, evs, ev_win)
-        for ev in evs:
-            (self._out_active.add if ev.kind == "raised" else self._out_active.discard)(ev.stream)
         events.extend(evs)
 
     def _runs(self, slots, first, n_u, vals, cols, starts, finite, score, z) -> np.ndarray:

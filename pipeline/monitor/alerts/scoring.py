@@ -58,7 +58,7 @@ class Scoring:
 
     @classmethod
     def build(cls, cfg: AlertSettings, calibration: dict[str, float], model_version: str) -> Scoring:
-        wanted = {"residual", "error", "scale"} | set(cfg.terms) | set(cfg.slow_terms)
+        wanted = {"residual", "error", "scale"} | set(cfg.terms) | set(cfg.slow_terms) | set(cfg.sequential)
         feats = tuple(f for f in ALERT_FEATURES if f in wanted)
         cols = feats + tuple(f + "_slow" for f in cfg.slow_terms)
         col = {t: i for i, t in enumerate(cols)}

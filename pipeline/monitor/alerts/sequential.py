@@ -76,6 +76,7 @@ import numpy as np
 
 from pipeline.monitor.alerts.cusum import U_MAX, cusum_threshold, ew_block, exact, lindley
 from pipeline.monitor.alerts.events import AlertEvent
+from pipeline.monitor.alerts.isolated import isolated_tests
 from pipeline.monitor.alerts.outliers import outlier_tests
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.signruns import MAX_RUNS, SignRuns, run_cols
@@ -83,9 +84,9 @@ from pipeline.monitor.alerts.tail import ScoreTail, gumbel_c
 from pipeline.settings import AlertSettings
 
 # Directions tested per CUSUM term: +1 upwards, -1 downwards.
-SIDES = {"level": (1, -1), "scale": (1, -1), "noise": (1,), "freq": (1, -1)}
-MAX_TERMS = 4  # slot record sizes (slots.record_dtype): CUSUM terms, and sides (CUSUMs, then run tests)
-MAX_SIDES = 7 + MAX_RUNS
+SIDES = {"level": (1, -1), "scale": (1, -1), "noise": (1,), "freq": (1, -1), "floor": (1,)}
+MAX_TERMS = 5  # slot record sizes (slots.record_dtype): CUSUM terms, and sides (CUSUMs, then run tests)
+MAX_SIDES = 8 + MAX_RUNS
 # Smallest long-run sigma of a z sequence (a constant stream has none).
 _SIG_FLOOR = 0.05
 _ERR = 1  # the engine's column of the standardised error (scoring.Scoring.build)
@@ -139,7 +140,7 @@ class SeqPlan:
         if not tests:
             return None
         wph = float(windows_per_hour or WINDOWS_PER_HOUR)
-        rate = cfg.false_alarms_per_hour / (tests + outlier_tests(cfg))  # equal shares with the outlier test
+        rate = cfg.false_alarms_per_hour / (tests + outlier_tests(cfg) + isolated_tests(cfg))  # equal shares with the raw-sample tests
         p_win = rate / wph  # per-window false-alarm probability of one test
         m = max(int(window) - 2, 1)
         return cls(

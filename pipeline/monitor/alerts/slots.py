@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from pipeline.monitor.alerts.isolated import STATE_FIELDS as ISOLATED_FIELDS
 from pipeline.monitor.alerts.outliers import STATE_FIELDS as OUTLIER_FIELDS
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.sequential import MAX_SIDES, MAX_TERMS
@@ -86,6 +87,8 @@ def record_dtype(p: Scoring) -> np.dtype:
         ("seq_tqc", np.int32, (TAIL_LEVELS,)), ("seq_tqe", np.float64, (TAIL_LEVELS,)), ("seq_tlast", np.float64),
         # the record outlier test (outliers.py): its state row (estimates, block, alert)
         ("out", np.float64, (OUTLIER_FIELDS,)),
+        # the isolated-sample test (isolated.py): its calibration and alert
+        ("iso", np.float64, (ISOLATED_FIELDS,)),
         ("slow", np.float32, (p.slow_windows, max(f, 1))),  # ring of each slow term's feature values
         ("ring", np.float32, (p.stats_windows, t)),  # ring of admitted values per column (last: lazily touched)
     ]

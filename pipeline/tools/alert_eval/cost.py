@@ -119,9 +119,14 @@ def main() -> None:
                     help="the window score alone (alerts.sequential empty): what the sequential tests cost")
     ap.add_argument("--outlier", action="store_true",
                     help="with the record outlier test (alerts.outlier_z 7; off by default): what it costs")
+    ap.add_argument("--isolated", action="store_true",
+                    help="with the isolated-sample test (alerts.isolated_z 5; off by default): what it costs")
+    ap.add_argument("--floor", action="store_true",
+                    help="with the noise-floor CUSUM (\"floor\" in alerts.sequential; off by default): what it costs")
     a = ap.parse_args()
-    _SETTINGS[0] = AlertSettings(**({"sequential": ()} if a.no_sequential else {}),
-                                 **({"outlier_z": 7.0} if a.outlier else {}))
+    seq = () if a.no_sequential else AlertSettings().sequential + (("floor",) if a.floor else ())
+    _SETTINGS[0] = AlertSettings(sequential=seq, **({"outlier_z": 7.0} if a.outlier else {}),
+                                 **({"isolated_z": 5.0} if a.isolated else {}))
     if a.many:
         many_streams(a.many, a.rounds)
         return

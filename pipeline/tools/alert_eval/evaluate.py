@@ -175,18 +175,29 @@ def score_stream(run: StreamRun, anomalies: list[Anomaly], W: int) -> dict:
         else:
             det.append({"kind": an.kind, "start": an.start, "end": an.end, "detected": False, "delay": None})
     true_alerts = false_alerts = 0
+    by: dict[str, int] = {}
     for al in alerts:
         s, e = al["trigger"]
         if any(_overlaps(s, e, an.start - W, an.end + W) for an in anomalies):
             true_alerts += 1
         else:
             false_alerts += 1
+            by[al["detector"]] = by.get(al["detector"], 0) + 1
     # Clean time: the stream minus [a - W, b + W) of every anomaly.
     mask = np.ones(run.n, dtype=bool)
     for an in anomalies:
         mask[max(0, an.start - W) : min(run.n, an.end + W)] = False
     return {"detections": det, "true_alerts": true_alerts, "false_alarms": false_alerts,
-            "clean_samples": int(mask.sum()), "alerts": len(alerts)}
+            "false_alarms_by_detector": by, "clean_samples": int(mask.sum()), "alerts": len(alerts)}
+
+
+def by_detector(rows: list[dict]) -> dict[str, int]:
+    """False alarms of the scored streams ``rows`` per detector that raised them."""
+    out: dict[str, int] = {}
+    for r in rows:
+        for d, k in r.get("false_alarms_by_detector", {}).items():
+            out[d] = out.get(d, 0) + k
+    return dict(sorted(out.items()))
 
 
 def summarise(rows: list[dict], fs: float) -> dict:
@@ -208,6 +219,7 @@ def summarise(rows: list[dict], fs: float) -> dict:
         "delay_samples_median": float(np.median(delays)) if delays else None,
         "delay_samples_p90": float(np.quantile(delays, 0.9)) if delays else None,
         "false_alarms": fa,
+        "false_alarms_by_detector": by_detector(rows),
         "clean_hours": hours,
         "false_alarms_per_hour": fa / hours if hours > 0 else None,
     }
@@ -261,6 +273,7 @@ def evaluate_synthetic(engine, settings: AlertSettings, cfg: SyntheticConfig,
             "precision": overall["precision"],
             "alerts": overall["alerts"],
             "false_alarms": overall["false_alarms"],
+            "false_alarms_by_detector": overall["false_alarms_by_detector"],
             "clean_hours": overall["clean_hours"],
             "false_alarms_per_hour": fa_h,
             "false_alarms_per_hour_clean_streams": clean["false_alarms_per_hour"],
@@ -294,6 +307,8 @@ def format_synthetic(res: dict) -> str:
     lines.append(f"{'ALL':17s} {o['anomalies']:5d} {f(o['recall'], '7.3f')} {f(o['precision'], '6.3f')} "
                  f"{f(o['delay_samples_median'], '10.0f')} {'':7s} {o['false_alarms']:4d} "
                  f"{f(o['false_alarms_per_hour'], '6.2f')}   ({o['clean_hours']:.2f} clean stream-hours)")
+    if o.get("false_alarms_by_detector"):
+        lines.append(f"false alarms by detector: {o['false_alarms_by_detector']}")
     t = res["target"]
     lines.append(f"target recall >= {t['recall_min']} and <= {t['false_alarms_per_hour_max']} false alarm per "
                  f"stream-hour: {'MET' if t['met'] else 'NOT MET'}")

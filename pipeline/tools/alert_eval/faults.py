@@ -51,6 +51,9 @@ STRENGTHS: dict[str, tuple[float, ...]] = {
     **{k: (1.0,) for k in GROSS},
     "drift": (1.0, 3.0), "intermittent": (1.0,), "quantise": (0.5, 1.0), "stuck_bit": (1.0,), "phase_jump": (1.0,),
 }
+# The subtle kinds issue 15's done-when line names with their strengths (its target pools these four;
+# speed and hold, in its table of subtle faults too, are reported beside them).
+TARGET_KINDS = ("step", "spike", "gain", "noise")
 # The strengths issue 15's target is stated at (subtle kinds).
 TARGET_STRENGTH = {"step": 1.0, "spike": 5.0, "gain": 0.6, "noise": 2.0, "speed": 0.2, "hold": 0.3}
 # Seconds each fault may span (its longest stretch); phase_jump/spikes: one instant.

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.monitor.alerts.engine import AlertEngine
 from pipeline.monitor.alerts.events import TERMS, AlertEvent
+from pipeline.monitor.alerts.isolated import isolated_features
 from pipeline.monitor.alerts.outliers import record_features
 from pipeline.monitor.alerts.terms import window_features
 from pipeline.stream.windowing import StreamWindowing
@@ -97,7 +98,8 @@ def _score_group(engine, alerts: AlertEngine, group, wins, events, parts, t0: fl
     for (k, b), j in zip(group, ends - lengths):
         wins[k].add_output(b.start, inf.outputs[j : j + len(b)])
         wins[k].ready()
-    feats = {**window_features(data, inf.outputs), **record_features(data, wins[group[0][0]].hop)}
+    hop = wins[group[0][0]].hop  # every feature a setting may read, recorded for replay under other settings
+    feats = {**window_features(data, inf.outputs), **record_features(data, hop), **isolated_features(data, hop)}
     res = alerts.update_batch([k for k, _ in group], lengths, np.concatenate([b.starts for _, b in group]), W,
                               inf.errors, inf.scales, features=feats)
     for ev, w in zip(res.events, res.event_windows):
@@ -121,12 +123,13 @@ def replay(alerts: AlertEngine, run: StreamRun, window: int) -> StreamRun:
 
 
 def alert_intervals(events: Sequence[AlertEvent], n: int) -> list[dict]:
-    """Pair raised/resolved events of one stream: [{raised_at, start, end, trigger:(s, e), peak}]."""
+    """Pair raised/resolved events of one stream: [{raised_at, start, end, trigger:(s, e), peak, detector}]
+    (``detector``: what raised it)."""
     out, cur = [], None
     for e in events:
         if e.kind == "raised":
             cur = {"raised_at": e.end, "trigger": (e.start, e.end), "start": e.start, "end": e.end,
-                   "peak": e.peak_score, "resolved": False}
+                   "peak": e.peak_score, "resolved": False, "detector": e.detector}
             out.append(cur)
         elif e.kind == "resolved" and cur is not None:
             cur.update(start=min(cur["start"], e.start), end=max(cur["end"], e.end), peak=e.peak_score,

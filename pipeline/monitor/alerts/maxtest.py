@@ -1,0 +1,141 @@
+"""A per-window maximum against the stream's own calibrated extreme-value threshold, with its alert
+(pure numpy): the part the raw-sample tests share (the record outlier test, ``outliers.py``, and the
+isolated-sample test, ``isolated.py``).
+
+Each window brings one statistic ``z``, a maximum over its new samples. Its upper tail is taken as a
+Gumbel law fitted per stream to the running mean and std of its quiet windows' ``z`` (those below the
+threshold; plain averages over the first ``calib_memory`` windows, then that memory; moved once per
+block of ``BLOCK`` windows of the stream, counted from its first window, so the decisions do not
+depend on how the worker's micro-batches cut the stream): the threshold is its quantile at the test's
+share of ``false_alarms_per_hour``, per window, never below the test's floor, and infinite until
+``calib_after`` quiet windows have calibrated it.
+
+Decision. The first hot window (``z >= threshold``) raises (the test's detector name; its range: the
+window's new samples), unless the test's alert is up or in cooldown; the alert extends while windows
+are hot and resolves after ``resolve_windows`` windows that are not, then ``cooldown_windows``
+windows raise nothing.
+
+State: one float64 row per stream in the engine's slots; columns ``POS`` to ``COOL`` below (counts and
+sample indices exact in float64), the first ``OWN`` columns left to the statistic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.monitor.alerts.cusum import U_MAX, ew_weight, exact
+from pipeline.monitor.alerts.events import AlertEvent
+from pipeline.monitor.alerts.tail import gumbel_c
+
+# The calibration moves once per block of this many windows of a stream: 1 s at 1 kHz, hop 128.
+BLOCK = 8
+# Columns of a stream's row: the statistic's own (OWN of them), then windows seen; the calibration's
+# count and moments of quiet windows' z, and the current block's sums of them; the alert (up, range,
+# peak, windows below, cooldown).
+OWN = 3
+POS, ZN, ZM, Z2, ZQN, ZQ1, ZQ2, ACT, A0, A1, PEAK, BELOW, COOL = range(OWN, OWN + 13)
+FIELDS = COOL + 1
+
+
+@dataclass(frozen=True)
+class MaxPlan:
+    floor: float  # the threshold's floor
+    calib_after: int  # quiet windows before the stream's own tail calibrates the threshold
+    calib_memory: int  # windows in the exponential memory of that calibration
+    gumbel_c: float  # sds above the mean of a Gumbel fit at the test's per-window share
+    resolve_windows: int
+    cooldown_windows: int
+
+    @classmethod
+    def build(cls, cfg, floor: float, p_win: float) -> MaxPlan:
+        """``p_win``: the test's share of ``false_alarms_per_hour``, per window."""
+        return cls(float(floor), int(cfg.warmup_windows), int(cfg.sequential_memory), gumbel_c(p_win),
+                   int(cfg.resolve_windows), int(cfg.cooldown_windows))
+
+
+def blocks(S: np.ndarray, seg: np.ndarray, first: np.ndarray, n_u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per window of the call (windows ``first[u] .. first[u] + n_u[u]`` are stream ``u``'s): the
+    stream's windows before it, and its block counted from the stream's first block in the call."""
+    pos0 = S[:, POS].astype(np.int64)
+    pos = pos0[seg] + (np.arange(seg.size) - np.repeat(first, n_u))
+    return pos, pos // BLOCK - (pos0 // BLOCK)[seg]
+
+
+class MaxTest:
+    """Calibration and alert of one test over the windows of an engine call."""
+
+    def __init__(self, plan: MaxPlan, detector: str):
+        self.plan, self.detector = plan, detector
+
+    def calibrate(self, S, seg, pos, blk, z, warm) -> np.ndarray:
+        """Per window its threshold (inf until the stream is calibrated): the Gumbel quantile of the
+        quiet windows' z as it stood at the start of the window's block, never below the floor; the
+        quiet windows of each block move it when the block closes (``S`` updated)."""
+        P, U = self.plan, S.shape[0]
+        R = int(blk.max()) + 1
+        zc = exact(z, U_MAX, BLOCK)  # on a grid: the block's sums exact in any order
+        zc2 = exact(zc * zc, U_MAX * U_MAX, BLOCK)
+        zn, zm, z2 = S[:, ZN].copy(), S[:, ZM].copy(), S[:, Z2].copy()
+        qn, q1, q2 = S[:, ZQN].copy(), S[:, ZQ1].copy(), S[:, ZQ2].copy()
+        thr = np.empty(z.size)
+        order = np.argsort(blk, kind="stable") if R > 1 else None
+        bounds = np.searchsorted(blk[order], np.arange(R + 1)) if R > 1 else (0, z.size)
+        closes = (pos % BLOCK == BLOCK - 1)
+        for k in range(R):
+            w = slice(None) if order is None else order[bounds[k] : bounds[k + 1]]
+            t = np.where(zn >= P.calib_after,
+                         np.maximum(P.floor, zm + P.gumbel_c * np.sqrt(np.maximum(z2 - zm * zm, 0.0))), np.inf)
+            sw = seg[w]
+            tw = np.where(warm[w], t[sw], np.inf)
+            thr[w] = tw
+            quiet = warm[w] & (z[w] < tw)
+            qn = qn + np.bincount(sw, weights=quiet, minlength=U)
+            q1 = q1 + np.bincount(sw, weights=np.where(quiet, zc[w], 0.0), minlength=U)
+            q2 = q2 + np.bincount(sw, weights=np.where(quiet, zc2[w], 0.0), minlength=U)
+            c = np.zeros(U, dtype=bool)
+            c[sw[closes[w]]] = True
+            if c.any():
+                n1 = zn + qn
+                g = np.where(c & (qn > 0), ew_weight(qn, n1, P.calib_memory), 0.0)
+                qs = np.maximum(qn, 1.0)
+                zm, z2, zn = zm + g * (q1 / qs - zm), z2 + g * (q2 / qs - z2), np.where(c, n1, zn)
+                qn, q1, q2 = np.where(c, 0.0, qn), np.where(c, 0.0, q1), np.where(c, 0.0, q2)
+        S[:, ZN], S[:, ZM], S[:, Z2], S[:, ZQN], S[:, ZQ1], S[:, ZQ2] = zn, zm, z2, qn, q1, q2
+        return thr
+
+    def alerts(self, S, ids, first, n_u, seg, starts, window, bn, z, thr, ts, model_version, events,
+               ev_win) -> None:
+        """The alert state machine: window by window, but only for streams with a hot window in the
+        call or an alert up; the others only count their cooldown down. ``bn``: each window's new
+        samples (the raised range)."""
+        P, hot = self.plan, z >= thr
+        busy = (np.bincount(seg, weights=hot, minlength=S.shape[0]) > 0) | (S[:, ACT] > 0)
+        if S[:, COOL].any():
+            S[~busy, COOL] = np.maximum(S[~busy, COOL] - n_u[~busy], 0.0)
+        for u in np.flatnonzero(busy).tolist():
+            act, a0, a1, peak, below, cool = (bool(S[u, ACT] > 0), int(S[u, A0]), int(S[u, A1]), float(S[u, PEAK]),
+                                              int(S[u, BELOW]), int(S[u, COOL]))
+            for i in range(int(first[u]), int(first[u] + n_u[u])):
+                end = int(starts[i]) + window
+                if act:
+                    if hot[i]:
+                        a1, peak, below = end, max(peak, float(z[i])), 0
+                        continue
+                    below += 1
+                    if below < P.resolve_windows:
+                        continue
+                    ev = AlertEvent("resolved", ids[u], a0, a1, peak, float(thr[i]), model_version, ts, self.detector)
+                    act, cool, below = False, P.cooldown_windows, 0
+                elif cool > 0:
+                    cool -= 1
+                    continue
+                elif hot[i]:
+                    a0, a1, peak, below, act = end - int(bn[i]), end, float(z[i]), 0, True
+                    ev = AlertEvent("raised", ids[u], a0, a1, peak, float(thr[i]), model_version, ts, self.detector)
+                else:
+                    continue
+                events.append(ev)
+                ev_win.append(i)
+            S[u, ACT : COOL + 1] = (float(act), a0, a1, peak, below, cool)

@@ -1,0 +1,141 @@
+"""The isolated-sample test (pipeline.monitor.alerts.isolated): a sample that leaves its neighbours on
+both sides at once. Pure logic: no Kafka, no torch; every outcome is fixed by the seeds."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.monitor.alerts.engine import AlertEngine
+from pipeline.monitor.alerts.isolated import FEATURE, K, isolated_features, samples_tested
+from pipeline.monitor.alerts.sequential import SeqPlan
+from pipeline.settings import AlertSettings
+from tests import raw_feed
+
+W, H = 64, 32
+CAL = {"q50": 0.01, "q90": 0.02, "q99": 0.05, "q999": 0.1}
+
+
+def engine(**kw):
+    base = dict(min_windows=8, warmup_windows=16, stats_windows=128, refresh_every=4, slow_terms=(),
+                sequential=(), isolated_z=5.0, sequential_memory=256)
+    base.update(kw)
+    return AlertEngine(AlertSettings(**base), CAL, "v7", window=W, hop=H)
+
+
+def feed(eng, streams: dict, cuts, detector="isolated"):
+    return raw_feed.feed(eng, streams, cuts, detector, W, H)
+
+
+def knocks(n, rng, every=400):
+    """Decaying resonances (4 to 60 samples a period, 10 to 100 samples' decay) of 10 to 30 noise std, as
+    the held-out ``impacts`` family has them, over unit white noise."""
+    x = rng.standard_normal(n)
+    for at in range(100, n - 800, every):
+        f, tau = rng.uniform(1 / 60, 0.15), rng.uniform(10, 100)
+        t = np.arange(800)
+        x[at : at + 800] += rng.uniform(10, 30) * np.exp(-t / tau) * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3))
+    return x
+
+
+def test_the_feature_is_the_largest_neighbour_contrast_of_each_windows_tested_samples():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(5, 2, W)).astype(np.float32)
+    x[2, 1, 50] += 40.0
+    got = isolated_features(x, H)[FEATURE]
+    t = samples_tested(W, H)
+    want = np.zeros(5)
+    for i in range(5):
+        for c in range(2):
+            s = x[i, c].astype(np.float64)
+            d = np.abs(np.diff(s[W - t - 2 * K :]))
+            f = np.median(d) / (0.6744897501960817 * np.sqrt(2))
+            for j in range(W - t - K, W - K):
+                nb = np.concatenate((s[j - K : j], s[j + 1 : j + K + 1]))
+                want[i] = max(want[i], abs(s[j] - nb.mean()) / np.sqrt(nb.var() + f * f))
+    np.testing.assert_allclose(got, want, rtol=2e-4)
+    assert got[2] > 10 and np.all(np.delete(got, 2) < 6)
+
+
+def test_a_window_too_short_for_the_neighbours_or_not_finite_is_not_scored():
+    assert samples_tested(2 * K, 4) == 0 and isolated_features(np.ones((3, 1, 2 * K), np.float32), 4)[FEATURE].tolist() == [0] * 3
+    x = np.random.default_rng(1).standard_normal((2, 1, W)).astype(np.float32)
+    x[1, 0, W - 10] = np.nan
+    z = isolated_features(x, H)[FEATURE]
+    assert np.isfinite(z[0]) and np.isnan(z[1])
+    assert isolated_features(np.full((1, 1, W), 7.0, np.float32), H)[FEATURE].tolist() == [0.0]  # flat: 0, not 0/0
+
+
+def test_one_sample_raises_once_and_resolves():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(12_000)
+    x[8000] += 12.0  # z about 12 / sqrt(2) = 8.5, past the floor of 5
+    ev = feed(engine(), {"s": x}, range(0, 400, 9))["s"]
+    assert [e[0] for e in ev] == ["raised", "resolved"]
+    assert ev[0][1] <= 8000 < ev[0][2] and ev[0][3] >= 5.0
+
+
+def test_gaussian_noise_raises_nothing():
+    rng = np.random.default_rng(4)
+    streams = {f"s{i}": rng.normal(i, 1 + i, 75_000) for i in range(4)}
+    assert feed(engine(), streams, range(0, 2400, 64)) == {k: [] for k in streams}
+
+
+def test_knocks_far_larger_than_a_spike_raise_nothing_the_spike_between_them_does():
+    rng = np.random.default_rng(7)
+    n = 80_000
+    x = knocks(n, rng)
+    clean = x.copy()
+    at = (30_250, 60_250)  # between knocks (every 400 from 100), where the last one has died down
+    x[list(at)] += np.array([16.0, -16.0])  # 16 noise std: smaller than the knocks' 10 to 30
+    ev = feed(engine(), {"spiked": x, "clean": clean}, range(0, n // H, 40))
+    assert ev["clean"] == []
+    raised = [e for e in ev["spiked"] if e[0] == "raised"]
+    assert len(raised) == 2 and all(r[1] <= a < r[2] for r, a in zip(raised, at))
+    # the stream's own extremes are the knocks: its record outlier test, calibrated above them, misses it
+    assert np.abs(clean).max() > 16
+    rec = feed(engine(isolated_z=0, outlier_z=7.0, outlier_memory=2048), {"spiked": x}, [], "outlier")
+    assert rec == {"spiked": []}
+
+
+def test_multichannel_windows_are_tested_per_channel():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 12_000))
+    x[0] *= 100.0  # a loud channel beside a quiet one: the quiet one's spike still counts
+    x[1, 9000] += 12.0
+    ev = feed(engine(), {"s": x}, [])["s"]
+    assert [e[0] for e in ev] == ["raised", "resolved"] and ev[0][1] <= 9000 < ev[0][2]
+
+
+def test_off_by_default_or_when_isolated_z_is_0_and_before_the_warm_up():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(6000)
+    x[5000] = 50.0
+    assert feed(engine(isolated_z=0), {"s": x}, [])["s"] == []
+    assert AlertSettings().isolated_z == 0 and AlertEngine(AlertSettings(), CAL, "v7")._raw.iso is None
+    assert [e[0] for e in feed(engine(), {"s": x}, [])["s"]] == ["raised", "resolved"]
+    y = rng.standard_normal(6000)
+    y[200] = 50.0  # min_windows (8) windows, then warmup_windows (16) quiet ones before the test votes
+    assert feed(engine(), {"s": y}, [])["s"] == []
+
+
+def test_the_test_takes_an_equal_share_of_the_false_alarm_budget():
+    cfg = AlertSettings(isolated_z=5.0)
+    eng = AlertEngine(AlertSettings(), CAL, "v7")
+    n = len(SeqPlan.build(AlertSettings(), eng._scoring, 256, None).names)
+    on = SeqPlan.build(cfg, eng._scoring, 256, None)
+    assert on.per_test_rate == pytest.approx(0.2 / (n + 1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(1, 180), max_size=12), seed=st.integers(0, 2**16),
+       spikes=st.lists(st.tuples(st.integers(1000, 5900), st.floats(-30, 30)), max_size=4))
+def test_the_decisions_do_not_depend_on_how_the_calls_cut_the_streams(cuts, seed, spikes):
+    rng = np.random.default_rng(seed)
+    streams = {k: rng.normal(0, 1, 6000 - 500 * j) for j, k in enumerate("abc")}
+    for at, amp in spikes:
+        for x in streams.values():
+            x[at % x.size] += amp
+    one = feed(engine(), streams, [])
+    cut = engine()
+    assert feed(cut, streams, cuts) == one
