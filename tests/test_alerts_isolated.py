@@ -139,3 +139,17 @@ def test_the_decisions_do_not_depend_on_how_the_calls_cut_the_streams(cuts, seed
     one = feed(engine(), streams, [])
     cut = engine()
     assert feed(cut, streams, cuts) == one
+
+
+def test_a_sensor_at_rest_is_not_tested_a_noisy_quantised_one_is():
+    rng = np.random.default_rng(9)
+    x = np.full(20_000, 412.0)
+    flick = rng.choice(np.arange(300, 20_000), 60, replace=False)
+    x[flick] += rng.choice([-1.0, 1.0], flick.size)  # one count, now and then, among equal values
+    x[15_000] += 20.0
+    assert isolated_features(raw_feed.windows_of(x, W, H)[1], H)[FEATURE].max() == 0.0
+    assert feed(engine(), {"s": x}, [])["s"] == []
+    y = np.round(412.0 + 2.0 * rng.standard_normal(20_000))  # counts of a noisy sensor
+    y[15_000] += 30.0  # 15 noise std
+    ev = feed(engine(), {"s": y}, [])["s"]
+    assert [e[0] for e in ev] == ["raised", "resolved"] and ev[0][1] <= 15_000 < ev[0][2]

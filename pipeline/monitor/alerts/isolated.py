@@ -13,7 +13,10 @@ Statistic. For every new sample ``x_t`` of a window (its last ``hop`` samples, s
 that each has ``K`` neighbours on either side inside the window; per channel):
 ``z_t = |x_t - m_t| / sqrt(v_t + f^2)``, where ``m_t`` and ``v_t`` are the mean and variance of the
 ``2K`` neighbours (``x_t`` excluded) and ``f`` the window's robust noise scale (median of the
-absolute first differences of the tested stretch / 0.954, the median of ``|N(0, 2)|``). On white
+absolute first differences of the tested stretch / 0.954, the median of ``|N(0, 2)|``). A channel
+at rest in the window (``f`` 0: most of its steps are 0, a quantised or stuck sensor) is not tested:
+against no noise, one count of flicker would be infinitely far (the stuck-sensor, spike and record
+outlier tests judge such streams). On white
 noise ``z`` is about a standard normal over ``sqrt(2)``; on a smooth event ``v_t`` grows with it; a
 lone sample of ``s`` noise-std over noise gives ``z ≈ s / sqrt(2)``. The window's statistic is the
 largest ``z_t`` over its new samples and channels. ``K`` = 4: on the held-out families at 10 dB the
@@ -71,6 +74,7 @@ def isolated_features(windows: np.ndarray, hop: int) -> dict[str, np.ndarray]:
     v = np.maximum(s2 * np.float32(1.0 / (2 * K)) - m * m, 0.0)
     with np.errstate(invalid="ignore", over="ignore"):
         z = np.abs(mid - m) / np.sqrt(v + f * f + np.float32(_TINY) * (1.0 + m * m))
+        z *= f > 0  # at rest (most steps 0): not tested (nan stays nan)
         return {FEATURE: z.reshape(n, c * t).max(axis=1).astype(np.float64)}
 
 
