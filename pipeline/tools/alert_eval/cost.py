@@ -123,8 +123,11 @@ def main() -> None:
                     help="with the isolated-sample test (alerts.isolated_z 5; off by default): what it costs")
     ap.add_argument("--floor", action="store_true",
                     help="with the noise-floor CUSUM (\"floor\" in alerts.sequential; off by default): what it costs")
+    ap.add_argument("--score", action="store_true",
+                    help="with the window score's per-stream calibration (\"score\" in alerts.sequential; off by default)")
     a = ap.parse_args()
-    seq = () if a.no_sequential else AlertSettings().sequential + (("floor",) if a.floor else ())
+    seq = () if a.no_sequential else (AlertSettings().sequential + (("floor",) if a.floor else ())
+                                      + (("score",) if a.score else ()))
     _SETTINGS[0] = AlertSettings(sequential=seq, **({"outlier_z": 7.0} if a.outlier else {}),
                                  **({"isolated_z": 5.0} if a.isolated else {}))
     if a.many:
