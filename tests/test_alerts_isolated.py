@@ -153,3 +153,14 @@ def test_a_sensor_at_rest_is_not_tested_a_noisy_quantised_one_is():
     y[15_000] += 30.0  # 15 noise std
     ev = feed(engine(), {"s": y}, [])["s"]
     assert [e[0] for e in ev] == ["raised", "resolved"] and ev[0][1] <= 15_000 < ev[0][2]
+
+
+def test_a_large_offset_does_not_change_the_feature():
+    # ADC counts or pascals: an offset of 1e5 over unit noise keeps the same z (float32 sums of squares
+    # about zero would lose the noise's digits)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((64, 1, W))
+    x[5, 0, 50] += 12.0
+    z0 = isolated_features(x.astype(np.float32), H)[FEATURE]
+    z1 = isolated_features((x + 1e5).astype(np.float32), H)[FEATURE]
+    np.testing.assert_allclose(z1, z0, rtol=0.02)
