@@ -152,7 +152,7 @@ def test_the_optional_terms_see_level_shift_spike_and_clipping():
     x[250:253] += 5.0  # level shift
     x[280, 0] = np.clip(x[280, 0], -0.3, 0.3)  # clipped
     f = window_features(x, y)
-    assert set(f) == {"level", "clip", "peak", "noise", "spike", "freq"}
+    assert set(f) == {"level", "clip", "peak", "noise", "spike", "freq", "floor"}
     ev, sc = eng.update_scored("s", starts(n), W, e, s, now=0.0, windows=x, outputs=y)
     raised = [v.start // H for v in ev if v.kind == "raised"]
     assert 200 in raised and 250 in raised and 280 in raised
