@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from typer.testing import CliRunner
 
 from models.forward import standardize
@@ -98,13 +98,16 @@ def _signature_ok(kind: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if kind == "hum":  # the strongest bin at the mains (50 or 60 Hz, 3.9 Hz bins)
         f = torch.fft.rfftfreq(x.shape[1], 1 / RATE)[1:][p.argmax(dim=1)]
         return ((f - 50).abs() < 4) | ((f - 60).abs() < 4)
-    low = p[:, :12].sum(dim=1) / p.sum(dim=1)  # share of the power below 12 of 128 bins
-    return {"white": low < 0.3, "pink": low > 0.2, "brown": low > 0.5}[kind]
+    # share of the power below 12 of 128 bins; measured per row over 10,625 rows of each kind (103 seeds):
+    # white 0.023-0.227, pink 0.187-0.831 (0.257 at the 0.1 % quantile), brown 0.626-0.995
+    low = p[:, :12].sum(dim=1) / p.sum(dim=1)
+    return {"white": low < 0.3, "pink": low > 0.15, "brown": low > 0.5}[kind]
 
 
 @settings(max_examples=15, deadline=None)
 @given(kinds=st.sets(st.sampled_from(FIELD_KINDS), min_size=1), seed=st.integers(0, 10_000),
        reference=st.sampled_from(["window", "stream"]))
+@example(kinds={"white", "pink"}, seed=423, reference="window")  # a pink row at 0.187 (CI, 2026-12-05)
 def test_each_window_gets_one_listed_kind_and_every_kind_is_drawn(kinds, seed, reference):
     x = signals(300, seed=seed)
     ref = x.pow(2).mean(dim=1, keepdim=True).sqrt() * 1.5 if reference == "stream" else None
