@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.monitor.alerts.events import AlertEvent
-from pipeline.monitor.alerts.maxtest import FIELDS, POS, MaxPlan, MaxTest, blocks
+from pipeline.monitor.alerts.maxtest import FIELDS, MaxPlan, MaxTest, blocks
 
 FEATURE = "isolated_z"
 DETECTOR = "isolated"
@@ -134,9 +134,7 @@ class IsolatedTest:
         z = np.asarray(feats[FEATURE], dtype=np.float64).reshape(-1)
         warm = np.isfinite(z) & (pos >= self.plan.warmup)
         z = np.where(warm, z, 0.0)
-        thr = self._max.calibrate(S, seg, pos, blk, z, warm)
-        S[:, POS] += n_u
         # the tested samples end K before the window does
-        self._max.alerts(S, ids, first, n_u, seg, starts, window - K, np.full(N, self.plan.tested), z, thr, ts,
-                         model_version, events, ev_win)
+        self._max.decide(S, ids, first, n_u, seg, pos, blk, starts, window - K, np.full(N, self.plan.tested), z,
+                         warm, ts, model_version, events, ev_win)
         tab.iso[slots] = S

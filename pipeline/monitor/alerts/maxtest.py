@@ -69,6 +69,13 @@ class MaxTest:
     def __init__(self, plan: MaxPlan, detector: str):
         self.plan, self.detector = plan, detector
 
+    def decide(self, S, ids, first, n_u, seg, pos, blk, starts, window, bn, z, warm, ts, model_version, events,
+               ev_win) -> None:
+        """:meth:`calibrate`, count the call's windows into ``POS``, then :meth:`alerts` (``S`` updated)."""
+        thr = self.calibrate(S, seg, pos, blk, z, warm)
+        S[:, POS] += n_u
+        self.alerts(S, ids, first, n_u, seg, starts, window, bn, z, thr, ts, model_version, events, ev_win)
+
     def calibrate(self, S, seg, pos, blk, z, warm) -> np.ndarray:
         """Per window its threshold (inf until the stream is calibrated): the Gumbel quantile of the
         quiet windows' z as it stood at the start of the window's block, never below the floor; the

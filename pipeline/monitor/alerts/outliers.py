@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.monitor.alerts.events import AlertEvent
-from pipeline.monitor.alerts.maxtest import BLOCK, FIELDS, POS, MaxPlan, MaxTest, blocks
+from pipeline.monitor.alerts.maxtest import BLOCK, FIELDS, MaxPlan, MaxTest, blocks
 
 # The features record_features adds to the window features.
 FEATURES = ("outlier_n", "outlier_mean", "outlier_var", "outlier_max", "outlier_min")
@@ -57,7 +57,6 @@ DETECTOR = "outlier"
 # counts, means and variances.
 NS, MEAN, VAR = range(3)
 RING = FIELDS
-BN, BM, BV = (slice(RING + k * BLOCK, RING + (k + 1) * BLOCK) for k in range(3))
 STATE_FIELDS = RING + 3 * BLOCK
 # A stream whose samples have all been equal has std 0: any change is infinitely far; z is taken
 # against this much instead (NAB's baseline uses 1e-6 too), relative to the level where it is large.
@@ -127,9 +126,8 @@ class OutlierTest:
             sd = np.maximum(np.sqrt(var), _STD_FLOOR * np.maximum(1.0, np.abs(mean)))
             warm = ok & (ns >= self.plan.warmup)
             z = np.where(warm, np.maximum(F[3] - mean, mean - F[4]) / sd, 0.0)
-            thr = self._max.calibrate(S, seg, pos, blk, z, warm)
-        S[:, POS] += n_u
-        self._max.alerts(S, ids, first, n_u, seg, starts, window, F[0], z, thr, ts, model_version, events, ev_win)
+            self._max.decide(S, ids, first, n_u, seg, pos, blk, starts, window, F[0], z, warm, ts, model_version,
+                             events, ev_win)
         tab.out[slots] = S
 
     def _moments(self, S, seg, pos, blk, first, n_u, F, ok) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
