@@ -213,3 +213,32 @@ def test_segments_without_windows_change_nothing():
         assert ea == eb and wa == wb
     with pytest.raises(ValueError, match="negative"):
         AlertEngine(cfg, CAL, "v1").update_batch(["a", "b"], [2, -1], np.arange(1), W, np.ones(1), np.ones(1), 1.0)
+
+
+def test_a_stream_hot_in_its_first_block_decides_alike_however_cut():
+    # with the window score's threshold calibrated per stream ("score"), a young stream raises at twice
+    # the setting from its very first window, not only from its second call on: hot windows in the
+    # first block then count alike whether that block came in one call or several
+    rng = np.random.default_rng(21)
+    cfg = AlertSettings(min_windows=8, warmup_windows=16, stats_windows=64, refresh_every=5, slow_windows=16,
+                        cooldown_windows=3, sequential_warmup=32, sequential_memory=64, sequential=("score",))
+    n = 900
+    starts, errors, scales, feats = stream_inputs(rng, n)
+    errors = errors.copy()
+    errors[10:13] *= 300.0  # hot in the first block (64 windows)
+    errors[400:403] *= 300.0
+    runs = []
+    for cuts in ([n], [1, n - 1], [3, 50, 200, n - 253]):
+        eng, pos, events, scores = AlertEngine(cfg, CAL, "v1"), 0, [], []
+        for m in cuts:
+            sl = slice(pos, pos + m)
+            ev, one = eng.update_scored("s", starts[sl], W, errors[sl], scales[sl], 1.0,
+                                        features={t: v[sl] for t, v in feats.items()})
+            events += [e.to_dict() for e in ev]
+            scores.append(one.score)
+            pos += m
+        runs.append((events, np.concatenate(scores)))
+    assert any(e["detector"] == "score" and e["kind"] == "raised" for e in runs[0][0])
+    for events, scores in runs[1:]:
+        assert events == runs[0][0]
+        np.testing.assert_array_equal(scores, runs[0][1])

@@ -69,12 +69,18 @@ from pipeline.monitor.alerts.events import EVENT_TYPE, TERMS, AlertEvent, Window
 from pipeline.monitor.alerts.fresh import first_windows
 from pipeline.monitor.alerts.raw import RawTests
 from pipeline.monitor.alerts.runs import quiet_runs
-from pipeline.monitor.alerts.scalar import Cursor, refresh_many
-from pipeline.monitor.alerts.scoring import Scoring
+from pipeline.monitor.alerts.scalar import step_spans
+from pipeline.monitor.alerts.scoring import Scoring, window_values
 from pipeline.monitor.alerts.sequential import WINDOWS_PER_HOUR, SeqPlan, SequentialTests
 from pipeline.monitor.alerts.slots import SlotTable
-from pipeline.monitor.alerts.terms import TINY, FeatureWork, stored, window_features
+from pipeline.monitor.alerts.tail import block_rounds
+from pipeline.monitor.alerts.terms import FeatureWork, window_features
 from pipeline.settings import AlertSettings
+
+
+# Longest quiet prefix taken in one pass (AlertEngine._score_rounds): a run's refreshes cost ~ its
+# length squared (each sees the values admitted before it), so long calls take it in pieces.
+PREFIX_RUN = 256
 
 
 class BatchResult(NamedTuple):
@@ -231,74 +237,66 @@ class AlertEngine:
 
     def _score_rounds(self, streams, lengths, starts, window, errors, scales, features, ts, score, act, z, events,
                       ev_win) -> None:
-        """:meth:`_score` over the call, a round of :meth:`_rounds` at a time."""
-        N = starts.size
-        for idx in self._rounds(streams, lengths):
-            if idx is None:
-                self._score(streams, lengths, starts, window, errors, scales, features, ts, score, act, z, events,
-                            ev_win)
+        """:meth:`_score` over the call, a round of :meth:`_rounds` at a time. When the call needs rounds,
+        every stream's quiet prefix is taken first in one pass (:meth:`_score` with ``prefix``): windows
+        scoring below ``raise_threshold`` are judged alike by any threshold a block could calibrate, so
+        that pass decides as the rounds would (as if the call were cut after each prefix), and only
+        the rest of the call goes round by round."""
+        args = (window, ts, score, act, z, events, ev_win)
+        data = (starts, errors, scales, features)
+        if self._rounds(streams, lengths)[0] is None:
+            self._score(streams, lengths, starts, window, errors, scales, features, ts, score, act, z, events,
+                        ev_win)
+            return
+        seg = np.repeat(np.arange(len(streams)), lengths)
+        rest = np.arange(seg.size)
+        while rest.size:  # quiet prefixes, then the first block of what is left of each stream, again
+            rest = rest[~self._score_at(rest, seg, streams, data, args, prefix=True)]
+            if rest.size == 0:
                 return
-            sj = np.repeat(np.arange(len(streams)), lengths)[idx]  # the round's segments: runs of one
-            bounds = np.concatenate(([0], np.flatnonzero(sj[1:] != sj[:-1]) + 1, [idx.size]))
-            r_score, r_act, r_z = np.zeros(idx.size), np.zeros(idx.size, dtype=bool), np.zeros((z.shape[0], idx.size))
-            sub = {t: (np.asarray(v).reshape(-1)[idx] if np.size(v) == N else v) for t, v in features.items()}
-            k = len(ev_win)
-            self._score([streams[j] for j in sj[bounds[:-1]]], np.diff(bounds).tolist(), starts[idx], window,
-                        errors[idx], scales[idx], sub, ts, r_score, r_act, r_z, events, ev_win)
-            score[idx], act[idx], z[:, idx] = r_score, r_act, r_z
-            ev_win[k:] = idx[np.asarray(ev_win[k:], dtype=np.int64)].tolist()
+            sj = seg[rest]
+            bounds = np.concatenate(([0], np.flatnonzero(sj[1:] != sj[:-1]) + 1, [rest.size]))
+            first = self._rounds([streams[j] for j in sj[bounds[:-1]]], np.diff(bounds).tolist())[0]
+            now = np.ones(rest.size, dtype=bool) if first is None else np.isin(np.arange(rest.size), first)
+            self._score_at(rest[now], seg, streams, data, args)
+            rest = rest[~now]
+
+    def _score_at(self, idx, seg, streams, data, args, prefix: bool = False) -> np.ndarray:
+        """:meth:`_score` on the call's windows ``idx`` (in call order; ``seg``: each window's segment of
+        ``streams``); returns which of them it took."""
+        window, ts, score, act, z, events, ev_win = args
+        starts, errors, scales, features = data
+        N = seg.size
+        sj = seg[idx]  # the windows' segments: runs of one
+        bounds = np.concatenate(([0], np.flatnonzero(sj[1:] != sj[:-1]) + 1, [idx.size]))
+        r_score, r_act, r_z = np.zeros(idx.size), np.zeros(idx.size, dtype=bool), np.zeros((z.shape[0], idx.size))
+        sub = {t: (np.asarray(v).reshape(-1)[idx] if np.size(v) == N else v) for t, v in features.items()}
+        k = len(ev_win)
+        took = self._score([streams[j] for j in sj[bounds[:-1]]], np.diff(bounds).tolist(), starts[idx], window,
+                           errors[idx], scales[idx], sub, ts, r_score, r_act, r_z, events, ev_win, prefix)
+        score[idx], act[idx], z[:, idx] = r_score, r_act, r_z
+        ev_win[k:] = idx[np.asarray(ev_win[k:], dtype=np.int64)].tolist()
+        return took
 
     def _rounds(self, streams, lengths):
-        """The call's windows in rounds (index arrays, call order) that each hold at most one block of
-        every stream (``sequential_block``, counted from the stream's first window), or ``[None]``: one
-        round. With ``score`` among the sequential tests the window score reads a threshold that moves
-        at block ends, so a call spanning one is taken a block at a time: the same decisions however
-        the stream is cut into calls. Without it only the sequential tests need blocks (they split
-        the call themselves)."""
+        """The call's windows in rounds that each hold at most one block of every stream, or ``[None]``:
+        one round (:func:`~pipeline.monitor.alerts.tail.block_rounds`). With ``score`` among the
+        sequential tests the window score reads a threshold that moves at block ends, so a call spanning
+        one is taken a block at a time: the same decisions however the stream is cut into calls.
+        Without it only the sequential tests need blocks (they split the call themselves)."""
         if self._seq is None or not self._seq.plan.score or not len(streams):
             return [None]
-        B = self._seq.plan.block
-        seg = np.repeat(np.arange(len(streams)), lengths)
-        uid: dict[str, int] = {}
-        # a stream may fill several segments
-        inv = np.array([uid.setdefault(x, len(uid)) for x in streams], dtype=np.int64)[seg]
-        ids = self._tab.ids
-        pos0 = np.array([self._tab.seq_pos[ids[x]] if x in ids else 0 for x in uid], dtype=np.int64)
-        cnt = np.bincount(inv, minlength=len(uid))
-        order = np.argsort(inv, kind="stable")
-        rank = np.empty(seg.size, dtype=np.int64)
-        rank[order] = np.arange(seg.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        rnd = (pos0[inv] + rank) // B - pos0[inv] // B
-        if not rnd.any():
-            return [None]
-        return [np.flatnonzero(rnd == r) for r in range(int(rnd.max()) + 1) if (rnd == r).any()]
-
-    def _values(self, errors, scales, features, n) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
-        """``(values (columns, N), their columns, finite (N,), log error (N,))`` of the call's windows."""
-        p = self._scoring
-        extra = {}
-        for t, v in features.items():
-            c = p.col(t)
-            if 0 <= c < p.features:
-                extra[c] = np.asarray(v, dtype=np.float64).reshape(-1)
-                if extra[c].shape != (n,):
-                    raise ValueError(f"{t} features {extra[c].shape} must match starts ({n},)")
-        finite = np.isfinite(errors) & np.isfinite(scales) & (errors >= 0) & (scales >= 0)
-        for v in extra.values():
-            finite &= np.isfinite(v)
-        log_err = np.log(np.maximum(np.where(finite, errors, 1.0), TINY))
-        log_scale = np.log(np.maximum(np.where(finite, scales, 1.0), TINY))
-        vals = {0: log_err + 2.0 * log_scale, 1: log_err, p.col("scale"): log_scale, **extra}
-        cols = sorted(vals)
-        return stored(np.stack([vals[c] for c in cols])), cols, finite, log_err
+        return block_rounds(self._tab, self._seq.plan.block, streams, lengths)
 
     def _score(self, streams, lengths, starts, window, errors, scales, features, ts, score, act, z, events,
-               ev_win) -> None:
+               ev_win, prefix: bool = False) -> np.ndarray:
         """:meth:`update_batch` past the checks: group the windows by stream, run the quiet runs, then
-        the scalar step for the rest; outputs into ``score``, ``act``, ``z``, ``events``, ``ev_win``."""
+        the scalar step for the rest; outputs into ``score``, ``act``, ``z``, ``events``, ``ev_win``.
+        ``prefix``: only each stream's windows up to its first scoring ``raise_threshold`` or more (no
+        scalar step); returns which windows were taken (call order)."""
         p = self._scoring
         k0 = len(ev_win)  # events of earlier rounds of the call are already in the caller's order
-        vals, cols, finite, log_err = self._values(errors, scales, features, starts.size)
+        vals, cols, finite, log_err = window_values(p, errors, scales, features, starts.size)
         uniq: dict[str, int] = {}
         seg_u = [uniq.setdefault(s, len(uniq)) for s in streams]
         order = None
@@ -310,6 +308,8 @@ class AlertEngine:
         n_u = np.asarray(lengths, dtype=np.int64)
         first = np.concatenate(([0], np.cumsum(n_u)[:-1]))
         slots = self._tab.claim(ids, self._clock())
+        if self._seq is not None and self._seq.tail is not None:
+            self._seq.tail.young(self._tab, slots)  # a new stream's threshold before its first block ends
         o_score, o_act, o_z = (score, act, z) if order is None else (np.zeros_like(score), np.zeros_like(act),
                                                                      np.zeros_like(z))
         done = np.zeros_like(n_u)
@@ -318,19 +318,42 @@ class AlertEngine:
             if new.size:
                 first_windows(p, self._tab, slots[new], first[new], vals, cols, starts, finite, log_err, o_score, o_z)
                 done[new] = 1
-            done += self._runs(slots, first, n_u, vals, cols, starts, finite, o_score, o_z)
-        rest = np.flatnonzero(done < n_u).tolist()
-        if rest:
-            spans = [(ids[u], int(slots[u]), int(first[u] + done[u]), int(first[u] + n_u[u])) for u in rest]
-            self._scalar(spans, window, ts, starts, finite, vals, cols, log_err, o_score, o_act, o_z, events, ev_win)
-        if self._seq is not None:
-            self._sequential(ids, slots, first, n_u, starts, window, o_z, o_score, features, order, finite,
-                             o_act, ts, events, ev_win)
-        self._raw.update(self._tab, ids, slots, first, n_u, starts, window, features, order, ts, self.model_version,
-                         events, ev_win)
+            done += self._runs(slots, first, n_u, vals, cols, starts, finite, o_score, o_z, prefix)
+        took = np.ones(starts.size, dtype=bool)
+        if prefix:  # the tests below over the prefixes only: their windows, grouped by stream as before
+            took = np.arange(starts.size) < np.repeat(first + done, n_u)
+            pidx = np.flatnonzero(took)
+            e = np.flatnonzero(done)
+            ids, slots, n_u = [ids[u] for u in e], slots[e], done[e]
+            first = np.concatenate(([0], np.cumsum(n_u)[:-1]))
+            g_order = pidx if order is None else order[pidx]  # the prefixes' windows in call order
+            k = len(ev_win)
+            self._tests(ids, slots, first, n_u, starts[pidx], window, o_z[:, pidx], o_score[pidx], features, g_order,
+                        finite[pidx], o_act[pidx], ts, events, ev_win)
+            ev_win[k:] = pidx[np.asarray(ev_win[k:], dtype=np.int64)].tolist()
+        else:
+            rest = np.flatnonzero(done < n_u).tolist()
+            if rest:
+                spans = [(ids[u], int(slots[u]), int(first[u] + done[u]), int(first[u] + n_u[u])) for u in rest]
+                self._scalar(spans, window, ts, starts, finite, vals, cols, log_err, o_score, o_act, o_z, events,
+                             ev_win)
+            self._tests(ids, slots, first, n_u, starts, window, o_z, o_score, features, order, finite, o_act, ts,
+                        events, ev_win)
         if order is not None:
             score[order], act[order], z[:, order] = o_score, o_act, o_z
             ev_win[k0:] = order[np.asarray(ev_win[k0:], dtype=np.int64)].tolist()
+            took = took[np.argsort(order)]
+        return took
+
+    def _tests(self, ids, slots, first, n_u, starts, window, z, score, features, order, finite, active, ts, events,
+               ev_win) -> None:
+        """The sequential and raw-sample tests over the windows (grouped by stream; ``order``: their
+        indices into ``features``, None: the same)."""
+        if self._seq is not None:
+            self._sequential(ids, slots, first, n_u, starts, window, z, score, features, order, finite, active, ts,
+                             events, ev_win)
+        self._raw.update(self._tab, ids, slots, first, n_u, starts, window, features, order, ts, self.model_version,
+                         events, ev_win)
 
     def _sequential(self, ids, slots, first, n_u, starts, window, z, score, features, order, finite, active, ts,
                     events, ev_win) -> None:
@@ -347,7 +370,7 @@ class AlertEngine:
             (self._seq_active.add if ev.kind == "raised" else self._seq_active.discard)(ev.stream)
         events.extend(evs)
 
-    def _runs(self, slots, first, n_u, vals, cols, starts, finite, score, z) -> np.ndarray:
+    def _runs(self, slots, first, n_u, vals, cols, starts, finite, score, z, below_raise=False) -> np.ndarray:
         """The quiet runs of the streams that can take them; returns the windows done per stream."""
         p, tab = self._scoring, self._tab
         done = np.zeros_like(n_u)
@@ -366,44 +389,20 @@ class AlertEngine:
         bad[first] = ~finite[first]
         nxt = np.append(np.flatnonzero(bad), starts.size)
         stop = nxt[np.searchsorted(nxt, first, side="right")]
-        length = np.minimum(stop - first, n_u)
+        length = np.minimum(stop - first, n_u if not below_raise else np.minimum(n_u, PREFIX_RUN))
         e = np.flatnonzero(ok)
-        done[e] = quiet_runs(p, tab, slots[e], first[e], length[e], vals, cols, starts, score, z)
+        done[e] = quiet_runs(p, tab, slots[e], first[e], length[e], vals, cols, starts, score, z, below_raise)
         return done
 
     def _scalar(self, spans, window, ts, starts, finite, vals, cols, log_err, score, act, z, events, ev_win) -> None:
-        """Windows ``[a, b)`` of each ``(stream, slot, a, b)`` of ``spans`` through the scalar step. The
-        streams step together (window ``a + t`` of every stream, then ``a + t + 1``), so the refreshes
-        due after a step are taken for all of them at once (:func:`~pipeline.monitor.alerts.scalar.refresh_many`);
-        each stream's windows stay in order and its events are listed in the order of ``spans``."""
-        p = self._scoring
-        T = len(p.cols)
-        curs, todo = [], []
-        for stream, slot, a, b in spans:
-            cur = Cursor(p, self._tab, slot, stream, window, ts)
-            cur.defer = True
-            curs.append(cur)
-            todo.append((cur, a, b, vals[:, a:b].T.tolist(), [], [], []))
-        for t in range(max(b - a for _, _, a, b in spans)):
-            for cur, a, b, xs, rows, evs, evw in todo:
-                i = a + t
-                if i >= b:
-                    continue
-                zi = [0.0] * T
-                score[i], ev = cur.step(int(starts[i]), bool(finite[i]), xs[t], cols, float(log_err[i]), zi)
-                act[i] = cur.active
-                rows.append(zi)
-                if ev is not None:
-                    evs.append(ev)
-                    evw.append(i)
-            refresh_many(p, curs)
-        for cur, a, b, xs, rows, evs, evw in todo:
-            z[:, a:b] = np.array(rows).T
-            cur.store()
-            for ev in evs:
-                (self._active.add if ev.kind == "raised" else self._active.discard)(cur.stream)
-            events.extend(evs)
-            ev_win.extend(evw)
+        """Windows ``[a, b)`` of each ``(stream, slot, a, b)`` of ``spans`` through the scalar step
+        (:func:`~pipeline.monitor.alerts.scalar.step_spans`)."""
+        evs: list[AlertEvent] = []
+        step_spans(self._scoring, self._tab, spans, window, ts, starts, finite, vals, cols, log_err, score, act, z,
+                   evs, ev_win)
+        for ev in evs:
+            (self._active.add if ev.kind == "raised" else self._active.discard)(ev.stream)
+        events.extend(evs)
 
 
 __all__ = ["AlertEngine", "AlertEvent", "BatchResult", "WindowScores", "TERMS", "EVENT_TYPE", "window_features"]

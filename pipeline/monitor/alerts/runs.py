@@ -28,13 +28,17 @@ from pipeline.monitor.alerts.terms import TINY, robust_stats, stored
 
 
 def quiet_runs(p: Scoring, tab: SlotTable, slots: np.ndarray, first: np.ndarray, length: np.ndarray,
-               vals: np.ndarray, cols: list[int], starts: np.ndarray, score: np.ndarray, z: np.ndarray) -> np.ndarray:
+               vals: np.ndarray, cols: list[int], starts: np.ndarray, score: np.ndarray, z: np.ndarray,
+               below_raise: bool = False) -> np.ndarray:
     """Score and commit the runs of ``slots`` (windows ``first[e] .. first[e] + length[e] - 1`` of the
     call: ``vals[:, i]`` the values of columns ``cols``, ``starts[i]`` the start); scores into ``score``
-    and per-column z into ``z`` ``(columns, windows)``. Returns the windows committed per stream."""
+    and per-column z into ``z`` ``(columns, windows)``. Returns the windows committed per stream.
+    ``below_raise``: a run ends at the first window scoring ``raise_threshold`` or more, whatever
+    threshold the stream calibrated above it (such windows are quiet under any calibration)."""
     run = _Run(p, tab, slots, first, length, vals, cols)
     exact = run.refresh()
-    thr = np.maximum(p.raise_threshold, tab.seq_thr[slots])[:, None]  # calibrated per stream (sequential.py)
+    # calibrated per stream (sequential.py), never below the setting
+    thr = p.raise_threshold if below_raise else np.maximum(p.raise_threshold, tab.seq_thr[slots])[:, None]
     while True:
         zz, sc = run.scores()
         hot = (sc >= thr) & run.valid

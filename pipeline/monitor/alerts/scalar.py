@@ -266,3 +266,36 @@ def refresh_many(p: Scoring, cursors: list[Cursor]) -> None:
             for c in cs:
                 cur.med[c], cur.hi[c], cur.lo[c], cur.pending[c] = med[r], hi[r], lo[r], 0
                 r += 1
+
+
+def step_spans(p: Scoring, tab: SlotTable, spans, window: int, ts: float, starts, finite, vals, cols, log_err, score,
+               act, z, events: list, ev_win: list) -> None:
+    """Windows ``[a, b)`` of each ``(stream, slot, a, b)`` of ``spans`` through :meth:`Cursor.step`. The
+    streams step together (window ``a + t`` of every stream, then ``a + t + 1``), so the refreshes due
+    after a step are taken for all of them at once (:func:`refresh_many`); each stream's windows stay
+    in order and its events are listed in the order of ``spans``."""
+    T = len(p.cols)
+    curs, todo = [], []
+    for stream, slot, a, b in spans:
+        cur = Cursor(p, tab, slot, stream, window, ts)
+        cur.defer = True
+        curs.append(cur)
+        todo.append((cur, a, b, vals[:, a:b].T.tolist(), [], [], []))
+    for t in range(max(b - a for _, _, a, b in spans)):
+        for cur, a, b, xs, rows, evs, evw in todo:
+            i = a + t
+            if i >= b:
+                continue
+            zi = [0.0] * T
+            score[i], ev = cur.step(int(starts[i]), bool(finite[i]), xs[t], cols, float(log_err[i]), zi)
+            act[i] = cur.active
+            rows.append(zi)
+            if ev is not None:
+                evs.append(ev)
+                evw.append(i)
+        refresh_many(p, curs)
+    for cur, a, b, xs, rows, evs, evw in todo:
+        z[:, a:b] = np.array(rows).T
+        cur.store()
+        events.extend(evs)
+        ev_win.extend(evw)

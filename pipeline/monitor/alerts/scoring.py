@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.monitor.alerts.events import TERMS
-from pipeline.monitor.alerts.terms import calibration_prior
+from pipeline.monitor.alerts.terms import TINY, calibration_prior, stored
 from pipeline.settings import ALERT_FEATURES, AlertSettings
 
 # Terms whose statistics depend on the model (restarted by set_model); their slow means too.
@@ -108,3 +108,22 @@ def zscore(d: np.ndarray, hi, lo, cap: float) -> np.ndarray:
 def winsorise(x, med, hi, lo, thr: float):
     """``x`` limited to ``thr`` spreads either side of the median, the form values are admitted in."""
     return np.minimum(np.maximum(x, med - thr * lo), med + thr * hi)
+
+
+def window_values(p: Scoring, errors, scales, features, n) -> tuple[np.ndarray, list[int], np.ndarray, np.ndarray]:
+    """``(values (columns, N), their columns, finite (N,), log error (N,))`` of the call's windows."""
+    extra = {}
+    for t, v in features.items():
+        c = p.col(t)
+        if 0 <= c < p.features:
+            extra[c] = np.asarray(v, dtype=np.float64).reshape(-1)
+            if extra[c].shape != (n,):
+                raise ValueError(f"{t} features {extra[c].shape} must match starts ({n},)")
+    finite = np.isfinite(errors) & np.isfinite(scales) & (errors >= 0) & (scales >= 0)
+    for v in extra.values():
+        finite &= np.isfinite(v)
+    log_err = np.log(np.maximum(np.where(finite, errors, 1.0), TINY))
+    log_scale = np.log(np.maximum(np.where(finite, scales, 1.0), TINY))
+    vals = {0: log_err + 2.0 * log_scale, 1: log_err, p.col("scale"): log_scale, **extra}
+    cols = sorted(vals)
+    return stored(np.stack([vals[c] for c in cols])), cols, finite, log_err

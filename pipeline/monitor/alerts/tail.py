@@ -78,6 +78,13 @@ class ScoreTail:
         self.gumbel_c = gumbel_c(p_win)
         self.levels = tail_levels(raise_threshold, block)
 
+    def young(self, tab, slots) -> np.ndarray:
+        """Streams with fewer than ``warmup`` quiet scores in (a count that moves only at block ends)
+        raise at twice the setting, from their first window on; returns which are young."""
+        young = tab.seq_sn[slots] < self.warmup
+        tab.seq_thr[slots[young]] = 2.0 * self.raise_threshold
+        return young
+
     def update(self, tab, slots, seg, first, n_u, score, finite, engine_active, closes) -> None:
         """Windows ``first[u]`` to ``first[u] + n_u[u]`` are stream ``u``'s, in order; quiet: finite, below
         the stream's threshold, no alert up after the window."""
@@ -89,8 +96,7 @@ class ScoreTail:
             self._pot(tab, slots, seg, first, n_u, q, sc, closes)
         ew_block(tab, slots, closes, seg, q, (sc, exact(sc * sc, U_MAX**2, B)),
                  ("seq_sn", "seq_smu", "seq_sm2"), ("seq_sqn", "seq_sq1", "seq_sq2"), memory=self.memory)
-        young = tab.seq_sn[slots] < self.warmup
-        tab.seq_thr[slots[young]] = 2.0 * self.raise_threshold
+        young = self.young(tab, slots)
         sl = slots[closes & ~young]  # the estimates move only where a block closes
         if sl.size == 0:
             return
@@ -108,18 +114,26 @@ class ScoreTail:
         prev = np.concatenate(([0.0], sc[:-1]))
         prev[first] = tab.seq_tlast[slots]
         tab.seq_tlast[slots] = sc[first + n_u - 1]
+        # Per quiet window the levels below its score (it exceeds levels 0 .. n - 1) and below the window
+        # before it (it crosses levels n_prev .. n - 1): per stream histograms of those counts, summed
+        # from the top, give each level's exceedances, upcrossings and sum of scores above it, in
+        # O(windows) instead of O(windows x levels); every sum exact on the grid, as summed level by level.
         qi = np.flatnonzero(q)
-        ex = sc[qi, None] - self.levels[None, :]
-        up = ex > 0
-        cross = up & (prev[qi, None] <= self.levels[None, :])
-        key = (seg[qi, None] * L + np.arange(L)[None, :]).ravel()
+        n = np.searchsorted(self.levels, sc[qi], side="left")  # levels strictly below the score
+        n_prev = np.searchsorted(self.levels, prev[qi], side="left")
+        base = seg[qi] * (L + 1)
 
-        def per_stream(w):
-            return np.bincount(key, weights=w.ravel(), minlength=U * L).reshape(U, L)
+        def from_top(b, w=None):  # (U, L): per level j, the sum of w over the windows with b > j
+            h = np.bincount(base + b, weights=w, minlength=U * (L + 1)).reshape(U, L + 1)
+            return np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
-        tab.seq_tqx[slots] += per_stream(up).astype(np.int32)
-        tab.seq_tqc[slots] += per_stream(cross).astype(np.int32)
-        tab.seq_tqe[slots] += per_stream(np.where(up, ex, 0.0))
+        up = from_top(n)
+        tab.seq_tqx[slots] += up.astype(np.int32)
+        crossing = n > n_prev  # level j is crossed where n_prev <= j < n: +1 at n_prev, -1 at n, summed up
+        c_hi = np.bincount(base[crossing] + n[crossing], minlength=U * (L + 1)).reshape(U, L + 1)
+        c_lo = np.bincount(base[crossing] + n_prev[crossing], minlength=U * (L + 1)).reshape(U, L + 1)
+        tab.seq_tqc[slots] += np.cumsum(c_lo - c_hi, axis=1)[:, :L].astype(np.int32)
+        tab.seq_tqe[slots] += from_top(n, sc[qi]) - self.levels[None, :] * up
         c = np.flatnonzero(closes)
         if c.size == 0:
             return
@@ -133,3 +147,23 @@ class ScoreTail:
             e, a = getattr(tab, est), getattr(tab, acc)
             e[sl] = np.where(has, e[sl] + w * (a[sl] / k - e[sl]), e[sl])
             a[sl] = 0
+
+
+def block_rounds(tab, block: int, streams, lengths) -> list:
+    """The call's windows (segment ``j``: the next ``lengths[j]`` windows, of ``streams[j]``) in rounds
+    (index arrays, call order) that each hold at most one block of ``block`` windows of every stream,
+    counted from the stream's first window (``seq_pos``); ``[None]`` when one round holds them all."""
+    seg = np.repeat(np.arange(len(streams)), lengths)
+    uid: dict[str, int] = {}
+    # a stream may fill several segments
+    inv = np.array([uid.setdefault(x, len(uid)) for x in streams], dtype=np.int64)[seg]
+    ids = tab.ids
+    pos0 = np.array([tab.seq_pos[ids[x]] if x in ids else 0 for x in uid], dtype=np.int64)
+    cnt = np.bincount(inv, minlength=len(uid))
+    order = np.argsort(inv, kind="stable")
+    rank = np.empty(seg.size, dtype=np.int64)
+    rank[order] = np.arange(seg.size) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    rnd = (pos0[inv] + rank) // block - pos0[inv] // block
+    if not rnd.any():
+        return [None]
+    return [np.flatnonzero(rnd == r) for r in range(int(rnd.max()) + 1) if (rnd == r).any()]
