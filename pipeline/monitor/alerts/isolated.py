@@ -26,7 +26,8 @@ conservative at their 1e-4 quantile (``K`` = 2's tail is heavier than that fit).
 
 Threshold, false-alarm model and decision: :mod:`pipeline.monitor.alerts.maxtest` (the stream's own
 quiet windows' Gumbel quantile at this test's share of ``false_alarms_per_hour``, never below
-``isolated_z``; detector ``"isolated"``, the raised range the tested samples). The test votes after
+``isolated_z``, moved once per ``sequential_block`` windows of the stream; detector ``"isolated"``,
+the raised range the tested samples). The test votes after
 ``min_windows`` windows of the stream.
 
 Cost: a few array passes over each window's new samples (:func:`isolated_features`; the neighbour
@@ -107,7 +108,8 @@ class IsolatedPlan:
         """``p_win``: the test's share of ``false_alarms_per_hour``, per window."""
         if not isolated_tests(cfg) or not samples_tested(window, hop):
             return None
-        return cls(int(cfg.min_windows), samples_tested(window, hop), MaxPlan.build(cfg, cfg.isolated_z, p_win))
+        return cls(int(cfg.min_windows), samples_tested(window, hop),
+                   MaxPlan.build(cfg, cfg.isolated_z, p_win, cfg.sequential_block))
 
 
 class IsolatedTest:
@@ -130,7 +132,7 @@ class IsolatedTest:
             return
         S = tab.iso[slots]  # (streams, STATE_FIELDS), a copy
         seg = np.repeat(np.arange(U), n_u)
-        pos, blk = blocks(S, seg, first, n_u)
+        pos, blk = blocks(S, seg, first, n_u, self.plan.max.block)
         z = np.asarray(feats[FEATURE], dtype=np.float64).reshape(-1)
         warm = np.isfinite(z) & (pos >= self.plan.warmup)
         z = np.where(warm, z, 0.0)

@@ -5,7 +5,7 @@ isolated-sample test, ``isolated.py``).
 Each window brings one statistic ``z``, a maximum over its new samples. Its upper tail is taken as a
 Gumbel law fitted per stream to the running mean and std of its quiet windows' ``z`` (those below the
 threshold; plain averages over the first ``calib_memory`` windows, then that memory; moved once per
-block of ``BLOCK`` windows of the stream, counted from its first window, so the decisions do not
+block of the plan's ``block`` windows of the stream, counted from its first window, so the decisions do not
 depend on how the worker's micro-batches cut the stream): the threshold is its quantile at the test's
 share of ``false_alarms_per_hour``, per window, never below the test's floor, and infinite until
 ``calib_after`` quiet windows have calibrated it.
@@ -29,7 +29,9 @@ from pipeline.monitor.alerts.cusum import U_MAX, ew_weight, exact
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.tail import gumbel_c
 
-# The calibration moves once per block of this many windows of a stream: 1 s at 1 kHz, hop 128.
+# The record outlier test's calibration moves once per block of this many windows of a stream (1 s at
+# 1 kHz, hop 128); the isolated-sample test's per sequential block (its per-block work is a Python
+# loop over the blocks of a call: 8 times fewer at 64).
 BLOCK = 8
 # Columns of a stream's row: the statistic's own (OWN of them), then windows seen; the calibration's
 # count and moments of quiet windows' z, and the current block's sums of them; the alert (up, range,
@@ -47,20 +49,22 @@ class MaxPlan:
     gumbel_c: float  # sds above the mean of a Gumbel fit at the test's per-window share
     resolve_windows: int
     cooldown_windows: int
+    block: int = BLOCK  # windows of a stream per move of the calibration
 
     @classmethod
-    def build(cls, cfg, floor: float, p_win: float) -> MaxPlan:
+    def build(cls, cfg, floor: float, p_win: float, block: int = BLOCK) -> MaxPlan:
         """``p_win``: the test's share of ``false_alarms_per_hour``, per window."""
         return cls(float(floor), int(cfg.warmup_windows), int(cfg.sequential_memory), gumbel_c(p_win),
-                   int(cfg.resolve_windows), int(cfg.cooldown_windows))
+                   int(cfg.resolve_windows), int(cfg.cooldown_windows), int(block))
 
 
-def blocks(S: np.ndarray, seg: np.ndarray, first: np.ndarray, n_u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def blocks(S: np.ndarray, seg: np.ndarray, first: np.ndarray, n_u: np.ndarray,
+           block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Per window of the call (windows ``first[u] .. first[u] + n_u[u]`` are stream ``u``'s): the
     stream's windows before it, and its block counted from the stream's first block in the call."""
     pos0 = S[:, POS].astype(np.int64)
     pos = pos0[seg] + (np.arange(seg.size) - np.repeat(first, n_u))
-    return pos, pos // BLOCK - (pos0 // BLOCK)[seg]
+    return pos, pos // block - (pos0 // block)[seg]
 
 
 class MaxTest:
@@ -82,14 +86,15 @@ class MaxTest:
         quiet windows of each block move it when the block closes (``S`` updated)."""
         P, U = self.plan, S.shape[0]
         R = int(blk.max()) + 1
-        zc = exact(z, U_MAX, BLOCK)  # on a grid: the block's sums exact in any order
-        zc2 = exact(zc * zc, U_MAX * U_MAX, BLOCK)
+        B = P.block
+        zc = exact(z, U_MAX, B)  # on a grid: the block's sums exact in any order
+        zc2 = exact(zc * zc, U_MAX * U_MAX, B)
         zn, zm, z2 = S[:, ZN].copy(), S[:, ZM].copy(), S[:, Z2].copy()
         qn, q1, q2 = S[:, ZQN].copy(), S[:, ZQ1].copy(), S[:, ZQ2].copy()
         thr = np.empty(z.size)
         order = np.argsort(blk, kind="stable") if R > 1 else None
         bounds = np.searchsorted(blk[order], np.arange(R + 1)) if R > 1 else (0, z.size)
-        closes = (pos % BLOCK == BLOCK - 1)
+        closes = (pos % B == B - 1)
         for k in range(R):
             w = slice(None) if order is None else order[bounds[k] : bounds[k + 1]]
             t = np.where(zn >= P.calib_after,
