@@ -294,13 +294,16 @@ class AlertSettings(BaseModel):
     # Sequential tests (pipeline.monitor.alerts.sequential, docs/alerts.md): CUSUMs on the z of level,
     # scale and freq (both ways) and noise (upwards, gated by the error as the residual is); "spike", the
     # matched test for isolated spikes; "runs", the sign-run tests of scale (below its median) and noise
-    # (above it) for bursty signals (pipeline.monitor.alerts.signruns); and, not by default, "score": a
-    # stream's raise_threshold raised to its quiet scores' extreme-value quantile (fewer false alarms on
-    # heavy-tailed streams, but measured: level-shift recall 0.97 -> 0.81, frequency change 0.84 -> 0.72
-    # on the standard set, docs/alerts.md); "floor", not by default either: a CUSUM (upwards) on the
-    # raw window's robust noise floor (the median of its newer half's |second differences|), which
-    # knocks and clicks do not move as they move the residual's noise term (docs/alerts.md). Empty: off.
-    sequential: tuple[str, ...] = ("level", "scale", "noise", "freq", "spike", "runs")
+    # (above it) for bursty signals (pipeline.monitor.alerts.signruns); "score": a stream's
+    # raise_threshold raised to its quiet scores' extreme-value quantile, so the window score keeps
+    # false_alarms_per_hour on signals unlike the training data (held-out families: 0.08 false alarms
+    # per clean stream-hour with it, 10.3 without; its cost on the training families: level-shift
+    # recall 0.97 -> 0.81 on the standard set); "floor": a CUSUM (upwards) on the raw window's robust
+    # noise floor (the median of its newer half's |second differences|), which knocks and clicks do
+    # not move as they move the residual's noise term (docs/alerts.md). Empty: off. The defaults are
+    # the sensor profile of docs/alerts.md since 2026-12-05; the profile before (without "score" and
+    # "floor", isolated_z 0) catches more on signals like the training families.
+    sequential: tuple[str, ...] = ("level", "scale", "noise", "freq", "spike", "runs", "score", "floor")
     # With "score": the model of the quiet scores' upper tail (pipeline.monitor.alerts.tail): "pot",
     # peaks over threshold with declustering, or "gumbel", a Gumbel law fitted to their mean and std;
     # and, for "pot", the quantile of the quiet scores above which the tail is modelled.
@@ -339,8 +342,8 @@ class AlertSettings(BaseModel):
     # mean and spread of its 4 neighbours on either side; a window with a sample that leaves both
     # sides at once beyond the stream's threshold raises (detector "isolated"). The threshold: the
     # stream's own quiet history's extreme-value quantile at the test's share of
-    # false_alarms_per_hour, never below isolated_z. 0 (default): off. docs/alerts.md.
-    isolated_z: float = Field(0.0, ge=0)
+    # false_alarms_per_hour, never below isolated_z. 0: off. docs/alerts.md.
+    isolated_z: float = Field(5.0, ge=0)
     # A stream's alert state is dropped after this many seconds without a window (it restarts with warm-up).
     state_ttl_s: float = Field(300.0, gt=0)
     # Streams tracked per worker at most (~24 KB each once warmed up); beyond, the least recently seen is dropped.

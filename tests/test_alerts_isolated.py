@@ -107,12 +107,13 @@ def test_multichannel_windows_are_tested_per_channel():
     assert [e[0] for e in ev] == ["raised", "resolved"] and ev[0][1] <= 9000 < ev[0][2]
 
 
-def test_off_by_default_or_when_isolated_z_is_0_and_before_the_warm_up():
+def test_on_by_default_off_when_isolated_z_is_0_and_before_the_warm_up():
     rng = np.random.default_rng(5)
     x = rng.standard_normal(6000)
     x[5000] = 50.0
     assert feed(engine(isolated_z=0), {"s": x}, [])["s"] == []
-    assert AlertSettings().isolated_z == 0 and AlertEngine(AlertSettings(), CAL, "v7")._raw.iso is None
+    assert AlertSettings().isolated_z == 5.0 and AlertEngine(AlertSettings(), CAL, "v7")._raw.iso is not None
+    assert AlertEngine(AlertSettings(isolated_z=0), CAL, "v7")._raw.iso is None
     assert [e[0] for e in feed(engine(), {"s": x}, [])["s"]] == ["raised", "resolved"]
     y = rng.standard_normal(6000)
     y[200] = 50.0  # min_windows (8) windows, then warmup_windows (16) quiet ones before the test votes
@@ -120,11 +121,10 @@ def test_off_by_default_or_when_isolated_z_is_0_and_before_the_warm_up():
 
 
 def test_the_test_takes_an_equal_share_of_the_false_alarm_budget():
-    cfg = AlertSettings(isolated_z=5.0)
     eng = AlertEngine(AlertSettings(), CAL, "v7")
-    n = len(SeqPlan.build(AlertSettings(), eng._scoring, 256, None).names)
-    on = SeqPlan.build(cfg, eng._scoring, 256, None)
-    assert on.per_test_rate == pytest.approx(0.2 / (n + 1))
+    off = SeqPlan.build(AlertSettings(isolated_z=0), eng._scoring, 256, None)
+    on = SeqPlan.build(AlertSettings(isolated_z=5.0), eng._scoring, 256, None)
+    assert 0.2 / on.per_test_rate == pytest.approx(0.2 / off.per_test_rate + 1)  # one share more
 
 
 @settings(max_examples=25, deadline=None)

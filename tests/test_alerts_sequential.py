@@ -23,7 +23,7 @@ def engine(**kw):
     # the sequential tests alone: the record outlier test (test_alerts_outliers.py) off, so each test's
     # share of the false-alarm budget is as the figures below assume
     base = dict(min_windows=8, warmup_windows=16, stats_windows=128, refresh_every=4, slow_terms=(),
-                cooldown_windows=0, resolve_windows=3, sequential_warmup=64, outlier_z=0)
+                cooldown_windows=0, resolve_windows=3, sequential_warmup=64, outlier_z=0, isolated_z=0)
     base.update(kw)
     return AlertEngine(AlertSettings(**base), CAL, "v7", window=W)
 
@@ -53,6 +53,7 @@ def test_siegmund_arl_matches_the_textbook_value_and_the_threshold_inverts_it():
 
 def test_thresholds_follow_the_false_alarm_budget():
     def plan(rate, **kw):
+        kw = {"sequential": ("level", "scale", "noise", "freq", "spike", "runs"), "isolated_z": 0, **kw}
         cfg = AlertSettings(false_alarms_per_hour=rate, **kw)
         return SeqPlan.build(cfg, Scoring.build(cfg, CAL, "v"), 256, None)
 
@@ -60,6 +61,9 @@ def test_thresholds_follow_the_false_alarm_budget():
     assert strict.h > loose.h and strict.spike_t > loose.spike_t and strict.gumbel_c > loose.gumbel_c
     # level±, scale±, noise+, freq±, run_scale-, run_noise+, spike; and the record outlier test's share
     assert plan(0.2).per_test_rate == pytest.approx(0.2 / 10)
+    # the defaults add the window score's calibration, the floor CUSUM and the isolated-sample test
+    default = AlertSettings()
+    assert SeqPlan.build(default, Scoring.build(default, CAL, "v"), 256, None).per_test_rate == pytest.approx(0.2 / 13)
     assert plan(0.2, outlier_z=7).per_test_rate == pytest.approx(0.2 / 11)
     assert sorted(plan(0.2).names) == sorted(("cusum_level+", "cusum_level-", "cusum_scale+", "cusum_scale-",
                                               "cusum_noise+", "cusum_freq+", "cusum_freq-", "run_scale-",

@@ -29,6 +29,8 @@ from pipeline.settings import AlertSettings
 
 STREAMS, BLOCKS, BLOCK, W, HOP = 8, 150, 64, 256, 128
 _SETTINGS = [AlertSettings()]  # main() may swap in --no-sequential
+# The sequential tests of the defaults before 2026-12-05 (no "score", no "floor", isolated_z 0).
+EARLIER_SEQUENTIAL = ("level", "scale", "noise", "freq", "spike", "runs")
 CAL = {"q50": 0.01, "q999": 0.1}
 
 
@@ -116,20 +118,23 @@ def main() -> None:
     ap.add_argument("--many", type=int, default=0, help="rounds of this many new one-window streams instead")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-sequential", action="store_true",
-                    help="the window score alone (alerts.sequential empty): what the sequential tests cost")
+                    help="the window score alone (alerts.sequential empty, isolated test off): what the tests cost")
     ap.add_argument("--outlier", action="store_true",
                     help="with the record outlier test (alerts.outlier_z 7; off by default): what it costs")
-    ap.add_argument("--isolated", action="store_true",
-                    help="with the isolated-sample test (alerts.isolated_z 5; off by default): what it costs")
-    ap.add_argument("--floor", action="store_true",
-                    help="with the noise-floor CUSUM (\"floor\" in alerts.sequential; off by default): what it costs")
-    ap.add_argument("--score", action="store_true",
-                    help="with the window score's per-stream calibration (\"score\" in alerts.sequential; off by default)")
+    ap.add_argument("--earlier", action="store_true",
+                    help="the alert profile before 2026-12-05: without the window score's calibration, the "
+                         "noise-floor CUSUM and the isolated-sample test; --score, --floor, --isolated add one back")
+    ap.add_argument("--isolated", action="store_true", help="with --earlier: the isolated-sample test (isolated_z 5)")
+    ap.add_argument("--floor", action="store_true", help="with --earlier: the noise-floor CUSUM (\"floor\")")
+    ap.add_argument("--score", action="store_true", help="with --earlier: the window score's calibration (\"score\")")
     a = ap.parse_args()
-    seq = () if a.no_sequential else (AlertSettings().sequential + (("floor",) if a.floor else ())
-                                      + (("score",) if a.score else ()))
-    _SETTINGS[0] = AlertSettings(sequential=seq, **({"outlier_z": 7.0} if a.outlier else {}),
-                                 **({"isolated_z": 5.0} if a.isolated else {}))
+    kw: dict = {"outlier_z": 7.0} if a.outlier else {}
+    if a.no_sequential:
+        kw.update(sequential=(), isolated_z=0.0)
+    elif a.earlier or a.isolated or a.floor or a.score:
+        kw.update(sequential=EARLIER_SEQUENTIAL + (("floor",) if a.floor else ()) + (("score",) if a.score else ()),
+                  isolated_z=5.0 if a.isolated else 0.0)
+    _SETTINGS[0] = AlertSettings(**kw)
     if a.many:
         many_streams(a.many, a.rounds)
         return
