@@ -240,8 +240,8 @@ class AlertEngine:
         """:meth:`_score` over the call, a round of :meth:`_rounds` at a time. When the call needs rounds,
         every stream's quiet prefix is taken first in one pass (:meth:`_score` with ``prefix``): windows
         scoring below ``raise_threshold`` are judged alike by any threshold a block could calibrate, so
-        that pass decides as the rounds would (as if the call were cut after each prefix), and only
-        the rest of the call goes round by round."""
+        that pass decides as the rounds would (as if the call were cut after each prefix; at most
+        ``PREFIX_RUN`` windows of a stream per pass), and only the rest goes round by round."""
         args = (window, ts, score, act, z, events, ev_win)
         data = (starts, errors, scales, features)
         if self._rounds(streams, lengths)[0] is None:
@@ -292,8 +292,9 @@ class AlertEngine:
                ev_win, prefix: bool = False) -> np.ndarray:
         """:meth:`update_batch` past the checks: group the windows by stream, run the quiet runs, then
         the scalar step for the rest; outputs into ``score``, ``act``, ``z``, ``events``, ``ev_win``.
-        ``prefix``: only each stream's windows up to its first scoring ``raise_threshold`` or more (no
-        scalar step); returns which windows were taken (call order)."""
+        ``prefix``: only each stream's quiet run, up to its first window scoring ``raise_threshold`` or
+        more (no scalar step; a new stream takes its first window, one not in a run none); returns
+        which windows were taken (call order)."""
         p = self._scoring
         k0 = len(ev_win)  # events of earlier rounds of the call are already in the caller's order
         vals, cols, finite, log_err = window_values(p, errors, scales, features, starts.size)
