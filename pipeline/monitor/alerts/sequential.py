@@ -63,8 +63,12 @@ behind, and a replay after a crash cuts them elsewhere). With ``score`` on, the 
 call a block at a time for the window score too (``AlertEngine._rounds``), whose paths read the
 calibrated threshold as it stood at the start of the block.
 
+A call spanning block ends where nothing is hot (the common case: a backlog read in micro-batches of
+hundreds of windows per stream) is had in one pass instead, with the same result
+(:mod:`pipeline.monitor.alerts.span`).
+
 Cost: per call and block, every stream's CUSUMs in closed form (:func:`~pipeline.monitor.alerts.cusum.lindley`); only streams where a test
-reaches its threshold or an alert of these tests is up step window by window (:class:`_Lockstep`).
+reaches its threshold or an alert of these tests is up step window by window (:class:`~pipeline.monitor.alerts.lockstep.Lockstep`).
 """
 
 from __future__ import annotations
@@ -74,12 +78,15 @@ from statistics import NormalDist
 
 import numpy as np
 
-from pipeline.monitor.alerts.cusum import U_MAX, cusum_threshold, ew_block, exact, lindley
-from pipeline.monitor.alerts.events import AlertEvent
+from pipeline.monitor.alerts.cusum import cusum_threshold
 from pipeline.monitor.alerts.isolated import isolated_tests
+from pipeline.monitor.alerts.lockstep import Lockstep
 from pipeline.monitor.alerts.outliers import outlier_tests
 from pipeline.monitor.alerts.scoring import Scoring
+from pipeline.monitor.alerts.seqcall import Call, estimates
 from pipeline.monitor.alerts.signruns import MAX_RUNS, SignRuns, run_cols
+from pipeline.monitor.alerts import span
+from pipeline.monitor.alerts.span import Span
 from pipeline.monitor.alerts.tail import ScoreTail, gumbel_c
 from pipeline.settings import AlertSettings
 
@@ -87,13 +94,6 @@ from pipeline.settings import AlertSettings
 SIDES = {"level": (1, -1), "scale": (1, -1), "noise": (1,), "freq": (1, -1), "floor": (1,)}
 MAX_TERMS = 5  # slot record sizes (slots.record_dtype): CUSUM terms, and sides (CUSUMs, then run tests)
 MAX_SIDES = 8 + MAX_RUNS
-# Smallest long-run sigma of a z sequence (a constant stream has none).
-_SIG_FLOOR = 0.05
-_ERR = 1  # the engine's column of the standardised error (scoring.Scoring.build)
-# The spike ratio is taken at most at exp(this) (a flat window's is 0 / 0).
-_V_MAX = 20.0
-# Bound of a term's z the estimates take in (a power of 2; :func:`exact`); the spike ratio's: cusum.U_MAX.
-_Z_MAX = 64.0
 # Default windows per hour when the caller does not say (1 kHz, hop 128).
 WINDOWS_PER_HOUR = 1000.0 / 128 * 3600
 
@@ -173,6 +173,7 @@ class SequentialTests:
     def __init__(self, plan: SeqPlan, closed_form: bool = True):
         self.plan = plan
         self.closed = closed_form  # False: every stream window by window (tests compare the two)
+        self.one_pass = True  # False: a call spanning block ends always block by block (tests compare)
         P = plan
         self.tail = ScoreTail(P.score_tail, P.p_win, P.tail_frac, P.raise_threshold, P.warmup, P.memory,
                               P.block) if P.score else None
@@ -187,7 +188,8 @@ class SequentialTests:
         The estimates move once per *block* of ``plan.block`` windows of a stream, counted from its
         first window, not once per call: the call is taken in rounds, round ``r`` holding each stream's
         windows of its ``r``-th block in the call, so a stream cut into calls of any size decides the
-        same (the worker's micro-batches grow when it falls behind)."""
+        same (the worker's micro-batches grow when it falls behind). Where nothing in such a call is hot,
+        the rounds' result is had in one pass instead (:meth:`_span`)."""
         N, U = starts.size, slots.size
         if N == 0:
             return np.zeros(0)
@@ -199,6 +201,10 @@ class SequentialTests:
         if not rnd.any():
             return self._block(tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
                                model_version, events, ev_win, score, (pos0 + n_u) // B > pos0 // B)
+        if self.closed and self.one_pass:  # one pass where nothing in the call is hot (span.py); else rounds
+            out = self._span(tab, slots, first, n_u, starts, z, spike, finite, engine_active, score, rnd, pos0)
+            if out is not None:
+                return out
         out = np.zeros(N)
         for r in range(int(rnd.max()) + 1):
             idx = np.flatnonzero(rnd == r)  # grouped by stream, in order: rnd does not fall within one
@@ -215,6 +221,65 @@ class SequentialTests:
             ev_win[k:] = idx[np.asarray(ev_win[k:], dtype=np.int64)].tolist()
         return out
 
+    def _span(self, tab, slots, first, n_u, starts, z, spike, finite, engine_active, score, rnd, pos0):
+        """:meth:`update` over a call spanning block ends in one pass (:mod:`pipeline.monitor.alerts.span`),
+        or None (nothing written) where a window is hot, an alert of these tests is up, or a window these
+        tests would take as quiet scores ``raise_threshold`` or more."""
+        P = self.plan
+        quiet = ~engine_active
+        if score is not None:
+            below = score < P.raise_threshold
+            if (finite & quiet & ~below).any():
+                return None
+            quiet = quiet & below
+        if tab.seq_active[slots].any():
+            return None
+        sp = Span(P, slots, first, n_u, rnd, pos0)
+        c = Call(P, tab, slots, first, n_u, z, spike, finite, self.runs, later=True)
+        groups, put = [], {}
+        if P.terms:
+            g, w = span.terms(sp, tab, c, quiet, finite)
+            groups.append(g)
+            put.update(w)
+        if P.spike:
+            groups.append(span.spike(sp, tab, c, quiet, finite))
+        if len(self.runs):
+            g, w = span.runs(sp, tab, self.runs, c.on, quiet & finite)
+            groups.append(g)
+            put.update(w)
+        inputs = len(groups)  # the groups the tests' inputs read; the tail's only learn
+        tail = self.tail is not None and score is not None
+        if tail:
+            g, w = span.tail(sp, tab, self.tail, score, finite, quiet & finite)
+            groups += g
+            put.update(w)
+        res = span.steps(groups, sp.closes)
+        est = estimates(tab, slots, sp.seg, len(P.terms), len(self.runs))
+        for g, r in zip(groups[:inputs], res[:inputs]):
+            est.update(span.per_window(sp, g, r))
+        c.inputs(est)
+        S, sp_ratio = c.closed_form(engine_active)
+        peak = S.max(axis=0) if S.size else np.zeros(starts.size)
+        if ((peak >= P.h) | (sp_ratio >= 1.0)).any():
+            return None
+        for g, r in zip(groups, res):
+            put.update(span.writes(g, r))
+        if tail:
+            put["seq_thr"] = span.threshold(sp, tab, self.tail, put)
+        for f, v in put.items():
+            col = getattr(tab, f)
+            if col.ndim == 1:
+                col[slots] = v
+            else:
+                col[slots, : v.shape[1]] = v
+        D = S.shape[0]
+        tab.seq_S[slots, :D] = S[:, first + n_u - 1].T
+        zero = c.last_zero(S, np.arange(slots.size), starts)
+        if zero is not None:
+            tab.seq_zero[slots, :D] = np.where(zero >= 0, zero, tab.seq_zero[slots, :D])
+        tab.seq_cool[slots] = np.maximum(tab.seq_cool[slots] - n_u, 0)
+        return np.minimum(np.maximum(peak / P.h, sp_ratio) * P.raise_threshold, P.cap)
+
     def _block(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
                model_version, events, ev_win, score, closes) -> np.ndarray:
         """:meth:`update` over windows that lie in one block of each stream; ``closes``: the streams whose
@@ -223,7 +288,7 @@ class SequentialTests:
         N, U = starts.size, slots.size
         if N == 0:
             return np.zeros(0)
-        c = _Call(P, tab, slots, first, n_u, z, spike, finite, self.runs)
+        c = Call(P, tab, slots, first, n_u, z, spike, finite, self.runs)
         S, sp = c.closed_form(engine_active)
         peak = S.max(axis=0) if S.size else np.zeros(N)
         hot_w = (peak >= P.h) | (sp >= 1.0)
@@ -242,156 +307,9 @@ class SequentialTests:
         out = np.minimum(np.maximum(peak / P.h, sp) * P.raise_threshold, P.cap)
         slow = np.flatnonzero(busy)
         if slow.size:
-            _Lockstep(P, tab, c, slots, ids, starts, window, ts, model_version).run(
+            Lockstep(P, tab, c, slots, ids, starts, window, ts, model_version).run(
                 slow, first, n_u, engine_active, out, quiet_w, events, ev_win)
         c.learn(quiet_w & finite, closes, self.runs)
         if self.tail is not None and score is not None:  # the window score's threshold (tail.py)
             self.tail.update(tab, slots, c.seg, first, n_u, score, finite, engine_active, closes)
         return out
-
-
-class _Call:
-    """One call's (one block's) per-window inputs of the tests, from the estimates at the start of the block."""
-
-    def __init__(self, P: SeqPlan, tab, slots, first, n_u, z, spike, finite, runs: SignRuns):
-        self.P, self.tab, self.slots, self.first, self.n_u = P, tab, slots, first, n_u
-        U, N = slots.size, int(n_u.sum())
-        self.seg = seg = np.repeat(np.arange(U), n_u)
-        self.pos = np.arange(N) - first[seg]
-        T = len(P.terms)
-        self.z = z[list(P.cols)] if T else np.zeros((0, N))
-        self.have = (self.z != 0.0) & finite[None, :]  # a term without statistics yet has z 0
-        if P.gate >= 0:  # noise rises count only as far as the standardised error agrees (as the residual's)
-            zn = self.z[P.gate]
-            self.z[P.gate] = np.where(zn > 0, np.minimum(zn, np.maximum(z[_ERR], 0.0)), zn)
-        n = tab.seq_n[slots, :T].T
-        mu, m2, c1 = (getattr(tab, f)[slots, :T].T for f in ("seq_mu", "seq_m2", "seq_c1"))
-        var = np.maximum(m2 - mu * mu, 0.0)
-        rho = np.clip((c1 - mu * mu) / np.maximum(var, 1e-12), 0.0, 0.95)
-        sig = np.maximum(np.sqrt(var * (1 + rho) / (1 - rho)), _SIG_FLOOR)
-        x = np.clip((self.z - mu[:, seg]) / sig[:, seg], -P.clip, P.clip)
-        ready = self.have & (n >= P.warmup)[:, seg]
-        self.inc = x[P.side_term] * P.side_sign[:, None] - P.k  # (D, N)
-        self.ready = ready[P.side_term]
-        if len(runs):  # the run tests: more sides, reset off their side (signruns.py)
-            self.on = runs.sides(z, finite)
-            r_inc, r_ready = runs.increments(tab, slots, self.seg, self.on, P.h)
-            self.inc, self.ready = np.concatenate((self.inc, r_inc)), np.concatenate((self.ready, r_ready))
-        self.sp = np.zeros(N)
-        self.v = np.exp(np.minimum(np.where(np.isfinite(spike), spike, 0.0), _V_MAX))
-        if P.spike:
-            un, umu, um2 = tab.seq_un[slots], tab.seq_umu[slots], tab.seq_um2[slots]
-            thr = np.maximum(P.spike_t, umu + P.gumbel_c * np.sqrt(np.maximum(um2 - umu * umu, 0.0)))
-            ok = (un >= P.warmup)[seg] & finite & np.isfinite(spike)
-            self.sp = np.where(ok, self.v / thr[seg], 0.0)
-
-    def closed_form(self, engine_active) -> tuple[np.ndarray, np.ndarray]:
-        """Every window's CUSUMs ``(D, N)`` without the cap (exact where none reaches ``h``) and spike
-        ratio ``(N,)``. A window where a side is not ready or a window-score alert is up resets it
-        to 0: it starts a new segment of the running minimum, whose segments are kept apart by
-        offsets larger than any range of ``C`` (each later segment lies wholly below the earlier)."""
-        D, N = self.inc.shape
-        if D == 0:
-            return np.zeros((0, N)), self.sp
-        U, L = self.slots.size, int(self.n_u.max())
-        live = self.ready & ~engine_active[None, :]
-        inc, rst = np.zeros((D, U, L)), np.zeros((D, U, L))
-        inc[:, self.seg, self.pos] = np.where(live, self.inc, 0.0)
-        rst[:, self.seg, self.pos] = ~live
-        S = lindley(inc, rst, self.tab.seq_S[self.slots, :D].T)[:, self.seg, self.pos]
-        return S, self.sp
-
-    def last_zero(self, S, streams, starts):
-        """Per side and stream of ``streams``: the start of its last window in the call at 0, or -1."""
-        if S.size == 0:
-            return None
-        idx = np.where(S == 0.0, np.arange(S.shape[1])[None, :], -1)
-        best = np.maximum.reduceat(idx, self.first, axis=1)[:, streams]  # each stream's windows are contiguous
-        return np.where(best >= 0, starts[np.maximum(best, 0)], -1).T
-
-    def learn(self, quiet, closes, runs: SignRuns) -> None:
-        """The call's quiet windows into the blocks' accumulators, and the estimates of the streams whose
-        block closes: the terms' z (and lag-1 products) where they have one, the spike ratio, the runs."""
-        P, tab, slots, seg = self.P, self.tab, self.slots, self.seg
-        if len(runs):
-            runs.learn(tab, slots, seg, self.first, self.n_u, self.on, quiet, closes)
-        T, U = len(P.terms), slots.size
-        B = P.block
-        if T:  # every term at once: row t of the (T, N) arrays is column t of the slot fields
-            Z = self.z
-            prev = np.concatenate((np.zeros((T, 1)), Z[:, :-1]), axis=1)
-            prev[:, self.first] = tab.seq_prev[slots, :T].T
-            vals = exact(Z, _Z_MAX, B), exact(Z * Z, _Z_MAX**2, B), exact(Z * prev, _Z_MAX**2, B)
-            ew_block(tab, slots, closes, seg, quiet[None, :] & self.have, vals,
-                     ("seq_n", "seq_mu", "seq_m2", "seq_c1"), ("seq_qn", "seq_q1", "seq_q2", "seq_qc"),
-                     memory=P.memory)
-            lastz = np.full((T, U), np.nan)
-            t_, h = np.nonzero(self.have)
-            lastz[t_, seg[h]] = Z[t_, h]  # the last window that has a z, per term and stream
-            tab.seq_prev[slots, :T] = np.where(np.isnan(lastz), tab.seq_prev[slots, :T].T, lastz).T
-        if P.spike:
-            v = np.minimum(self.v, U_MAX)
-            ew_block(tab, slots, closes, seg, quiet & (self.v > 0), (exact(v, U_MAX, B), exact(v * v, U_MAX**2, B)),
-                      ("seq_un", "seq_umu", "seq_um2"), ("seq_uqn", "seq_uq1", "seq_uq2"), memory=P.memory)
-
-
-class _Lockstep:
-    """The streams of a call with something to decide, one window index at a time: the capped CUSUMs
-    (reset where a side is not ready or a window-score alert is up), the spike test and the alerts."""
-
-    def __init__(self, P: SeqPlan, tab, call: _Call, slots, ids, starts, window, ts, model_version):
-        self.P, self.tab, self.c, self.slots, self.ids = P, tab, call, slots, ids
-        self.starts, self.window, self.ts, self.mv = starts, window, ts, model_version
-
-    def run(self, streams, first, n_u, engine_active, out, quiet, events, ev_win) -> None:
-        P, tab, c = self.P, self.tab, self.c
-        sl = self.slots[streams]
-        D = c.inc.shape[0]
-        S = tab.seq_S[sl, :D].T.copy()
-        zero = tab.seq_zero[sl, :D].T.copy()
-        act, cool, below = tab.seq_active[sl].copy(), tab.seq_cool[sl].copy(), tab.seq_below[sl].copy()
-        a0, a1, peak, det = (tab.seq_a_start[sl].copy(), tab.seq_a_end[sl].copy(), tab.seq_peak[sl].copy(),
-                             tab.seq_det[sl].copy())
-        for t in range(int(n_u[streams].max())):
-            live = np.flatnonzero(t < n_u[streams])
-            i = first[streams[live]] + t
-            st, eng = self.starts[i], engine_active[i]
-            S[:, live] = np.where(c.ready[:, i] & ~eng[None, :],
-                                  np.minimum(2 * P.h, np.maximum(0.0, S[:, live] + c.inc[:, i])), 0.0)
-            Sl = S[:, live]
-            zero[:, live] = np.where(Sl == 0.0, st[None, :], zero[:, live])
-            cu_hot = Sl >= P.h
-            sp_hot = c.sp[i] >= 1.0
-            hot = cu_hot.any(axis=0) | sp_hot
-            sc = np.minimum(np.maximum(Sl.max(axis=0, initial=0.0) / P.h, c.sp[i]) * P.raise_threshold, P.cap)
-            out[i] = sc
-            end = st + self.window
-            was = act[live]
-            rise = hot & ~was & (cool[live] == 0) & ~eng
-            cool[live] = np.maximum(cool[live] - 1, 0)
-            calm = (Sl < P.h / 2).all(axis=0) & ~sp_hot
-            below[live] = np.where(was & calm, below[live] + 1, 0)
-            a1[live] = np.where(was & hot, end, a1[live])
-            peak[live] = np.where(was, np.maximum(peak[live], sc), peak[live])
-            done = was & (below[live] >= P.resolve_windows)
-            for j in np.flatnonzero(rise | done):
-                u = live[j]
-                sid = self.ids[streams[u]]
-                if rise[j]:
-                    hot_d = np.flatnonzero(cu_hot[:, j])
-                    det[u] = hot_d[np.argmax(Sl[hot_d, j])] if hot_d.size else len(P.names) - 1
-                    a0[u] = int(zero[hot_d, u].min()) if hot_d.size else int(st[j])
-                    a1[u], peak[u] = end[j], sc[j]
-                    events.append(AlertEvent("raised", sid, int(a0[u]), int(end[j]), float(sc[j]), P.raise_threshold,
-                                             self.mv, self.ts, detector=P.names[int(det[u])]))
-                else:
-                    events.append(AlertEvent("resolved", sid, int(a0[u]), int(a1[u]), float(peak[u]),
-                                             P.raise_threshold / 2, self.mv, self.ts, detector=P.names[int(det[u])]))
-                    cool[u] = P.cooldown_windows
-                ev_win.append(int(i[j]))
-            act[live] = (was & ~done) | rise
-            below[live] = np.where(rise | done, 0, below[live])
-            quiet[i] &= ~hot & ~act[live]
-        tab.seq_S[sl, :D], tab.seq_zero[sl, :D] = S.T, zero.T
-        tab.seq_active[sl], tab.seq_cool[sl], tab.seq_below[sl] = act, cool, below
-        tab.seq_a_start[sl], tab.seq_a_end[sl], tab.seq_peak[sl], tab.seq_det[sl] = a0, a1, peak, det

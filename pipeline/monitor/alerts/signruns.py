@@ -78,14 +78,12 @@ class SignRuns:
         """``(R, N)``: each window on each test's side (a term without statistics yet has z 0: not)."""
         return (z[list(self.cols)] * self.signs[:, None] > 0.0) & finite[None, :]
 
-    def increments(self, tab, slots, seg, on, h: float) -> tuple[np.ndarray, np.ndarray]:
-        """Each window's increment ``h / L*`` and readiness ``(R, N)`` from the estimates at the start
-        of the block: ready where on its side and the stream's run history holds ``warmup`` windows."""
-        R = len(self.cols)
-        n = tab.seq_rn[slots, :R].T  # (R, U)
-        lim = run_limit(tab.seq_rc[slots, :R].T, tab.seq_re[slots, :R].T, np.minimum(n, self.memory), self.p)
-        inc = np.broadcast_to((h / lim)[:, seg], on.shape)
-        return inc, on & (n >= self.warmup)[:, seg]
+    def increments(self, n, c, e, on, h: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each window's increment ``h / L*`` and readiness ``(R, N)`` from its stream's estimates at the
+        start of its block (``n``, ``c``, ``e``: fields ``seq_rn``, ``seq_rc``, ``seq_re``, ``(R, N)``): ready
+        where on its side and the stream's run history holds ``warmup`` windows."""
+        lim = run_limit(c, e, np.minimum(n, self.memory), self.p)
+        return h / lim, on & (n >= self.warmup)
 
     def learn(self, tab, slots, seg, first, n_u, on, counted, closes) -> None:
         """Runs of the ``counted`` (quiet, finite) windows into the blocks' accumulators: a run is
