@@ -4,8 +4,9 @@
 output, log-normal errors and scales, and now and then (one 64-window block in ten) three windows
 with a 300x error: an alert raised and resolved. Fed either as the worker feeds it
 (``--api batch``: one ``AlertEngine.update_batch`` call per micro-batch of N windows, N/8 from each
-stream) or one call per stream and N windows (``--api update``, the only way before the batch entry
-point). Prints µs per window, process CPU time and wall time, min and median over the repeats, and
+stream; with ``--streams-per-call K``, N/K windows of each of K streams, groups in turn: a worker's
+backlog reaches the engine as 2 streams x 256 windows) or one call per stream and N windows
+(``--api update``, the only way before the batch entry point). Prints µs per window, process CPU time and wall time, min and median over the repeats, and
 the number of events (the decisions must not depend on the API or on N).
 
 ``--many K``: instead, rounds of K new stream ids with one window each (a 64-sample chunk flushed as
@@ -13,6 +14,7 @@ one padded window), micro-batches of 512; prints the time per round, the RSS per
 the RSS after the state timeout (Linux: reads /proc/self/statm).
 
     .venv/bin/python -m pipeline.tools.alert_eval.cost --api batch --n 256 --repeats 5
+    .venv/bin/python -m pipeline.tools.alert_eval.cost --api batch --n 512 --streams-per-call 2   # a backlog's calls
     .venv/bin/python -m pipeline.tools.alert_eval.cost --many 20000 --rounds 3
 """
 
@@ -51,14 +53,17 @@ def make_streams(seed: int = 0) -> list[tuple[np.ndarray, ...]]:
     return [tuple(np.concatenate([p[k] for p in ps]) for k in range(5)) for ps in parts]
 
 
-def run(streams, api: str, n: int) -> tuple[float, float, int]:
-    """(CPU seconds, wall seconds, events) of one pass over ``streams`` by a fresh engine."""
+def run(streams, api: str, n: int, per_call: int = 0) -> tuple[float, float, int]:
+    """(CPU seconds, wall seconds, events) of one pass over ``streams`` by a fresh engine. ``per_call``
+    (batch): streams per call, each call ``n / per_call`` windows of each, groups of streams in turn
+    (0: all of them)."""
     eng = AlertEngine(_SETTINGS[0], CAL, "v1")
     ids = [f"s{s}" for s in range(len(streams))]
     total = streams[0][0].size
     cpu = wall = 0.0
     events = 0
-    step = n if api == "update" else max(1, n // len(streams))
+    k = per_call or len(streams)
+    step = n if api == "update" else max(1, n // k)
     for a in range(0, total, step):
         sl = slice(a, a + step)
         if api == "update":
@@ -66,10 +71,7 @@ def run(streams, api: str, n: int) -> tuple[float, float, int]:
                                                             x[3][sl], x[4][sl])[0])
                      for sid, x in zip(ids, streams)]
         else:
-            cat = [np.concatenate([x[k][sl] for x in streams]) for k in range(5)]
-            lengths = [x[0][sl].size for x in streams]
-            calls = [lambda: eng.update_batch(ids, lengths, cat[0], W, cat[1], cat[2], now=1.0, windows=cat[3],
-                                              outputs=cat[4]).events]
+            calls = [_batch_call(eng, ids[g : g + k], streams[g : g + k], sl) for g in range(0, len(streams), k)]
         for call in calls:
             c0, t0 = time.process_time(), time.perf_counter()
             ev = call()
@@ -77,6 +79,13 @@ def run(streams, api: str, n: int) -> tuple[float, float, int]:
             wall += time.perf_counter() - t0
             events += len(ev)
     return cpu, wall, events
+
+
+def _batch_call(eng, ids, streams, sl):
+    cat = [np.concatenate([x[k][sl] for x in streams]) for k in range(5)]
+    lengths = [x[0][sl].size for x in streams]
+    return lambda: eng.update_batch(ids, lengths, cat[0], W, cat[1], cat[2], now=1.0, windows=cat[3],
+                                    outputs=cat[4]).events
 
 
 def _rss() -> int:
@@ -114,6 +123,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--api", choices=("batch", "update"), default="batch")
     ap.add_argument("--n", type=int, default=256, help="windows per call (batch: across the 8 streams)")
+    ap.add_argument("--streams-per-call", type=int, default=0,
+                    help="batch: each call holds N/K windows of K streams, groups in turn (a worker's backlog "
+                         "reaches it as 2 streams x 256 windows); default all 8")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--many", type=int, default=0, help="rounds of this many new one-window streams instead")
     ap.add_argument("--rounds", type=int, default=3)
@@ -140,11 +152,11 @@ def main() -> None:
         return
     streams = make_streams()
     windows = sum(x[0].size for x in streams)
-    events = run(streams, a.api, a.n)[2]  # warm-up
-    runs = [run(streams, a.api, a.n) for _ in range(a.repeats)]
+    events = run(streams, a.api, a.n, a.streams_per_call)[2]  # warm-up
+    runs = [run(streams, a.api, a.n, a.streams_per_call) for _ in range(a.repeats)]
     for name, k in (("cpu", 0), ("wall", 1)):
         us = [r[k] / windows * 1e6 for r in runs]
-        print(f"{a.api} n={a.n} {name}: us/window min {min(us):.2f} median {statistics.median(us):.2f} "
+        print(f"{a.api} n={a.n}{f' ({a.streams_per_call} streams per call)' if a.streams_per_call else ''} {name}: us/window min {min(us):.2f} median {statistics.median(us):.2f} "
               f"({' '.join(f'{u:.2f}' for u in us)})")
     print(f"{windows} windows, {events} events")
 
