@@ -103,3 +103,22 @@ def test_block_steps_equal_ew_block_block_by_block(data):
                  memory=memory)
     for got, want in ((n, tab.n), (m[0], tab.m1), (m[1], tab.m2), (an, tab.qn), (a[0], tab.q1), (a[1], tab.q2)):
         np.testing.assert_array_equal(got[:, 0], want)
+
+
+def test_profile_cost_tool_gives_every_profile_the_same_calls_each_pass():
+    # pipeline.tools.alert_eval.profiles: engines of every profile fed the same calls in alternation;
+    # each pass starts fresh engines, so their decisions repeat exactly; windows 300x off raise
+    from pipeline.tools.alert_eval.profiles import PROFILES, compare
+
+    rng = np.random.default_rng(2)
+    streams = []
+    for s in range(4):
+        win = rng.standard_normal((400, 1, W)).astype(np.float32)
+        err = np.exp(rng.normal(np.log(0.01), 0.3, 400))
+        err[300:303] *= 300.0
+        streams.append((128 * np.arange(400), err, np.exp(rng.normal(0.0, 0.05, 400)), win, 0.9 * win))
+    res = compare(streams, W, n=128, per_call=2, passes=2)
+    assert set(res[0]) == set(PROFILES)
+    assert {p: ev for p, (_, ev) in res[0].items()} == {p: ev for p, (_, ev) in res[1].items()}
+    assert all(us > 0 for r in res for us, _ in r.values())
+    assert res[0]["window score alone"][1] >= 4  # each stream's 300x windows raise
