@@ -58,12 +58,18 @@ class LegResult:
     stages: dict | None = None  # worker legs: stage -> {count, p50_ms, p99_ms}, latency phase
 
 
-def make_messages(streams: int, seconds: float, rate: float, chunk: int, seed: int = 0):
+def bench_signals(streams: int, seconds: float, rate: float, seed: int = 0) -> list[np.ndarray]:
+    """The bench's input signals: the families in turn, at 10 dB."""
     from models.signals.families import FAMILIES, add_noise, generate
 
     rng = np.random.default_rng(seed)
     n = int(seconds * rate)
-    sigs = [add_noise(generate(FAMILIES[i % len(FAMILIES)], n, rate, rng), 10.0, rng) for i in range(streams)]
+    return [add_noise(generate(FAMILIES[i % len(FAMILIES)], n, rate, rng), 10.0, rng) for i in range(streams)]
+
+
+def make_messages(streams: int, seconds: float, rate: float, chunk: int, seed: int = 0):
+    sigs = bench_signals(streams, seconds, rate, seed)
+    n = sigs[0].size
     out = []
     for start in range(0, n, chunk):  # interleave streams chunk by chunk, as live producers do
         for i, x in enumerate(sigs):

@@ -78,6 +78,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from pipeline.monitor.alerts import span
 from pipeline.monitor.alerts.cusum import cusum_threshold
 from pipeline.monitor.alerts.isolated import isolated_tests
 from pipeline.monitor.alerts.lockstep import Lockstep
@@ -85,8 +86,6 @@ from pipeline.monitor.alerts.outliers import outlier_tests
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.seqcall import Call, estimates
 from pipeline.monitor.alerts.signruns import MAX_RUNS, SignRuns, run_cols
-from pipeline.monitor.alerts import span
-from pipeline.monitor.alerts.span import Span
 from pipeline.monitor.alerts.tail import ScoreTail, gumbel_c
 from pipeline.settings import AlertSettings
 
@@ -234,7 +233,7 @@ class SequentialTests:
             quiet = quiet & below
         if tab.seq_active[slots].any():
             return None
-        sp = Span(P, slots, first, n_u, rnd, pos0)
+        sp = span.Span(P, slots, first, n_u, rnd, pos0)
         c = Call(P, tab, slots, first, n_u, z, spike, finite, self.runs, later=True)
         groups, put = [], {}
         if P.terms:
@@ -254,9 +253,11 @@ class SequentialTests:
             groups += g
             put.update(w)
         res = span.steps(groups, sp.closes)
-        est = estimates(tab, slots, sp.seg, len(P.terms), len(self.runs))
+        est = {}  # what the tests read; the slots as they stand only for parts without a group
         for g, r in zip(groups[:inputs], res[:inputs]):
             est.update(span.per_window(sp, g, r))
+        if not (P.terms and P.spike and len(self.runs)):
+            est = {**estimates(tab, slots, sp.seg, len(P.terms), len(self.runs)), **est}
         c.inputs(est)
         S, sp_ratio = c.closed_form(engine_active)
         peak = S.max(axis=0) if S.size else np.zeros(starts.size)

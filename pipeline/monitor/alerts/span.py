@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.monitor.alerts.cusum import U_MAX, ew_weight, exact, lindley
 from pipeline.monitor.alerts.seqcall import Z_MAX
 from pipeline.monitor.alerts.signruns import RUN_L0
-from pipeline.monitor.alerts.tail import TAIL_LEVELS, pot_threshold
+from pipeline.monitor.alerts.tail import TAIL_LEVELS, pot_sums, pot_threshold
 
 
 @dataclass
@@ -76,18 +76,18 @@ def steps(groups: list[Group], closes: np.ndarray):
     widths = [g.n0.shape[1] for g in groups]
     k = max(len(g.m0) for g in groups)
 
-    def cat(get, pad):
-        return np.concatenate([get(g) for g in groups], axis=-1) if groups else pad
+    def cat(get):
+        return np.concatenate([get(g) for g in groups], axis=-1)
 
     def means(g, which, i):
         xs = getattr(g, which)
         return xs[i] if i < len(xs) else np.zeros_like(xs[0], dtype=np.float64)
 
-    n, an = cat(lambda g: g.n0, None).astype(np.int64), cat(lambda g: g.an0, None).astype(np.int64)
-    m = [cat(lambda g, i=i: means(g, "m0", i), None).astype(np.float64) for i in range(k)]
-    acc = [cat(lambda g, i=i: means(g, "a0", i), None).astype(np.float64) for i in range(k)]
-    cnt = cat(lambda g: g.cnt, None)
-    sums = [cat(lambda g, i=i: means(g, "sums", i), None) for i in range(k)]
+    n, an = cat(lambda g: g.n0).astype(np.int64), cat(lambda g: g.an0).astype(np.int64)
+    m = [cat(lambda g, i=i: means(g, "m0", i)).astype(np.float64) for i in range(k)]
+    acc = [cat(lambda g, i=i: means(g, "a0", i)).astype(np.float64) for i in range(k)]
+    cnt = cat(lambda g: g.cnt)
+    sums = [cat(lambda g, i=i: means(g, "sums", i)) for i in range(k)]
     memory = np.concatenate([np.full(w, g.memory) for g, w in zip(groups, widths)])
     R = cnt.shape[0]
     at_n, at_m = np.empty((R,) + n.shape, np.int64), [np.empty((R,) + n.shape) for _ in range(k)]
@@ -231,22 +231,7 @@ def tail(sp: Span, tab, model, score, finite, q) -> tuple[list[Group], dict]:
     out = {"seq_tlast": sc[sp.first + sp.n_u - 1]}  # the POT's upcrossings read the window before
     prev = np.concatenate(([0.0], sc[:-1]))
     prev[sp.first] = tab.seq_tlast[slots]
-    qi = np.flatnonzero(q)
-    n = np.searchsorted(model.levels, sc[qi], side="left")
-    n_prev = np.searchsorted(model.levels, prev[qi], side="left")
-    base = sp.cell[qi] * (L + 1)
-    RU = R * U
-
-    def from_top(b, w=None):  # as ScoreTail._pot, per cell
-        h = np.bincount(base + b, weights=w, minlength=RU * (L + 1)).reshape(RU, L + 1)
-        return np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]
-
-    up = from_top(n)
-    crossing = n > n_prev
-    c_hi = np.bincount(base[crossing] + n[crossing], minlength=RU * (L + 1)).reshape(RU, L + 1)
-    c_lo = np.bincount(base[crossing] + n_prev[crossing], minlength=RU * (L + 1)).reshape(RU, L + 1)
-    adds = [up.astype(np.int32), np.cumsum(c_lo - c_hi, axis=1)[:, :L].astype(np.int32),
-            from_top(n, sc[qi]) - model.levels[None, :] * up]
+    adds = pot_sums(model.levels, sc, prev, q, sp.cell, R * U)  # per cell, as ScoreTail._pot per stream
     levels = Group((None, "seq_tx", "seq_tc", "seq_te"), (None, "seq_tqx", "seq_tqc", "seq_tqe"), L,  # counts: g's
                    np.repeat(g.n0, L, axis=1), [getattr(tab, f)[slots] for f in ("seq_tx", "seq_tc", "seq_te")],
                    np.repeat(g.an0, L, axis=1), [getattr(tab, f)[slots] for f in ("seq_tqx", "seq_tqc", "seq_tqe")],

@@ -65,6 +65,31 @@ def pot_threshold(levels, above, cross, excess, tail_frac: float, p: float) -> n
     return levels[j] + np.where((a > 0) & (c > p), beta * np.log(np.maximum(c, p) / p), 0.0)
 
 
+def pot_sums(levels, sc, prev, q, key, groups: int):
+    """Per group (``key`` of each window, ``groups`` of them) and level ``(groups, L)``: the quiet windows
+    ``q`` whose score ``sc`` exceeds the level, those that cross it upwards (``prev``: the window before
+    was not above; both int32), and the sum of their excesses over it. Per quiet window the levels below
+    its score (it exceeds levels 0 .. n - 1) and below the window before it (it crosses levels n_prev ..
+    n - 1): per group histograms of those counts, summed from the top, give each level's sums in
+    O(windows) instead of O(windows x levels); every sum exact on the grid, as summed level by level."""
+    L = levels.size
+    qi = np.flatnonzero(q)
+    n = np.searchsorted(levels, sc[qi], side="left")  # levels strictly below the score
+    n_prev = np.searchsorted(levels, prev[qi], side="left")
+    base = key[qi] * (L + 1)
+
+    def from_top(b, w=None):  # (groups, L): per level j, the sum of w over the windows with b > j
+        h = np.bincount(base + b, weights=w, minlength=groups * (L + 1)).reshape(groups, L + 1)
+        return np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]
+
+    up = from_top(n)
+    crossing = n > n_prev  # level j is crossed where n_prev <= j < n: +1 at n_prev, -1 at n, summed up
+    c_hi = np.bincount(base[crossing] + n[crossing], minlength=groups * (L + 1)).reshape(groups, L + 1)
+    c_lo = np.bincount(base[crossing] + n_prev[crossing], minlength=groups * (L + 1)).reshape(groups, L + 1)
+    return (up.astype(np.int32), np.cumsum(c_lo - c_hi, axis=1)[:, :L].astype(np.int32),
+            from_top(n, sc[qi]) - levels[None, :] * up)
+
+
 class ScoreTail:
     """Folds each call's quiet window scores into the streams' tail estimates and sets, where a
     stream's block closes, its calibrated raise threshold (``seq_thr``)."""
@@ -114,26 +139,10 @@ class ScoreTail:
         prev = np.concatenate(([0.0], sc[:-1]))
         prev[first] = tab.seq_tlast[slots]
         tab.seq_tlast[slots] = sc[first + n_u - 1]
-        # Per quiet window the levels below its score (it exceeds levels 0 .. n - 1) and below the window
-        # before it (it crosses levels n_prev .. n - 1): per stream histograms of those counts, summed
-        # from the top, give each level's exceedances, upcrossings and sum of scores above it, in
-        # O(windows) instead of O(windows x levels); every sum exact on the grid, as summed level by level.
-        qi = np.flatnonzero(q)
-        n = np.searchsorted(self.levels, sc[qi], side="left")  # levels strictly below the score
-        n_prev = np.searchsorted(self.levels, prev[qi], side="left")
-        base = seg[qi] * (L + 1)
-
-        def from_top(b, w=None):  # (U, L): per level j, the sum of w over the windows with b > j
-            h = np.bincount(base + b, weights=w, minlength=U * (L + 1)).reshape(U, L + 1)
-            return np.cumsum(h[:, ::-1], axis=1)[:, ::-1][:, 1:]
-
-        up = from_top(n)
-        tab.seq_tqx[slots] += up.astype(np.int32)
-        crossing = n > n_prev  # level j is crossed where n_prev <= j < n: +1 at n_prev, -1 at n, summed up
-        c_hi = np.bincount(base[crossing] + n[crossing], minlength=U * (L + 1)).reshape(U, L + 1)
-        c_lo = np.bincount(base[crossing] + n_prev[crossing], minlength=U * (L + 1)).reshape(U, L + 1)
-        tab.seq_tqc[slots] += np.cumsum(c_lo - c_hi, axis=1)[:, :L].astype(np.int32)
-        tab.seq_tqe[slots] += from_top(n, sc[qi]) - self.levels[None, :] * up
+        above, cross, excess = pot_sums(self.levels, sc, prev, q, seg, U)
+        tab.seq_tqx[slots] += above
+        tab.seq_tqc[slots] += cross
+        tab.seq_tqe[slots] += excess
         c = np.flatnonzero(closes)
         if c.size == 0:
             return

@@ -6,8 +6,8 @@ with a 300x error: an alert raised and resolved. Fed either as the worker feeds 
 (``--api batch``: one ``AlertEngine.update_batch`` call per micro-batch of N windows, N/8 from each
 stream; with ``--streams-per-call K``, N/K windows of each of K streams, groups in turn: a worker's
 backlog reaches the engine as 2 streams x 256 windows) or one call per stream and N windows
-(``--api update``, the only way before the batch entry point). Prints µs per window, process CPU time and wall time, min and median over the repeats, and
-the number of events (the decisions must not depend on the API or on N).
+(``--api update``, the only way before the batch entry point). Prints µs per window, process CPU
+time and wall time, min and median over the repeats, and the number of events (the decisions must not depend on the API or on N).
 
 ``--many K``: instead, rounds of K new stream ids with one window each (a 64-sample chunk flushed as
 one padded window), micro-batches of 512; prints the time per round, the RSS per tracked stream and

@@ -35,16 +35,14 @@ STREAMS, RATE = 8, 1000.0
 def bench_windows(registry: Path, seconds: float):
     """Per stream of the bench's input: starts, errors, scales, windows and the model's outputs; and
     the model's window size."""
-    from models.signals.families import FAMILIES, add_noise, generate
     from pipeline.inference.engine import InferenceEngine
+    from pipeline.tools.bench import bench_signals
 
     eng = InferenceEngine.from_source(registry, device="cpu")
     W, hop = eng.window, eng.hop
-    rng = np.random.default_rng(0)  # as pipeline.tools.bench.make_messages
-    n = int(seconds * RATE)
     out = []
-    for i in range(STREAMS):
-        x = add_noise(generate(FAMILIES[i % len(FAMILIES)], n, RATE, rng), 10.0, rng)
+    for x in bench_signals(STREAMS, seconds, RATE):
+        n = x.size
         idx = hop * np.arange((n - W) // hop + 1)[:, None] + np.arange(W)[None, :]
         win = x[idx].astype(np.float32)[:, None, :]
         r = eng.infer(win)
