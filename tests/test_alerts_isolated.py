@@ -164,3 +164,18 @@ def test_a_large_offset_does_not_change_the_feature():
     z0 = isolated_features(x.astype(np.float32), H)[FEATURE]
     z1 = isolated_features((x + 1e5).astype(np.float32), H)[FEATURE]
     np.testing.assert_allclose(z1, z0, rtol=0.02)
+
+
+def test_the_feature_does_not_depend_on_the_units_even_where_float32_squares_would_overflow():
+    # z is scale-free; at 1e25 the float32 squares overflow, and the batch is taken in float64
+    # (a nan in another window of the batch must not hide that)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((16, 2, W))
+    x[3, 1, 50] += 12.0
+    z0 = isolated_features(x.astype(np.float32), H)[FEATURE]
+    for scale in (1e-20, 1e25):
+        y = (x * scale).astype(np.float32)
+        y[7, 0, 40] = np.nan
+        z1 = isolated_features(y, H)[FEATURE]
+        assert np.isnan(z1[7]) and np.isfinite(np.delete(z1, 7)).all()
+        np.testing.assert_allclose(np.delete(z1, 7), np.delete(z0, 7), rtol=1e-4)

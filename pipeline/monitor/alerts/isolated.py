@@ -1,6 +1,6 @@
 """The isolated-sample test: one sample that leaves its neighbours (pure numpy).
 
-Off by default (``alerts.isolated_z`` 0). docs/alerts.md, "Isolated-sample test".
+On by default (``alerts.isolated_z`` 5; 0 turns it off). docs/alerts.md, "Isolated-sample test".
 
 The window score and the residual spike test judge a sample against the model's reconstruction, and
 where the model misfits the stream's own impulsive events (knocks on a structure, clicks) by more than
@@ -30,10 +30,11 @@ quiet windows' Gumbel quantile at this test's share of ``false_alarms_per_hour``
 the raised range the tested samples). The test votes after
 ``min_windows`` windows of the stream.
 
-Cost: a few array passes over each window's new samples (:func:`isolated_features`; the neighbour
-moments in float64 about the stretch's middle sample, so a large offset keeps its noise-level
-digits), then the calibration's per-call work: the engine +2.3 µs per window at 256 windows per
-call, +6 at 40 (docs/alerts.md).
+Cost: a few float32 array passes over each window's new samples (:func:`isolated_features`, in units
+of the stretch's robust scale and about its middle sample, so neither the units nor a large offset
+cost the noise its digits; float64 only where float32 squares could overflow): ~2.2 µs per window at
+512 windows per call, the calibration's per-call work ~0.7 (docs/bench.md, "The isolated-sample
+features in float32").
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ DETECTOR = "isolated"
 K = 4  # neighbours on each side (_neighbour_sums assumes 4)
 STATE_FIELDS = FIELDS
 _MED_ABS_DIFF = 0.6744897501960817 * 2 ** 0.5  # median of |N(0, 2)|: |first difference| of unit white noise
-_TINY = 1e-30  # a stretch without spread scores 0, not 0 / 0
+_F32_SAFE = 1e17  # |u| below which the float32 sums of (2K)^2 squares stay finite
 
 
 def samples_tested(window: int, hop: int) -> int:
@@ -70,18 +71,28 @@ def isolated_features(windows: np.ndarray, hop: int) -> dict[str, np.ndarray]:
     s = x[:, :, w - t - 2 * K :].astype(np.float32, copy=False)
     d = np.abs(s[:, :, 1:] - s[:, :, :-1])
     h = (d.shape[2] - 1) // 2
-    f = np.partition(d, h, axis=2)[:, :, h : h + 1] * np.float32(1.0 / _MED_ABS_DIFF)
-    # the moments in float64 about the stretch's middle sample: a large offset (ADC counts, pascals)
-    # would cost float32 sums of squares their noise-level digits
-    dev = (s - s[:, :, K + t // 2, None]).astype(np.float64)
-    s1, s2 = _neighbour_sums(dev, t), _neighbour_sums(dev * dev, t)
-    m = s1 * (1.0 / (2 * K))
-    v = np.maximum(s2 * (1.0 / (2 * K)) - m * m, 0.0)
-    mid = dev[:, :, K : K + t]
-    with np.errstate(invalid="ignore", over="ignore"):
-        z = np.abs(mid - m) / np.sqrt(v + f * f + _TINY)
-        z *= f > 0  # at rest (most steps 0): not tested (nan stays nan)
-        return {FEATURE: z.reshape(n, c * t).max(axis=1).astype(np.float64)}
+    f = np.partition(d, h, axis=2)[:, :, h]  # (N, C): the robust noise scale times _MED_ABS_DIFF
+    # in units of f (z is scale-free), about the stretch's middle sample: a large offset (ADC counts,
+    # pascals) would cost sums of squares about zero their noise-level digits; the difference of two
+    # float32 samples is exact where they are within a factor 2 of each other (an offset over the noise)
+    rest = f > 0  # a channel at rest (most steps 0) is not tested
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        u = (s - s[:, :, K + t // 2, None]) * np.where(rest, 1 / f, 0)[:, :, None]
+        if (np.abs(u) >= _F32_SAFE).any():  # float32 squares would overflow (a nan compares false)
+            u = (s - s[:, :, K + t // 2, None]).astype(np.float64) * np.where(rest, 1 / f.astype(np.float64), 0)[:, :, None]
+        one = u.dtype.type
+        s1 = _neighbour_sums(u, t)
+        s2 = _neighbour_sums(u * u, t)
+        # z_t^2 = (2K (u_t - m))^2 / ((2K)^2 v + (2K / _MED_ABS_DIFF)^2): no square root, absolute
+        # value or 0 / 0 per sample
+        a = u[:, :, K : K + t] * one(2 * K) - s1
+        a *= a
+        den = s2 * one(2 * K)
+        den -= s1 * s1
+        np.maximum(den, 0, out=den)
+        den += one((2 * K / _MED_ABS_DIFF) ** 2)
+        a /= den
+        return {FEATURE: np.sqrt(a.max(axis=(1, 2)).astype(np.float64))}  # a channel at rest: u 0, z 0
 
 
 def _neighbour_sums(a: np.ndarray, t: int) -> np.ndarray:
