@@ -275,6 +275,10 @@ class StageTimes:
     def count(self, stage: str) -> int:
         return int(self._children[stage].snapshot()[0][-1])
 
+    def total(self, stage: str) -> float:
+        """Seconds observed in ``stage`` so far (the histogram's ``_sum``)."""
+        return float(self._children[stage].snapshot()[1])
+
     def quantiles(self) -> dict[str, dict[str, float]]:
         """Per stage kept: ``{"count", "p50_ms", "p99_ms"}`` over the values kept (NaN when none)."""
         out = {}

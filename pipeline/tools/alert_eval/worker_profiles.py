@@ -1,0 +1,126 @@
+"""The worker's throughput per alert profile, the profiles alternated in one process (docs/bench.md,
+"Where the profile's cost goes in the worker").
+
+``dae bench``'s leg (b), throughput phase only: the bench's input (8 streams of the signal families at
+10 dB, 1 kHz, ``--seconds`` each, chunks of 512 samples) produced as a backlog to a fresh topic, then a
+worker with the registry's current model reads it all, once per profile and pair, the order of the
+profiles reversed every other pair so that a machine whose speed wanders between minutes weighs on
+each alike. A full ``dae bench`` takes ~3.5 minutes per run and its legs' figures wander by ±20 %
+between runs; here a run of 1000 s of input takes ~10 s, so many alternated pairs fit in minutes.
+
+Per run: samples/s from the first record polled to the last output acknowledged (as ``dae bench``),
+and the worker's own stage totals (``dae_stage_seconds``) per window: ``score`` is the alert engine
+and the drift monitor, ``forward`` the model. Summary: each profile's mean and median, and the ratio
+of the means to the first profile.
+
+    .venv/bin/python -m pipeline.tools.alert_eval.worker_profiles --registry /tmp/hard-reg \\
+        --bootstrap 127.0.0.1:29092 --seconds 1000 --pairs 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.settings import Settings
+from pipeline.tools.alert_eval.profiles import PROFILES
+
+RATE, STREAMS, CHUNK = 1000.0, 8, 512
+STAGES = ("score", "forward", "encode", "ack")
+
+
+@dataclass
+class Run:
+    profile: str
+    samples_per_s: float
+    us_per_window: dict[str, float]  # the worker's stage totals per window
+
+
+def run_once(s: Settings, messages, samples: int) -> tuple[float, dict[str, float]]:
+    """Leg (b)'s throughput phase on a fresh topic: samples/s and the stage totals (s)."""
+    from pipeline.kafka.clients import ensure_topics
+    from pipeline.tools.bench import WorkerLeg, _produce
+
+    topic = f"dae.profiles.{uuid.uuid4().hex[:8]}"
+    ensure_topics(s.kafka, [topic])
+    _produce(s.kafka, topic, messages, None)
+    leg = WorkerLeg(s, topic, samples, STREAMS)
+    t0, deadline = None, time.monotonic() + 600
+    try:
+        while not leg.done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker did not finish {samples} samples in 600 s")
+            if leg.pump() and t0 is None:
+                t0 = leg.first_records or time.perf_counter()
+        secs = time.perf_counter() - t0
+        totals = {st: leg.w.metrics.stages.total(st) for st in STAGES}
+    finally:
+        leg.close()
+    return samples / secs, totals
+
+
+def compare(base: Settings, profiles: list[str], seconds: float, pairs: int, say=print) -> list[Run]:
+    """``pairs`` rounds of one run per profile, alternating the order."""
+    from pipeline.tools.bench import make_messages
+
+    messages, samples = make_messages(STREAMS, seconds, RATE, CHUNK)
+    windows = None
+    runs: list[Run] = []
+    for p in range(pairs):
+        for name in (profiles if p % 2 == 0 else profiles[::-1]):
+            s = base.model_copy(update={"alerts": base.alerts.model_copy(update=PROFILES[name])})
+            if windows is None:
+                from pipeline.inference.engine import InferenceEngine
+
+                hop = InferenceEngine.from_source(s.model.registry, s.model.version, device="cpu").hop
+                windows = samples / hop
+            rate, totals = run_once(s, messages, samples)
+            r = Run(name, rate, {st: v / windows * 1e6 for st, v in totals.items()})
+            runs.append(r)
+            say(f"pair {p + 1} {name}: {rate / 1e6:.3f} M samples/s; per window, us: "
+                + ", ".join(f"{st} {v:.2f}" for st, v in r.us_per_window.items()))
+    return runs
+
+
+def summary(runs: list[Run], profiles: list[str]) -> list[str]:
+    rates = {p: np.array([r.samples_per_s for r in runs if r.profile == p]) for p in profiles}
+    lines = []
+    for p in profiles:
+        stage = {st: np.mean([r.us_per_window[st] for r in runs if r.profile == p]) for st in STAGES}
+        lines.append(f"{p}: mean {rates[p].mean() / 1e6:.3f} M samples/s, median {np.median(rates[p]) / 1e6:.3f}, "
+                     f"{rates[p].mean() / rates[profiles[0]].mean():.3f} of the first profile; per window, us: "
+                     + ", ".join(f"{st} {v:.2f}" for st, v in stage.items()))
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--registry", type=Path, required=True, help="model registry (its current model)")
+    ap.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the settings')")
+    ap.add_argument("--seconds", type=float, default=1000.0, help="signal per stream")
+    ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--profiles", default="window score alone,defaults",
+                    help=f"comma-separated, of: {', '.join(PROFILES)}")
+    ap.add_argument("--max-batch", type=int, default=None, help="batch.max_batch (default: the settings')")
+    a = ap.parse_args()
+    profiles = [p.strip() for p in a.profiles.split(",")]
+    unknown = [p for p in profiles if p not in PROFILES]
+    if unknown:
+        ap.error(f"unknown profile(s) {unknown}; known: {list(PROFILES)}")
+    base = Settings()
+    update = {"model": base.model.model_copy(update={"registry": a.registry, "device": "cpu"})}
+    if a.bootstrap:
+        update["kafka"] = base.kafka.model_copy(update={"bootstrap_servers": a.bootstrap})
+    if a.max_batch:
+        update["batch"] = base.batch.model_copy(update={"max_batch": a.max_batch})
+    runs = compare(base.model_copy(update=update), profiles, a.seconds, a.pairs)
+    print("\n".join(summary(runs, profiles)))
+
+
+if __name__ == "__main__":
+    main()

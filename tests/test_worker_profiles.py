@@ -1,0 +1,26 @@
+"""pipeline/tools/alert_eval/worker_profiles.py on the real broker: every run reads the whole backlog,
+the profiles alternate, and the stage totals it reports are the worker's own."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.settings import Settings
+from pipeline.tools.alert_eval import worker_profiles as wp
+
+pytestmark = pytest.mark.kafka
+
+
+def test_each_profile_reads_the_whole_backlog_in_alternating_order(kafka_bootstrap, model_registry):
+    base = Settings(_env_file=None, kafka={"bootstrap_servers": kafka_bootstrap},
+                    model={"registry": model_registry, "device": "cpu"}, metrics={"enabled": False})
+    said: list[str] = []
+    profiles = ["window score alone", "defaults"]
+    runs = wp.compare(base, profiles, seconds=3.0, pairs=2, say=said.append)
+    assert [r.profile for r in runs] == profiles + profiles[::-1]
+    for r in runs:
+        assert r.samples_per_s > 0
+        # the model ran on every window and the alert engine scored them (a stage left out would read 0)
+        assert r.us_per_window["forward"] > 0 and r.us_per_window["score"] > 0
+    lines = wp.summary(runs, profiles)
+    assert len(said) == 4 and len(lines) == 2 and "1.000 of the first profile" in lines[0]
