@@ -76,10 +76,14 @@ def isolated_features(windows: np.ndarray, hop: int) -> dict[str, np.ndarray]:
     # pascals) would cost sums of squares about zero their noise-level digits; the difference of two
     # float32 samples is exact where they are within a factor 2 of each other (an offset over the noise)
     rest = f > 0  # a channel at rest (most steps 0) is not tested
+    def scaled(dtype):
+        dev = (s - s[:, :, K + t // 2, None]).astype(dtype, copy=False)
+        return dev * np.where(rest, 1 / f.astype(dtype, copy=False), 0)[:, :, None]
+
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        u = (s - s[:, :, K + t // 2, None]) * np.where(rest, 1 / f, 0)[:, :, None]
+        u = scaled(np.float32)
         if (np.abs(u) >= _F32_SAFE).any():  # float32 squares would overflow (a nan compares false)
-            u = (s - s[:, :, K + t // 2, None]).astype(np.float64) * np.where(rest, 1 / f.astype(np.float64), 0)[:, :, None]
+            u = scaled(np.float64)
         one = u.dtype.type
         s1 = _neighbour_sums(u, t)
         s2 = _neighbour_sums(u * u, t)
