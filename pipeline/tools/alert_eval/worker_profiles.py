@@ -39,10 +39,11 @@ class Run:
     profile: str
     samples_per_s: float
     us_per_window: dict[str, float]  # the worker's stage totals per window
+    batches: int  # micro-batches through the model
 
 
-def run_once(s: Settings, messages, samples: int) -> tuple[float, dict[str, float]]:
-    """Leg (b)'s throughput phase on a fresh topic: samples/s and the stage totals (s)."""
+def run_once(s: Settings, messages, samples: int) -> tuple[float, dict[str, float], int]:
+    """Leg (b)'s throughput phase on a fresh topic: samples/s, the stage totals (s) and the batches."""
     from pipeline.kafka.clients import ensure_topics
     from pipeline.tools.bench import WorkerLeg, _produce
 
@@ -59,35 +60,46 @@ def run_once(s: Settings, messages, samples: int) -> tuple[float, dict[str, floa
                 t0 = leg.first_records or time.perf_counter()
         secs = time.perf_counter() - t0
         totals = {st: leg.w.metrics.stages.total(st) for st in STAGES}
+        batches = leg.w.metrics.stages.count("forward")
     finally:
         leg.close()
-    return samples / secs, totals
+    return samples / secs, totals, batches
 
 
-def compare(base: Settings, profiles: list[str], seconds: float, pairs: int, say=print) -> list[Run]:
-    """``pairs`` rounds of one run per profile, alternating the order."""
+def label(profile: str, max_batch: int | None) -> str:
+    return profile if max_batch is None else f"{profile}, max_batch {max_batch}"
+
+
+def compare(base: Settings, profiles: list[str], seconds: float, pairs: int, say=print,
+            max_batches: list[int | None] | None = None) -> list[Run]:
+    """``pairs`` rounds of one run per profile and ``max_batches`` value (default: the settings'),
+    alternating the order."""
     from pipeline.tools.bench import make_messages
 
     messages, samples = make_messages(STREAMS, seconds, RATE, CHUNK)
     windows = None
     runs: list[Run] = []
+    configs = [(name, mb) for mb in (max_batches or [None]) for name in profiles]
     for p in range(pairs):
-        for name in (profiles if p % 2 == 0 else profiles[::-1]):
+        for name, mb in (configs if p % 2 == 0 else configs[::-1]):
             s = base.model_copy(update={"alerts": base.alerts.model_copy(update=PROFILES[name])})
+            if mb is not None:
+                s = s.model_copy(update={"batch": s.batch.model_copy(update={"max_batch": mb})})
             if windows is None:
                 from pipeline.inference.engine import InferenceEngine
 
                 hop = InferenceEngine.from_source(s.model.registry, s.model.version, device="cpu").hop
                 windows = samples / hop
-            rate, totals = run_once(s, messages, samples)
-            r = Run(name, rate, {st: v / windows * 1e6 for st, v in totals.items()})
+            rate, totals, batches = run_once(s, messages, samples)
+            r = Run(label(name, mb), rate, {st: v / windows * 1e6 for st, v in totals.items()}, batches)
             runs.append(r)
-            say(f"pair {p + 1} {name}: {rate / 1e6:.3f} M samples/s; per window, us: "
+            say(f"pair {p + 1} {r.profile}: {rate / 1e6:.3f} M samples/s, {batches} batches; per window, us: "
                 + ", ".join(f"{st} {v:.2f}" for st, v in r.us_per_window.items()))
     return runs
 
 
 def summary(runs: list[Run], profiles: list[str]) -> list[str]:
+    """Per configuration label (``profiles``, in order): its rates and stage means, against the first."""
     rates = {p: np.array([r.samples_per_s for r in runs if r.profile == p]) for p in profiles}
     lines = []
     for p in profiles:
@@ -106,7 +118,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--profiles", default="window score alone,defaults",
                     help=f"comma-separated, of: {', '.join(PROFILES)}")
-    ap.add_argument("--max-batch", type=int, default=None, help="batch.max_batch (default: the settings')")
+    ap.add_argument("--max-batch", default=None,
+                    help="batch.max_batch, or several comma-separated, each run with every profile (default: the settings')")
     a = ap.parse_args()
     profiles = [p.strip() for p in a.profiles.split(",")]
     unknown = [p for p in profiles if p not in PROFILES]
@@ -116,10 +129,9 @@ def main() -> None:
     update = {"model": base.model.model_copy(update={"registry": a.registry, "device": "cpu"})}
     if a.bootstrap:
         update["kafka"] = base.kafka.model_copy(update={"bootstrap_servers": a.bootstrap})
-    if a.max_batch:
-        update["batch"] = base.batch.model_copy(update={"max_batch": a.max_batch})
-    runs = compare(base.model_copy(update=update), profiles, a.seconds, a.pairs)
-    print("\n".join(summary(runs, profiles)))
+    batches = [int(b) for b in a.max_batch.split(",")] if a.max_batch else [None]
+    runs = compare(base.model_copy(update=update), profiles, a.seconds, a.pairs, max_batches=batches)
+    print("\n".join(summary(runs, [label(p, mb) for mb in batches for p in profiles])))
 
 
 if __name__ == "__main__":
