@@ -239,9 +239,10 @@ class NaiveLoop:
         self.p.close()
 
 
-def _run_leg(make, s: Settings, messages, samples: int, live_rate: float) -> LegResult:
-    nbytes = sum(len(v) for _, v, _ in messages)
-    # Throughput: backlog first, then consume it.
+def backlog_phase(make, s: Settings, messages):
+    """The throughput phase: ``messages`` produced as a backlog to a fresh topic, then ``make(topic)``'s
+    leg pumped until it is done (at most 600 s). Returns the leg, still open, and the seconds from the
+    first poll that returned records (the group join excluded) to the end."""
     topic = f"dae.bench.{uuid.uuid4().hex[:8]}"
     ensure_topics(s.kafka, [topic])
     _produce(s.kafka, topic, messages, None)
@@ -249,12 +250,16 @@ def _run_leg(make, s: Settings, messages, samples: int, live_rate: float) -> Leg
     t0 = None
     deadline = time.monotonic() + 600
     while not leg.done() and time.monotonic() < deadline:
-        # The clock starts when a poll first returns records (the group join is excluded).
         if leg.pump() and t0 is None:
             t0 = leg.first_records or time.perf_counter()
     if isinstance(leg, WorkerLeg):
         leg.settle()
-    secs = time.perf_counter() - t0
+    return leg, time.perf_counter() - t0
+
+
+def _run_leg(make, s: Settings, messages, samples: int, live_rate: float) -> LegResult:
+    nbytes = sum(len(v) for _, v, _ in messages)
+    leg, secs = backlog_phase(make, s, messages)  # throughput: backlog first, then consume it
     done = getattr(leg, "samples_done", samples)  # the naive loop may stop early (NAIVE_MAX_S)
     name = leg.name
     leg.close()

@@ -76,6 +76,7 @@ def isolated_features(windows: np.ndarray, hop: int) -> dict[str, np.ndarray]:
     # pascals) would cost sums of squares about zero their noise-level digits; the difference of two
     # float32 samples is exact where they are within a factor 2 of each other (an offset over the noise)
     rest = f > 0  # a channel at rest (most steps 0) is not tested
+
     def scaled(dtype):
         dev = (s - s[:, :, K + t // 2, None]).astype(dtype, copy=False)
         return dev * np.where(rest, 1 / f.astype(dtype, copy=False), 0)[:, :, None]

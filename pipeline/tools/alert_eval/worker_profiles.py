@@ -20,8 +20,6 @@ of the means to the first profile.
 from __future__ import annotations
 
 import argparse
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,28 +40,21 @@ class Run:
     batches: int  # micro-batches through the model
 
 
-def run_once(s: Settings, messages, samples: int) -> tuple[float, dict[str, float], int]:
-    """Leg (b)'s throughput phase on a fresh topic: samples/s, the stage totals (s) and the batches."""
-    from pipeline.kafka.clients import ensure_topics
-    from pipeline.tools.bench import WorkerLeg, _produce
+def run_once(s: Settings, messages, samples: int) -> tuple[float, dict[str, float], int, int]:
+    """Leg (b)'s throughput phase on a fresh topic: samples/s, the stage totals (s), the batches and
+    the model's hop."""
+    from pipeline.tools.bench import WorkerLeg, backlog_phase
 
-    topic = f"dae.profiles.{uuid.uuid4().hex[:8]}"
-    ensure_topics(s.kafka, [topic])
-    _produce(s.kafka, topic, messages, None)
-    leg = WorkerLeg(s, topic, samples, STREAMS)
-    t0, deadline = None, time.monotonic() + 600
+    leg, secs = backlog_phase(lambda topic: WorkerLeg(s, topic, samples, STREAMS), s, messages)
     try:
-        while not leg.done():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the worker did not finish {samples} samples in 600 s")
-            if leg.pump() and t0 is None:
-                t0 = leg.first_records or time.perf_counter()
-        secs = time.perf_counter() - t0
+        if not leg.done():
+            raise TimeoutError(f"the worker did not finish {samples} samples in 600 s")
         totals = {st: leg.w.metrics.stages.total(st) for st in STAGES}
         batches = leg.w.metrics.stages.count("forward")
+        hop = leg.w.processor.engine.hop
     finally:
         leg.close()
-    return samples / secs, totals, batches
+    return samples / secs, totals, batches, hop
 
 
 def label(profile: str, max_batch: int | None) -> str:
@@ -77,7 +68,6 @@ def compare(base: Settings, profiles: list[str], seconds: float, pairs: int, say
     from pipeline.tools.bench import make_messages
 
     messages, samples = make_messages(STREAMS, seconds, RATE, CHUNK)
-    windows = None
     runs: list[Run] = []
     configs = [(name, mb) for mb in (max_batches or [None]) for name in profiles]
     for p in range(pairs):
@@ -85,13 +75,8 @@ def compare(base: Settings, profiles: list[str], seconds: float, pairs: int, say
             s = base.model_copy(update={"alerts": base.alerts.model_copy(update=PROFILES[name])})
             if mb is not None:
                 s = s.model_copy(update={"batch": s.batch.model_copy(update={"max_batch": mb})})
-            if windows is None:
-                from pipeline.inference.engine import InferenceEngine
-
-                hop = InferenceEngine.from_source(s.model.registry, s.model.version, device="cpu").hop
-                windows = samples / hop
-            rate, totals, batches = run_once(s, messages, samples)
-            r = Run(label(name, mb), rate, {st: v / windows * 1e6 for st, v in totals.items()}, batches)
+            rate, totals, batches, hop = run_once(s, messages, samples)
+            r = Run(label(name, mb), rate, {st: v / (samples / hop) * 1e6 for st, v in totals.items()}, batches)
             runs.append(r)
             say(f"pair {p + 1} {r.profile}: {rate / 1e6:.3f} M samples/s, {batches} batches; per window, us: "
                 + ", ".join(f"{st} {v:.2f}" for st, v in r.us_per_window.items()))
