@@ -22,12 +22,14 @@ def _fields(eng: AlertEngine, ids) -> dict[str, np.ndarray]:
     return {f: np.asarray(getattr(tab, f))[slots].copy() for f in tab.dtype.names if f.startswith("seq_")}
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("sequential, tail", [(None, "pot"), (None, "gumbel"),
                                               (("level", "scale", "noise", "freq", "spike", "runs"), "pot")])
-def test_one_pass_over_blocks_leaves_what_the_rounds_leave(sequential, tail, monkeypatch):
+def test_one_pass_over_blocks_leaves_what_the_rounds_leave(sequential, tail, compiled, monkeypatch):
     # the same calls through an engine that takes a call spanning block ends in one pass where nothing
     # in it is hot and through one that always goes block by block: the same scores and events, and every
-    # estimate, accumulator and threshold the same to the last bit (the CUSUMs up to their rounding)
+    # estimate, accumulator and threshold the same to the last bit (the CUSUMs up to their rounding);
+    # the pass compiled (quietpass.py) and in numpy array operations (span.py)
     rng = np.random.default_rng(3)
     kw = {} if sequential is None else {"sequential": sequential}
     cfg = AlertSettings(min_windows=8, warmup_windows=16, stats_windows=64, refresh_every=5, slow_windows=16,
@@ -46,6 +48,8 @@ def test_one_pass_over_blocks_leaves_what_the_rounds_leave(sequential, tail, mon
     monkeypatch.setattr(SequentialTests, "_span", counted)
     one, rounds = AlertEngine(cfg, CAL, "v1"), AlertEngine(cfg, CAL, "v1")
     rounds._seq.one_pass = False
+    if not compiled:
+        one._seq.compiled = None
     pos = 0
     while pos < n:
         b = min(n, pos + int(rng.integers(1, 200)))

@@ -56,10 +56,11 @@ log "packing $kit/kit.tar.xz (a few minutes: xz -9)"
 tar -C "$work" -cf - jre "kafka-$version" | xz -T0 -9 > "$kit/kit.tar.xz"
 
 # 3. Wheels a CUDA/PyTorch image usually lacks (torch, numpy, scipy, safetensors, typer, rich and
-#    prometheus-client it has). pydantic and pydantic-core must match: take them together.
+#    prometheus-client it has). pydantic and pydantic-core must match: take them together; numba and
+#    llvmlite too (the alert engine's compiled pass).
 "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform manylinux1_x86_64 -d "$kit/wheels" \
   "kafka-python==2.3.3" crc32c "pydantic==2.14.4" "pydantic-core==2.50.5" pydantic-settings \
-  python-dotenv typing-inspection annotated-types "typing-extensions>=4.16"
+  python-dotenv typing-inspection annotated-types "typing-extensions>=4.16" "numba==0.68.1" "llvmlite==0.50.0"
 log "done: $(du -sh "$kit" | cut -f1) in $kit"

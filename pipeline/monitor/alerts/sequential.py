@@ -65,7 +65,7 @@ calibrated threshold as it stood at the start of the block.
 
 A call spanning block ends where nothing is hot (the common case: a backlog read in micro-batches of
 hundreds of windows per stream) is had in one pass instead, with the same result
-(:mod:`pipeline.monitor.alerts.span`).
+(:mod:`pipeline.monitor.alerts.span`; compiled in :mod:`pipeline.monitor.alerts.quietpass`).
 
 Cost: per call and block, every stream's CUSUMs in closed form (:func:`~pipeline.monitor.alerts.cusum.lindley`); only streams where a test
 reaches its threshold or an alert of these tests is up step window by window (:class:`~pipeline.monitor.alerts.lockstep.Lockstep`).
@@ -83,6 +83,7 @@ from pipeline.monitor.alerts.cusum import cusum_threshold
 from pipeline.monitor.alerts.isolated import isolated_tests
 from pipeline.monitor.alerts.lockstep import Lockstep
 from pipeline.monitor.alerts.outliers import outlier_tests
+from pipeline.monitor.alerts.quietpass import QuietPass
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.seqcall import Call, estimates
 from pipeline.monitor.alerts.signruns import MAX_RUNS, SignRuns, run_cols
@@ -177,6 +178,8 @@ class SequentialTests:
         self.tail = ScoreTail(P.score_tail, P.p_win, P.tail_frac, P.raise_threshold, P.warmup, P.memory,
                               P.block) if P.score else None
         self.runs = SignRuns(P.run_cols, P.run_signs, P.p_win, P.warmup, P.memory)
+        # None: the one pass in numpy array operations (span.py; tests compare the two)
+        self.compiled = QuietPass(P, self.runs, self.tail)
 
     def update(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
                model_version, events, ev_win, score=None) -> np.ndarray:
@@ -233,6 +236,8 @@ class SequentialTests:
             quiet = quiet & below
         if tab.seq_active[slots].any():
             return None
+        if self.compiled is not None:
+            return self._compiled(tab, slots, first, n_u, starts, z, spike, finite, quiet, engine_active, score, pos0)
         sp = span.Span(P, slots, first, n_u, rnd, pos0)
         c = Call(P, tab, slots, first, n_u, z, spike, finite, self.runs, later=True)
         groups, put = [], {}
@@ -266,7 +271,7 @@ class SequentialTests:
         for g, r in zip(groups, res):
             put.update(span.writes(g, r))
         if tail:
-            put["seq_thr"] = span.threshold(sp, tab, self.tail, put)
+            put["seq_thr"] = span.threshold(slots, sp.closes.any(axis=0), tab, self.tail, put)
         for f, v in put.items():
             col = getattr(tab, f)
             if col.ndim == 1:
@@ -280,6 +285,18 @@ class SequentialTests:
             tab.seq_zero[slots, :D] = np.where(zero >= 0, zero, tab.seq_zero[slots, :D])
         tab.seq_cool[slots] = np.maximum(tab.seq_cool[slots] - n_u, 0)
         return np.minimum(np.maximum(peak / P.h, sp_ratio) * P.raise_threshold, P.cap)
+
+    def _compiled(self, tab, slots, first, n_u, starts, z, spike, finite, quiet, engine_active, score, pos0):
+        """:meth:`_span`'s pass compiled (:mod:`pipeline.monitor.alerts.quietpass`), past its checks."""
+        out = self.compiled(tab, slots, first, n_u, pos0, starts, z, spike, finite, quiet, engine_active, score)
+        if out is None:
+            return None
+        if self.tail is not None and score is not None:
+            closed = (pos0 + n_u) // self.plan.block > pos0 // self.plan.block
+            now = {f: getattr(tab, f)[slots] for f in ("seq_sn", "seq_smu", "seq_sm2", "seq_tx", "seq_tc", "seq_te")}
+            tab.seq_thr[slots] = span.threshold(slots, closed, tab, self.tail, now)
+        tab.seq_cool[slots] = np.maximum(tab.seq_cool[slots] - n_u, 0)
+        return out
 
     def _block(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
                model_version, events, ev_win, score, closes) -> np.ndarray:
