@@ -179,3 +179,31 @@ def test_the_feature_does_not_depend_on_the_units_even_where_float32_squares_wou
         z1 = isolated_features(y, H)[FEATURE]
         assert np.isnan(z1[7]) and np.isfinite(np.delete(z1, 7)).all()
         np.testing.assert_allclose(np.delete(z1, 7), np.delete(z0, 7), rtol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 24), c=st.integers(1, 3), exp=st.floats(-20, 20),
+       offset=st.sampled_from([0.0, 37.0, -3e6]), fault=st.sampled_from(["none", "nan", "inf", "stuck", "spike", "huge"]))
+def test_the_compiled_feature_is_numpys_to_the_last_bit(seed, n, c, exp, offset, fault):
+    # _z_max does numpy's float32 arithmetic window by window; a non-finite sample or float32 squares that
+    # could overflow send the call to numpy itself (nans, float64)
+    from pipeline.monitor.alerts.isolated import _features_numpy
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, W)) * 10.0**exp + offset
+    i = int(rng.integers(n))
+    if fault == "nan":
+        x[i, -1, W - 5] = np.nan
+    elif fault == "inf":
+        x[i, 0, W - 20] = np.inf
+    elif fault == "stuck":
+        x[i, -1, :] = offset
+    elif fault == "spike":
+        x[i, 0, W - 20] += 30 * 10.0**exp
+    elif fault == "huge":
+        x[i, 0, W - 20] = 1e35
+    x = x.astype(np.float32)
+    t = samples_tested(W, H)
+    got = isolated_features(x, H)[FEATURE]
+    want = _features_numpy(np.ascontiguousarray(x[:, :, W - t - 2 * K :]), t)
+    np.testing.assert_array_equal(got, want)

@@ -30,18 +30,20 @@ quiet windows' Gumbel quantile at this test's share of ``false_alarms_per_hour``
 the raised range the tested samples). The test votes after
 ``min_windows`` windows of the stream.
 
-Cost: a few float32 array passes over each window's new samples (:func:`isolated_features`, in units
-of the stretch's robust scale and about its middle sample, so neither the units nor a large offset
-cost the noise its digits; float64 only where float32 squares could overflow): ~2.2 µs per window at
-512 windows per call, the calibration's per-call work ~0.7 (docs/bench.md, "The isolated-sample
-features in float32").
+Cost: the robust scales in numpy (a partition per window and channel), the rest one compiled pass over
+each window's new samples (:func:`_z_max`: float32, in units of the stretch's robust scale and about
+its middle sample, so neither the units nor a large offset cost the noise its digits; numpy and
+float64 only where float32 squares could overflow): ~0.9 µs per window at 512 windows per call, the
+numpy form's 1.7 (docs/bench.md, "Compiled passes").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.maxtest import FIELDS, MaxPlan, MaxTest, blocks
@@ -52,6 +54,7 @@ K = 4  # neighbours on each side (_neighbour_sums assumes 4)
 STATE_FIELDS = FIELDS
 _MED_ABS_DIFF = 0.6744897501960817 * 2 ** 0.5  # median of |N(0, 2)|: |first difference| of unit white noise
 _F32_SAFE = 1e17  # |u| below which the float32 sums of (2K)^2 squares stay finite
+_DEN_FLOOR = (2 * K / _MED_ABS_DIFF) ** 2  # the noise floor's share of z^2's denominator
 
 
 def samples_tested(window: int, hop: int) -> int:
@@ -62,13 +65,66 @@ def samples_tested(window: int, hop: int) -> int:
 
 def isolated_features(windows: np.ndarray, hop: int) -> dict[str, np.ndarray]:
     """Per window ``(N, C, W)``: the largest ``z_t`` over its tested samples and channels (float64;
-    nan where the window holds a non-finite value among them)."""
+    nan where the window holds a non-finite value among them). The robust scales in numpy, the rest
+    compiled (:func:`_z_max`), bit for bit :func:`_features_numpy`, which takes calls with a non-finite
+    sample or one whose float32 squares could overflow."""
     x = np.asarray(windows)
     n, c, w = x.shape
     t = samples_tested(w, hop)
     if n == 0 or t == 0:
         return {FEATURE: np.zeros(n)}
-    s = x[:, :, w - t - 2 * K :].astype(np.float32, copy=False)
+    s = np.ascontiguousarray(x[:, :, w - t - 2 * K :], dtype=np.float32)
+    d = np.abs(s[:, :, 1:] - s[:, :, :-1])
+    h = (d.shape[2] - 1) // 2
+    f = np.ascontiguousarray(np.partition(d, h, axis=2)[:, :, h])
+    out = np.empty(n)
+    if not _z_max(s, f, t, out):
+        out = _features_numpy(s, t)
+    return {FEATURE: out}
+
+
+@njit(cache=True)
+def _z_max(s, f, t, out) -> bool:
+    """:func:`_features_numpy`'s float32 arithmetic, window by window and in the same order of operations
+    (bit for bit): ``out`` per window of the stretches ``s`` ``(N, C, t + 2K)`` with robust scales ``f``
+    ``(N, C)`` (times ``_MED_ABS_DIFF``). False, ``out`` unfinished, where a scaled sample is not finite
+    or reaches ``_F32_SAFE`` (numpy's nans, or its float64)."""
+    N, C, M = s.shape
+    eight, floor, zero, safe = np.float32(2 * K), np.float32(_DEN_FLOOR), np.float32(0.0), np.float32(_F32_SAFE)
+    u, uu = np.empty(M, np.float32), np.empty(M, np.float32)
+    p1, p2 = np.empty(M - 1, np.float32), np.empty(M - 1, np.float32)
+    q1, q2 = np.empty(M - 3, np.float32), np.empty(M - 3, np.float32)
+    r = np.empty(t, np.float32)
+    for n in range(N):
+        best = zero
+        for c in range(C):
+            row = s[n, c]
+            scale = np.float32(1.0) / f[n, c] if f[n, c] > 0 else zero  # a channel at rest: u 0, z 0
+            mid = row[K + t // 2]
+            bad = False
+            for j in range(M):  # in units of f, about the stretch's middle sample
+                u[j] = (row[j] - mid) * scale
+                uu[j] = u[j] * u[j]
+                bad |= not abs(u[j]) < safe
+            if bad:
+                return False
+            for j in range(M - 1):  # _neighbour_sums: running sums of 2, then 4, then both sides
+                p1[j], p2[j] = u[j] + u[j + 1], uu[j] + uu[j + 1]
+            for j in range(M - 3):
+                q1[j], q2[j] = p1[j] + p1[j + 2], p2[j] + p2[j + 2]
+            for i in range(t):
+                s1, s2 = q1[i] + q1[i + K + 1], q2[i] + q2[i + K + 1]
+                a = u[K + i] * eight - s1
+                r[i] = (a * a) / (max(s2 * eight - s1 * s1, zero) + floor)
+            for i in range(t):
+                best = max(best, r[i])
+        out[n] = math.sqrt(np.float64(best))
+    return True
+
+
+def _features_numpy(s: np.ndarray, t: int) -> np.ndarray:
+    """The features of the stretches ``s`` ``(N, C, t + 2K)`` (float32) in numpy array operations: float32,
+    or float64 where float32 squares could overflow."""
     d = np.abs(s[:, :, 1:] - s[:, :, :-1])
     h = (d.shape[2] - 1) // 2
     f = np.partition(d, h, axis=2)[:, :, h]  # (N, C): the robust noise scale times _MED_ABS_DIFF
@@ -95,9 +151,9 @@ def isolated_features(windows: np.ndarray, hop: int) -> dict[str, np.ndarray]:
         den = s2 * one(2 * K)
         den -= s1 * s1
         np.maximum(den, 0, out=den)
-        den += one((2 * K / _MED_ABS_DIFF) ** 2)
+        den += one(_DEN_FLOOR)
         a /= den
-        return {FEATURE: np.sqrt(a.max(axis=(1, 2)).astype(np.float64))}  # a channel at rest: u 0, z 0
+        return np.sqrt(a.max(axis=(1, 2)).astype(np.float64))  # a channel at rest: u 0, z 0
 
 
 def _neighbour_sums(a: np.ndarray, t: int) -> np.ndarray:

@@ -200,13 +200,15 @@ class SequentialTests:
         pos0 = tab.seq_pos[slots].copy()
         tab.seq_pos[slots] = pos0 + n_u
         rnd = (pos0[seg] + np.arange(N) - first[seg]) // B - (pos0 // B)[seg]
-        if not rnd.any():
-            return self._block(tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
-                               model_version, events, ev_win, score, (pos0 + n_u) // B > pos0 // B)
-        if self.closed and self.one_pass:  # one pass where nothing in the call is hot (span.py); else rounds
+        # one pass where nothing in the call is hot (compiled: any call; in numpy, span.py: one spanning
+        # block ends); else block by block
+        if self.closed and self.one_pass and (self.compiled is not None or rnd.any()):
             out = self._span(tab, slots, first, n_u, starts, z, spike, finite, engine_active, score, rnd, pos0)
             if out is not None:
                 return out
+        if not rnd.any():
+            return self._block(tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
+                               model_version, events, ev_win, score, (pos0 + n_u) // B > pos0 // B)
         out = np.zeros(N)
         for r in range(int(rnd.max()) + 1):
             idx = np.flatnonzero(rnd == r)  # grouped by stream, in order: rnd does not fall within one
