@@ -114,6 +114,7 @@ class AlertEngine:
         self._work = FeatureWork()
         self._use_model(calibration, model_version)
         self._tab = SlotTable(self._scoring, cfg.max_streams, cfg.state_ttl_s, self._evicted)
+        self._warm()
 
     # ----------------------------------------------------------------------------- lifecycle
     def set_model(self, calibration: dict[str, float] | None, model_version: str) -> None:
@@ -127,6 +128,13 @@ class AlertEngine:
             runs = [r for r, c in enumerate(sp.run_cols) if c in p.model_cols]
             sides = np.concatenate((np.flatnonzero(np.isin(sp.side_term, terms)), sp.side_term.size + np.array(runs, int)))
             self._tab.reset_seq(terms, sides, sp.spike, runs)
+
+    def _warm(self) -> None:
+        """The compiled passes compiled, or loaded from numba's cache (~0.3-0.7 s in a new process), now
+        rather than in the first micro-batch."""
+        if self._seq is not None and self._seq.compiled is not None:
+            self._seq.compiled.warm(self._tab, len(self._scoring.cols))
+        self._raw.warm(self._seq_window, self._hop)
 
     def _use_model(self, calibration: dict[str, float] | None, model_version: str) -> Scoring:
         self.model_version = str(model_version)

@@ -1,6 +1,6 @@
 """A per-window maximum against the stream's own calibrated extreme-value threshold, with its alert
-(pure numpy): the part the raw-sample tests share (the record outlier test, ``outliers.py``, and the
-isolated-sample test, ``isolated.py``).
+(numpy; the calibration compiled): the part the raw-sample tests share (the record outlier test,
+``outliers.py``, and the isolated-sample test, ``isolated.py``).
 
 Each window brings one statistic ``z``, a maximum over its new samples. Its upper tail is taken as a
 Gumbel law fitted per stream to the running mean and std of its quiet windows' ``z`` (those below the
@@ -21,9 +21,11 @@ sample indices exact in float64), the first ``OWN`` columns left to the statisti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from pipeline.monitor.alerts.cusum import U_MAX, ew_weight, exact
 from pipeline.monitor.alerts.events import AlertEvent
@@ -72,11 +74,19 @@ class MaxTest:
 
     def __init__(self, plan: MaxPlan, detector: str):
         self.plan, self.detector = plan, detector
+        self.compiled = True  # False: :meth:`calibrate` in numpy array operations (tests compare the two)
 
     def decide(self, S, ids, first, n_u, seg, pos, blk, starts, window, bn, z, warm, ts, model_version, events,
                ev_win) -> None:
         """:meth:`calibrate`, count the call's windows into ``POS``, then :meth:`alerts` (``S`` updated)."""
-        thr = self.calibrate(S, seg, pos, blk, z, warm)
+        if self.compiled:
+            P, B = self.plan, self.plan.block
+            zc = exact(z, U_MAX, B)
+            thr = np.empty(z.size)
+            _calibrate(S, first, n_u, pos, zc, exact(zc * zc, U_MAX * U_MAX, B), z, warm, B, P.calib_after,
+                       P.calib_memory, P.floor, P.gumbel_c, thr)
+        else:
+            thr = self.calibrate(S, seg, pos, blk, z, warm)
         S[:, POS] += n_u
         self.alerts(S, ids, first, n_u, seg, starts, window, bn, z, thr, ts, model_version, events, ev_win)
 
@@ -151,3 +161,29 @@ class MaxTest:
                 events.append(ev)
                 ev_win.append(i)
             S[u, ACT : COOL + 1] = (float(act), a0, a1, peak, below, cool)
+
+
+@njit(cache=True)
+def _calibrate(S, first, n_u, pos, zc, zc2, z, warm, B, calib_after, memory, floor, gc, thr) -> None:
+    """:meth:`MaxTest.calibrate` compiled, each stream's windows in order (the same arithmetic: the
+    block sums exact on :func:`~pipeline.monitor.alerts.cusum.exact`'s grid ``zc``, ``zc2``, so bit for
+    bit): ``thr`` per window, ``S`` updated."""
+    for u in range(first.size):
+        zn, zm, z2, qn, q1, q2 = S[u, ZN], S[u, ZM], S[u, Z2], S[u, ZQN], S[u, ZQ1], S[u, ZQ2]
+        t = max(floor, zm + gc * math.sqrt(max(z2 - zm * zm, 0.0))) if zn >= calib_after else np.inf
+        for i in range(first[u], first[u] + n_u[u]):
+            tw = t if warm[i] else np.inf
+            thr[i] = tw
+            if warm[i] and z[i] < tw:
+                qn += 1.0
+                q1 += zc[i]
+                q2 += zc2[i]
+            if pos[i] % B == B - 1:  # the block closes: the calibration moves
+                n1 = zn + qn
+                if qn > 0:
+                    g = qn / max(n1, 1.0) if n1 <= memory else min(qn / memory, 0.5)
+                    qs = max(qn, 1.0)
+                    zm, z2 = zm + g * (q1 / qs - zm), z2 + g * (q2 / qs - z2)
+                zn, qn, q1, q2 = n1, 0.0, 0.0, 0.0
+                t = max(floor, zm + gc * math.sqrt(max(z2 - zm * zm, 0.0))) if zn >= calib_after else np.inf
+        S[u, ZN], S[u, ZM], S[u, Z2], S[u, ZQN], S[u, ZQ1], S[u, ZQ2] = zn, zm, z2, qn, q1, q2

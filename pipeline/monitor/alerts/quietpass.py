@@ -176,6 +176,21 @@ def kernel(slots, first, n_u, pos0, starts, z, finite, quiet, active, v, spike_o
 
 
 @njit(cache=True)
+def _block_start(TF, RF, RI, UF, h, p_win, rmemory, spike_t, gumbel_c, sig, rinc):
+    """What a block's windows read from the estimates as they stand at its start (:meth:`Call.inputs
+    <pipeline.monitor.alerts.seqcall.Call.inputs>`): each term's long-run sigma into ``sig``, each run
+    test's increment ``h / L*`` into ``rinc``; returns the spike ratio's threshold."""
+    for t in range(sig.size):
+        m, m2, c1 = TF[0, t], TF[1, t], TF[2, t]
+        var = max(m2 - m * m, 0.0)
+        rho = min(max((c1 - m * m) / max(var, 1e-12), 0.0), 0.95)
+        sig[t] = max(math.sqrt(var * (1 + rho) / (1 - rho)), _SIG_FLOOR)
+    for r in range(rinc.size):
+        rinc[r] = h / _run_limit(RF[0, r], RF[1, r], min(RI[0, r], rmemory), p_win)
+    return max(spike_t, UF[0, 0] + gumbel_c * math.sqrt(max(UF[1, 0] - UF[0, 0] * UF[0, 0], 0.0)))
+
+
+@njit(cache=True)
 def _stream(u, i0, nw, p0, starts, z, finite, quiet, active, v, spike_ok, score, cols, side_term, side_sign,
             run_cols, run_signs, levels, fp, ip, st, out):
     """Stream ``u``'s windows ``i0`` to ``i0 + nw`` (its ``p0``-th first) through the tests, in order, its
@@ -190,6 +205,8 @@ def _stream(u, i0, nw, p0, starts, z, finite, quiet, active, v, spike_ok, score,
     D = Dt + R
     x, zt, zprev, have, on = np.empty(T), np.zeros(T), np.empty(T), np.empty(T, np.bool_), np.empty(R, np.bool_)
     pcnt = np.empty((2, L), np.int64)
+    sig, rinc = np.empty(T), np.empty(R)
+    sthr = _block_start(TF, RF, RI, UF, h, p_win, rmemory, spike_t, gumbel_c, sig, rinc)
     sc_prev = TL[u]
     for jw in range(nw):
         i, pos = i0 + jw, p0 + jw
@@ -203,11 +220,7 @@ def _stream(u, i0, nw, p0, starts, z, finite, quiet, active, v, spike_ok, score,
                 zz = min(zz, max(z[_ERR, i], 0.0))
             zprev[t] = lastz[t] if head else zt[t]
             zt[t] = zz
-            m, m2, c1 = TF[0, t], TF[1, t], TF[2, t]
-            var = max(m2 - m * m, 0.0)
-            rho = min(max((c1 - m * m) / max(var, 1e-12), 0.0), 0.95)
-            sig = max(math.sqrt(var * (1 + rho) / (1 - rho)), _SIG_FLOOR)
-            x[t] = min(max((zz - m) / sig, -clip), clip)
+            x[t] = min(max((zz - TF[0, t]) / sig[t], -clip), clip)
         peak = 0.0
         for d in range(D):  # the CUSUMs: the terms' sides, then the run tests'
             if d < Dt:
@@ -218,7 +231,7 @@ def _stream(u, i0, nw, p0, starts, z, finite, quiet, active, v, spike_ok, score,
                 r = d - Dt
                 on[r] = z[run_cols[r], i] * run_signs[r] > 0.0 and fin
                 ready = on[r] and RI[0, r] >= warmup
-                inc = h / _run_limit(RF[0, r], RF[1, r], min(RI[0, r], rmemory), p_win)
+                inc = rinc[r]
             nxt = S[d] + inc if ready and not act else 0.0
             S[d] = nxt if nxt >= 1e-9 else 0.0
             if S[d] == 0.0:
@@ -226,9 +239,8 @@ def _stream(u, i0, nw, p0, starts, z, finite, quiet, active, v, spike_ok, score,
             peak = max(peak, S[d])
         sp = 0.0
         if use_spike:
-            thr = max(spike_t, UF[0, 0] + gumbel_c * math.sqrt(max(UF[1, 0] - UF[0, 0] * UF[0, 0], 0.0)))
             if UI[0, 0] >= warmup and fin and spike_ok[i]:
-                sp = v[i] / thr
+                sp = v[i] / sthr
         if peak >= h or sp >= 1.0:
             return False
         out[i] = min(max(peak / h, sp) * raise_t, cap)
@@ -278,6 +290,7 @@ def _stream(u, i0, nw, p0, starts, z, finite, quiet, active, v, spike_ok, score,
                     pcnt[0, :], pcnt[1, :] = XI[0, 0], XI[1, 0]
                     _close(pcnt, LF, memory)
                 _close(XI, XF, memory)
+            sthr = _block_start(TF, RF, RI, UF, h, p_win, rmemory, spike_t, gumbel_c, sig, rinc)
     if pot:  # the POT's upcrossings read the window before
         TL[u] = sc_prev
     return True
@@ -306,8 +319,19 @@ class QuietPass:
         if score is None:  # no window score: no tail to learn
             score, ip = np.zeros(starts.size), np.concatenate((ip[:6], [0, 0]))
         out = np.empty(starts.size)
-        f = tuple(getattr(tab, name) for name in FIELDS)
-        done = kernel(slots.astype(np.int64), first.astype(np.int64), n_u.astype(np.int64), pos0.astype(np.int64),
-                      starts.astype(np.int64), np.ascontiguousarray(z, dtype=np.float64), finite, quiet, active, v, ok,
-                      np.ascontiguousarray(score, dtype=np.float64), *self.consts, self.fp, ip, f, out)
+
+        def c(a, dtype):  # one signature for every call (warm compiles it)
+            return np.ascontiguousarray(a, dtype=dtype)
+
+        i64, f64, b = np.int64, np.float64, np.bool_
+        done = kernel(c(slots, i64), c(first, i64), c(n_u, i64), c(pos0, i64), c(starts, i64), c(z, f64),
+                      c(finite, b), c(quiet, b), c(active, b), c(v, f64), c(ok, b), c(score, f64), *self.consts,
+                      self.fp, ip, tuple(getattr(tab, name) for name in FIELDS), out)
         return out if done else None
+
+    def warm(self, tab, columns: int) -> None:
+        """Compile (or load from numba's cache) the kernel for ``tab``'s fields with a call of no windows,
+        so that a worker's first micro-batch does not wait for it."""
+        e = np.zeros(0, dtype=np.int64)
+        self(tab, e, e, e, e, e, np.zeros((columns, 0)), np.zeros(0), np.zeros(0, bool), np.zeros(0, bool),
+             np.zeros(0, bool), np.zeros(0))
