@@ -39,4 +39,5 @@ def test_the_compiled_calibration_is_numpys_to_the_last_bit(seed, lengths, block
             thr.append([(e.kind, e.stream, e.start, e.end) for e in events])
         np.testing.assert_array_equal(states[0], states[1])
         assert thr[0] == thr[1]
-    assert states[0][:, ZN].max() > 0 or block == 64  # the calibration moved
+    if min(lengths) * 4 >= 2 * block:  # every stream closed a block: its calibration moved
+        assert (states[0][:, ZN] > 0).all()

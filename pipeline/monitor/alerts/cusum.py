@@ -50,8 +50,14 @@ def exact(x: np.ndarray, bound: float, block: int) -> np.ndarray:
     """``x`` clipped to ``±bound`` (a power of 2) and rounded to a grid fine enough for its purpose and
     coarse enough that the sum of a block's values is exact in float64 in any order: the estimates then
     do not depend on how a block's windows were cut into calls, to the last bit."""
+    _, up, down = grid(bound, block)
+    return np.rint(np.minimum(np.maximum(x, -bound), bound) * up) * down  # np.clip, at less call overhead
+
+
+def grid(bound: float, block: int) -> tuple[float, float, float]:
+    """:func:`exact`'s bound and the scales to its grid and back, ``2**k`` and ``2**-k``."""
     k = 52 - int(math.log2(bound)) - int(math.ceil(math.log2(block + 1)))
-    return np.rint(np.minimum(np.maximum(x, -bound), bound) * 2.0**k) * 2.0**-k  # np.clip, at less call overhead
+    return bound, 2.0**k, 2.0**-k
 
 
 def ew_block(tab, slots, closes, seg, q, values, est, acc, memory: int, col=None) -> None:

@@ -193,6 +193,11 @@ class IsolatedTest:
         self.plan = plan
         self._max = MaxTest(plan.max, DETECTOR)
 
+    def warm(self, window: int, hop: int) -> None:
+        """Compile (or load) the features' pass and the calibration now."""
+        isolated_features(np.zeros((1, 1, window), np.float32), hop)
+        self._max.warm()
+
     def update(self, tab, ids: list[str], slots: np.ndarray, first: np.ndarray, n_u: np.ndarray,
                starts: np.ndarray, window: int, feats: dict[str, np.ndarray], ts: float, model_version: str,
                events: list[AlertEvent], ev_win: list[int]) -> None:

@@ -79,16 +79,28 @@ class MaxTest:
     def decide(self, S, ids, first, n_u, seg, pos, blk, starts, window, bn, z, warm, ts, model_version, events,
                ev_win) -> None:
         """:meth:`calibrate`, count the call's windows into ``POS``, then :meth:`alerts` (``S`` updated)."""
-        if self.compiled:
-            P, B = self.plan, self.plan.block
-            zc = exact(z, U_MAX, B)
-            thr = np.empty(z.size)
-            _calibrate(S, first, n_u, pos, zc, exact(zc * zc, U_MAX * U_MAX, B), z, warm, B, P.calib_after,
-                       P.calib_memory, P.floor, P.gumbel_c, thr)
-        else:
-            thr = self.calibrate(S, seg, pos, blk, z, warm)
+        thr = self._compiled(S, first, n_u, pos, z, warm) if self.compiled else self.calibrate(S, seg, pos, blk, z, warm)
         S[:, POS] += n_u
         self.alerts(S, ids, first, n_u, seg, starts, window, bn, z, thr, ts, model_version, events, ev_win)
+
+    def warm(self) -> None:
+        """Compile (or load from numba's cache) :func:`_calibrate` with a call of no windows."""
+        e = np.zeros(0, dtype=np.int64)
+        self._compiled(np.zeros((0, FIELDS)), e, e, e, np.zeros(0), np.zeros(0, dtype=bool))
+
+    def _compiled(self, S, first, n_u, pos, z, warm) -> np.ndarray:
+        """:meth:`calibrate` by :func:`_calibrate` (``S`` updated in place)."""
+        P, B = self.plan, self.plan.block
+        zc = exact(z, U_MAX, B)
+        thr = np.empty(z.size)
+
+        def c(a, dtype):  # one signature for every call
+            return np.ascontiguousarray(a, dtype=dtype)
+
+        _calibrate(S, c(first, np.int64), c(n_u, np.int64), c(pos, np.int64), zc, exact(zc * zc, U_MAX * U_MAX, B),
+                   c(z, np.float64), c(warm, np.bool_), int(B), int(P.calib_after), int(P.calib_memory),
+                   float(P.floor), float(P.gumbel_c), thr)
+        return thr
 
     def calibrate(self, S, seg, pos, blk, z, warm) -> np.ndarray:
         """Per window its threshold (inf until the stream is calibrated): the Gumbel quantile of the

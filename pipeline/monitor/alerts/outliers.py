@@ -107,6 +107,10 @@ class OutlierTest:
         self.plan = plan
         self._max = MaxTest(plan.max, DETECTOR)
 
+    def warm(self, window: int, hop: int) -> None:
+        """Compile (or load) the calibration now."""
+        self._max.warm()
+
     def update(self, tab, ids: list[str], slots: np.ndarray, first: np.ndarray, n_u: np.ndarray,
                starts: np.ndarray, window: int, feats: dict[str, np.ndarray], ts: float, model_version: str,
                events: list[AlertEvent], ev_win: list[int]) -> None:

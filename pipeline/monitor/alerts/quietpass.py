@@ -23,9 +23,9 @@ import math
 import numpy as np
 from numba import njit
 
-from pipeline.monitor.alerts.cusum import U_MAX
-from pipeline.monitor.alerts.seqcall import _ERR, _SIG_FLOOR, _V_MAX, Z_MAX
-from pipeline.monitor.alerts.signruns import RUN_L0, RUN_MIN, RUN_PRIOR_EXCESS, RUN_PRIOR_RUNS, _L_MAX
+from pipeline.monitor.alerts.cusum import U_MAX, grid
+from pipeline.monitor.alerts.seqcall import ERR_COL, SIG_FLOOR, V_MAX, Z_MAX
+from pipeline.monitor.alerts.signruns import RUN_L0, RUN_MIN, RUN_PRIOR_EXCESS, RUN_PRIOR_RUNS, L_MAX
 
 # The slot fields the pass reads and writes, in the kernel's argument order.
 FIELDS = ("seq_n", "seq_mu", "seq_m2", "seq_c1", "seq_prev", "seq_qn", "seq_q1", "seq_q2", "seq_qc",
@@ -35,14 +35,9 @@ FIELDS = ("seq_n", "seq_mu", "seq_m2", "seq_c1", "seq_prev", "seq_qn", "seq_q1",
           "seq_tx", "seq_tc", "seq_te", "seq_tqx", "seq_tqc", "seq_tqe", "seq_tlast", "seq_S", "seq_zero")
 
 
-def grid(bound: float, block: int) -> tuple[float, float, float]:
-    """:func:`~pipeline.monitor.alerts.cusum.exact`'s bound and scales."""
-    k = 52 - int(math.log2(bound)) - int(math.ceil(math.log2(block + 1)))
-    return bound, 2.0**k, 2.0**-k
-
-
 @njit(cache=True)
 def _exact(x, g):
+    """:func:`~pipeline.monitor.alerts.cusum.exact` of one value on the grid ``g`` (:func:`grid`)."""
     b = g[0]
     if x > b:
         x = b
@@ -67,7 +62,7 @@ def _run_limit(c, e, n, p):
     c = max(c, 1.0 / n)
     r = mean_excess / (1.0 + mean_excess)
     span = math.log(max(c, p) / p) / max(-math.log(r), 1e-300)
-    return min(max(RUN_L0 + span, RUN_MIN), _L_MAX)
+    return min(max(RUN_L0 + span, RUN_MIN), L_MAX)
 
 
 @njit(cache=True)
@@ -184,7 +179,7 @@ def _block_start(TF, RF, RI, UF, h, p_win, rmemory, spike_t, gumbel_c, sig, rinc
         m, m2, c1 = TF[0, t], TF[1, t], TF[2, t]
         var = max(m2 - m * m, 0.0)
         rho = min(max((c1 - m * m) / max(var, 1e-12), 0.0), 0.95)
-        sig[t] = max(math.sqrt(var * (1 + rho) / (1 - rho)), _SIG_FLOOR)
+        sig[t] = max(math.sqrt(var * (1 + rho) / (1 - rho)), SIG_FLOOR)
     for r in range(rinc.size):
         rinc[r] = h / _run_limit(RF[0, r], RF[1, r], min(RI[0, r], rmemory), p_win)
     return max(spike_t, UF[0, 0] + gumbel_c * math.sqrt(max(UF[1, 0] - UF[0, 0] * UF[0, 0], 0.0)))
@@ -217,7 +212,7 @@ def _stream(u, i0, nw, p0, starts, z, finite, quiet, active, v, spike_ok, score,
             zz = z[cols[t], i]
             have[t] = zz != 0.0 and fin
             if t == gate and zz > 0:
-                zz = min(zz, max(z[_ERR, i], 0.0))
+                zz = min(zz, max(z[ERR_COL, i], 0.0))
             zprev[t] = lastz[t] if head else zt[t]
             zt[t] = zz
             x[t] = min(max((zz - TF[0, t]) / sig[t], -clip), clip)
@@ -314,7 +309,7 @@ class QuietPass:
     def __call__(self, tab, slots, first, n_u, pos0, starts, z, spike, finite, quiet, active, score):
         """Each window's score, the slots written; or None, nothing written, where a window is hot."""
         ok = np.isfinite(spike)
-        v = np.exp(np.minimum(np.where(ok, spike, 0.0), _V_MAX))
+        v = np.exp(np.minimum(np.where(ok, spike, 0.0), V_MAX))
         ip = self.ip
         if score is None:  # no window score: no tail to learn
             score, ip = np.zeros(starts.size), np.concatenate((ip[:6], [0, 0]))

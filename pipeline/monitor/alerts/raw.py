@@ -33,9 +33,9 @@ class RawTests:
             (self.iso, (ISOLATED_FEATURE,), isolated_features, "isolated")) if t is not None]
 
     def warm(self, window: int, hop: int) -> None:
-        """The compiled features compiled now (:meth:`~pipeline.monitor.alerts.engine.AlertEngine._warm`)."""
-        if self.iso is not None:
-            isolated_features(np.zeros((1, 1, window), np.float32), hop)
+        """The tests' compiled parts compiled now (:meth:`~pipeline.monitor.alerts.engine.AlertEngine._warm`)."""
+        for test, *_ in self._on:
+            test.warm(window, hop)
 
     def features(self, features: dict, windows: np.ndarray | None, hop: int) -> dict:
         """``features`` with those of the tests that are on, made from ``windows`` where missing."""

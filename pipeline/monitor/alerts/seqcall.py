@@ -11,10 +11,10 @@ from pipeline.monitor.alerts.cusum import U_MAX, ew_block, exact, lindley
 from pipeline.monitor.alerts.signruns import SignRuns
 
 # Smallest long-run sigma of a z sequence (a constant stream has none).
-_SIG_FLOOR = 0.05
-_ERR = 1  # the engine's column of the standardised error (scoring.Scoring.build)
+SIG_FLOOR = 0.05
+ERR_COL = 1  # the engine's column of the standardised error (scoring.Scoring.build)
 # The spike ratio is taken at most at exp(this) (a flat window's is 0 / 0).
-_V_MAX = 20.0
+V_MAX = 20.0
 # Bound of a term's z the estimates take in (a power of 2; :func:`exact`); the spike ratio's: cusum.U_MAX.
 Z_MAX = 64.0
 
@@ -49,10 +49,10 @@ class Call:
         self.have = (self.z != 0.0) & finite[None, :]  # a term without statistics yet has z 0
         if P.gate >= 0:  # noise rises count only as far as the standardised error agrees (as the residual's)
             zn = self.z[P.gate]
-            self.z[P.gate] = np.where(zn > 0, np.minimum(zn, np.maximum(z[_ERR], 0.0)), zn)
+            self.z[P.gate] = np.where(zn > 0, np.minimum(zn, np.maximum(z[ERR_COL], 0.0)), zn)
         self.runs, self.finite, self.spike = runs, finite, spike
         self.on = runs.sides(z, finite) if len(runs) else None
-        self.v = np.exp(np.minimum(np.where(np.isfinite(spike), spike, 0.0), _V_MAX))
+        self.v = np.exp(np.minimum(np.where(np.isfinite(spike), spike, 0.0), V_MAX))
         if not later:
             self.inputs(estimates(tab, slots, seg, T, len(runs)) if est is None else est)
 
@@ -62,7 +62,7 @@ class Call:
         mu = est["seq_mu"]
         var = np.maximum(est["seq_m2"] - mu * mu, 0.0)
         rho = np.clip((est["seq_c1"] - mu * mu) / np.maximum(var, 1e-12), 0.0, 0.95)
-        sig = np.maximum(np.sqrt(var * (1 + rho) / (1 - rho)), _SIG_FLOOR)
+        sig = np.maximum(np.sqrt(var * (1 + rho) / (1 - rho)), SIG_FLOOR)
         x = np.clip((self.z - mu) / sig, -P.clip, P.clip)
         ready = self.have & (est["seq_n"] >= P.warmup)
         self.inc = x[P.side_term] * P.side_sign[:, None] - P.k  # (D, N)

@@ -48,7 +48,7 @@ RUN_MEMORY = 8
 # RUN_PRIOR_RUNS runs with mean excess RUN_PRIOR_EXCESS windows (ratio 0.75: runs more persistent than
 # any family measured, 0.5-0.62), which weighs little once hundreds of runs are in.
 RUN_PRIOR_RUNS, RUN_PRIOR_EXCESS = 10.0, 3.0
-_L_MAX = 1e6  # the limit where the history has no tail to extrapolate (a run never ends)
+L_MAX = 1e6  # the limit where the history has no tail to extrapolate (a run never ends)
 
 
 def run_limit(c: np.ndarray, e: np.ndarray, n: np.ndarray, p: float) -> np.ndarray:
@@ -61,7 +61,7 @@ def run_limit(c: np.ndarray, e: np.ndarray, n: np.ndarray, p: float) -> np.ndarr
     c = np.maximum(c, 1.0 / n)  # no run that long in n windows: about one in n, not none
     r = mean_excess / (1.0 + mean_excess)  # in (0, 1): the prior keeps the mean excess above 0
     span = np.log(np.maximum(c, p) / p) / np.maximum(-np.log(r), 1e-300)
-    return np.clip(RUN_L0 + span, RUN_MIN, _L_MAX)
+    return np.clip(RUN_L0 + span, RUN_MIN, L_MAX)
 
 
 class SignRuns:
