@@ -1,13 +1,15 @@
 """The arithmetic of the sequential tests (:mod:`pipeline.monitor.alerts.sequential`), pure numpy:
 Siegmund's in-control run length of a CUSUM and the threshold that inverts it, the CUSUM in closed
 form over many streams at once (:func:`lindley`), and the per-stream estimates that move once per
-block of windows, their sums exact in any order (:func:`exact`, :func:`ew_block`)."""
+block of windows, their sums exact in any order (:func:`exact`, :func:`ew_block`). One helper is
+compiled for the compiled passes (:func:`ew_weight_one`)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+from numba import njit
 
 # Bound of the positive statistics the block estimates take in (the spike ratio, the window score):
 # a power of 2 for :func:`exact`; quiet windows lie far below it.
@@ -100,6 +102,14 @@ def ew_block(tab, slots, closes, seg, q, values, est, acc, memory: int, col=None
         a[at] = 0.0
     e[0][at] = n
     f[0][at] = 0
+
+
+@njit(cache=True)
+def ew_weight_one(cnt, n, memory):
+    """:func:`ew_weight` of one estimate, for the compiled passes (quietpass.py, maxtest.py)."""
+    if n <= memory:
+        return cnt / max(n, 1)
+    return min(cnt / memory, 0.5)
 
 
 def ew_weight(cnt, n, memory: int):

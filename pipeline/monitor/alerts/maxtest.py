@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from pipeline.monitor.alerts.cusum import U_MAX, ew_weight, exact
+from pipeline.monitor.alerts.cusum import U_MAX, ew_weight, ew_weight_one, exact
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.tail import gumbel_c
 
@@ -193,7 +193,7 @@ def _calibrate(S, first, n_u, pos, zc, zc2, z, warm, B, calib_after, memory, flo
             if pos[i] % B == B - 1:  # the block closes: the calibration moves
                 n1 = zn + qn
                 if qn > 0:
-                    g = qn / max(n1, 1.0) if n1 <= memory else min(qn / memory, 0.5)
+                    g = ew_weight_one(qn, n1, memory)
                     qs = max(qn, 1.0)
                     zm, z2 = zm + g * (q1 / qs - zm), z2 + g * (q2 / qs - z2)
                 zn, qn, q1, q2 = n1, 0.0, 0.0, 0.0

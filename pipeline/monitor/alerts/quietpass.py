@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import njit
 
-from pipeline.monitor.alerts.cusum import U_MAX, grid
+from pipeline.monitor.alerts.cusum import U_MAX, ew_weight_one, grid
 from pipeline.monitor.alerts.seqcall import ERR_COL, SIG_FLOOR, V_MAX, Z_MAX
 from pipeline.monitor.alerts.signruns import RUN_L0, RUN_MIN, RUN_PRIOR_EXCESS, RUN_PRIOR_RUNS, L_MAX
 
@@ -47,14 +47,6 @@ def _exact(x, g):
 
 
 @njit(cache=True)
-def _weight(cnt, n, memory):
-    """:func:`~pipeline.monitor.alerts.cusum.ew_weight` of one estimate."""
-    if n <= memory:
-        return cnt / max(n, 1)
-    return min(cnt / memory, 0.5)
-
-
-@njit(cache=True)
 def _run_limit(c, e, n, p):
     """:func:`~pipeline.monitor.alerts.signruns.run_limit` of one estimate."""
     n = max(float(n), 1.0)
@@ -75,7 +67,7 @@ def _close(I, F, memory):
         cnt = I[1, t]
         grown = I[0, t] + cnt
         if cnt > 0:
-            w = _weight(cnt, grown, memory)
+            w = ew_weight_one(cnt, grown, memory)
             for k in range(m):
                 F[k, t] = F[k, t] + w * (F[m + k, t] / max(cnt, 1) - F[k, t])
         I[0, t] = grown
