@@ -22,6 +22,7 @@ from pipeline.monitor.metrics import WorkerMetrics
 from pipeline.stream.batching import MicroBatcher
 from pipeline.stream.processor import StreamProcessor
 from pipeline.stream.state import OutputRecord, PartitionState
+from pipeline.stream.windowing import StreamWindowing
 from pipeline.wire.codec import H_CHANNELS, H_FORMAT, H_INDEX, H_RATE, encode_chunk
 
 W, H = 32, 16
@@ -189,15 +190,14 @@ def test_a_bug_in_one_message_dead_letters_it_and_the_worker_goes_on():
     x = np.ones((50, 1), np.float32)
     h.step(Msg(0, *encode_chunk("ok", 0, RATE, x)))
     h.step(Msg(1, *encode_chunk("bad", 0, RATE, x)))
-    real_feed = None
 
-    def broken(frames):
+    def broken(self, frames):
         raise IndexError("index 9223372036854775807 is out of bounds")
 
-    seg = h.part.streams["bad"].open
-    real_feed, seg.win.feed = seg.win.feed, broken
-    h.step(Msg(2, *encode_chunk("bad", 50, RATE, x)))
-    seg.win.feed = real_feed
+    # Only message 2 (of stream "bad") is processed while feed is broken.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StreamWindowing, "feed", broken)
+        h.step(Msg(2, *encode_chunk("bad", 50, RATE, x)))
     h.step(Msg(3, *encode_chunk("ok", 50, RATE, x)))
     h.step(Msg(4, *encode_chunk("bad", 100, RATE, x)))
     h.drain()

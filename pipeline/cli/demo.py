@@ -56,6 +56,8 @@ def bench(
     rounds: int = typer.Option(3, "--rounds", min=1, help="Rounds of the many-streams leg"),
     state_ttl: float = typer.Option(20.0, "--state-ttl", help="Alert-state timeout of the many-streams leg, s "
                                     "(shortened from the worker's default so the leg ends in minutes)"),
+    warmup: int = typer.Option(1000, "--warmup", min=0, help="Streams of the many-streams leg's warm-up round, "
+                               "after which its second idle RSS is taken (0: none)"),
     bootstrap: Optional[str] = BootstrapOpt,
     registry: Optional[Path] = RegistryOpt,
     verbose: bool = VerboseOpt,
@@ -73,7 +75,7 @@ def bench(
         ensure_broker(s)
         ensure_model(s, sample_rate)
         report = run_many(s, streams=many, rounds=rounds, sample_rate=sample_rate, state_ttl_s=state_ttl,
-                          model=model, say=typer.echo)
+                          model=model, warmup=warmup, say=typer.echo)
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
             json_path.write_text(json.dumps(report, indent=2))

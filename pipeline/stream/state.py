@@ -16,7 +16,6 @@ continues, and the idle flushes (a wall-clock decision) the replay must repeat r
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,7 @@ from pipeline.settings import DEFAULT_ROUTE
 from pipeline.stream.windowing import StreamWindowing, classify
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class OutputRecord:
     """Something published on behalf of input messages (a cleaned chunk, an alert event, a dead
     letter): it holds back the commit until the broker acknowledges it (set from the producer's
@@ -58,7 +57,7 @@ class Resume:
     needed: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class InputRecord:
     offset: int
     start: int
@@ -66,7 +65,11 @@ class InputRecord:
     timestamp: float | None
 
 
+# Per-stream objects use __slots__ and lists rather than deques (an empty deque allocates a 64-slot block):
+# an open one-chunk stream is ~1.7 KB of Python objects instead of ~3.2 KB (`dae bench --many`).
 class Segment:
+    __slots__ = ("stream", "win", "rate", "version", "route", "served", "inputs", "outputs", "gate")
+
     def __init__(self, stream: "StreamState", win: StreamWindowing):
         self.stream = stream
         self.win = win
@@ -74,8 +77,8 @@ class Segment:
         self.version: str | None = None  # model version of the last batch applied to this segment
         self.route: str = DEFAULT_ROUTE  # the route whose model serves it (pipeline.inference.routing)
         self.served: str = DEFAULT_ROUTE  # the route of the model of the last batch applied (with ``version``)
-        self.inputs: deque[InputRecord] = deque()
-        self.outputs: deque[OutputRecord] = deque()
+        self.inputs: list[InputRecord] = []  # oldest first
+        self.outputs: list[OutputRecord] = []  # oldest first
         # The durable record of this segment's idle flush: its tail is published only once the
         # record is acknowledged (None: no record to wait for).
         self.gate: OutputRecord | None = None
@@ -91,9 +94,12 @@ class Segment:
 
     def first_unpublished(self) -> int:
         """First output sample index not yet acknowledged (acked chunks are dropped from the left)."""
-        while self.outputs and self.outputs[0].acked:
-            self.outputs.popleft()
-        return self.outputs[0].start if self.outputs else self.win.emitted_until
+        out, k = self.outputs, 0
+        while k < len(out) and out[k].acked:
+            k += 1
+        if k:
+            del out[:k]
+        return out[0].start if out else self.win.emitted_until
 
     def needed_offset(self) -> int | None:
         """Offset of the oldest input message a replay would need, or None if none is needed."""
@@ -101,9 +107,12 @@ class Segment:
             self.inputs.clear()
             return None
         need = self.win.needed_index(self.first_unpublished())
-        while self.inputs and self.inputs[0].end <= need:
-            self.inputs.popleft()
-        return self.inputs[0].offset if self.inputs else None
+        ins, k = self.inputs, 0
+        while k < len(ins) and ins[k].end <= need:
+            k += 1
+        if k:
+            del ins[:k]
+        return ins[0].offset if ins else None
 
     def done(self) -> bool:
         return (
@@ -114,7 +123,13 @@ class Segment:
         )
 
 
+_NO_REPLAY: frozenset[int] = frozenset()
+
+
 class StreamState:
+    __slots__ = ("id", "tp", "rate", "channels", "expected", "open", "retired", "closing", "last_seen",
+                 "last_offset", "flushes", "replay")
+
     def __init__(self, stream_id: str, tp: Any):
         self.id = stream_id
         self.tp = tp
@@ -127,7 +142,8 @@ class StreamState:
         self.last_seen = 0.0
         self.last_offset: int | None = None  # offset of the stream's last message routed
         self.flushes: list[int] = []  # idle flushes (after these offsets) a replay must repeat
-        self.replay: set[int] = set()  # recorded flushes this owner has still to repeat
+        # recorded flushes this owner has still to repeat (a set of its own once there are any)
+        self.replay: set[int] | frozenset[int] = _NO_REPLAY
 
     def segments(self) -> list[Segment]:
         return self.retired + ([self.open] if self.open is not None else [])
