@@ -167,19 +167,6 @@ def test_an_unknown_exception_keeps_its_traceback(monkeypatch, tmp_path):
     assert isinstance(res.exception, Bug)
 
 
-def test_refused_credentials_are_one_line_naming_the_settings(monkeypatch):
-    from pipeline.kafka.clients import KafkaAuthError
-    from pipeline.tools import kafka_local
-
-    def refuse(k, timeout_s):
-        raise KafkaAuthError(f"Kafka at {k.bootstrap_servers} refused the credentials of user 'dae' (check "
-                             "kafka.sasl_username / kafka.sasl_password, env DAE_KAFKA__SASL_PASSWORD)")
-
-    monkeypatch.setattr(kafka_local, "check_broker", refuse)
-    res = runner.invoke(app, ["capture", "--bootstrap", "127.0.0.1:9"])
-    check_one_line(res, "refused the credentials of user 'dae'", "DAE_KAFKA__SASL_PASSWORD")
-
-
 @pytest.mark.kafka
 def test_a_taken_metrics_port_is_one_line_naming_the_setting(kafka_bootstrap):
     import socket

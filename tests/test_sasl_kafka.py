@@ -15,6 +15,7 @@ from pipeline.tools import kafka_local
 from pipeline.tools.capture import capture
 from pipeline.settings import Settings
 from pipeline.tools.simulate import simulate
+from tests.test_cli_errors import check_one_line
 from tests.workers import worker_env
 
 pytestmark = pytest.mark.kafka
@@ -73,3 +74,15 @@ def test_worker_refuses_to_start_with_wrong_credentials(scram_broker, model_regi
     assert "refused the credentials of user 'dae'" in res.stdout
     assert "DAE_KAFKA__SASL_PASSWORD" in res.stdout
     assert "not-the-password" not in res.stdout
+
+
+def test_refused_credentials_are_one_line_naming_the_settings(scram_broker):
+    """A CLI command against the SCRAM listener with a wrong password: one line naming the settings."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    env = {"DAE_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT", "DAE_KAFKA__SASL_MECHANISM": "SCRAM-SHA-256",
+           "DAE_KAFKA__SASL_USERNAME": "dae", "DAE_KAFKA__SASL_PASSWORD": "not-the-password"}
+    res = CliRunner().invoke(app, ["capture", "--bootstrap", scram_broker], env=env)
+    check_one_line(res, "refused the credentials of user 'dae'", "DAE_KAFKA__SASL_PASSWORD")
