@@ -145,6 +145,9 @@ class Worker:
     def start(self) -> None:
         k = self.s.kafka
         verify_connection(k)
+        for eng in self.models.engines.values():  # before joining: the first assignment may be a backlog
+            secs = eng.warm(self.s.batch.max_batch)
+            log.info("model %s (route %s) warmed up in %.0f ms", eng.version, eng.route, secs * 1e3)
         ensure_topics(k, [*k.raw_topics, k.clean_topic, k.dead_letter_topic, k.alerts_topic])
         self.producer.start()
         opts = dict(self._consumer_options)
@@ -174,7 +177,7 @@ class Worker:
         if self.s.model.watch_interval_s > 0 and self.s.model.version is None:
             self._watcher = ModelWatcher(
                 self.s.model.registry, self.models, interval_s=self.s.model.watch_interval_s,
-                device=self.s.model.device, dtype=self.s.model.dtype,
+                device=self.s.model.device, dtype=self.s.model.dtype, warm_rows=self.s.batch.max_batch,
                 on_refused=lambda version, exc: self.metrics.model_swaps.labels("refused").inc(),
             ).start()
 

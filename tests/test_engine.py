@@ -24,6 +24,18 @@ def test_output_of_a_window_does_not_depend_on_its_batch():
         np.testing.assert_array_equal(e.infer(x[lo:hi]).outputs, full[lo:hi])
 
 
+def test_warm_up_runs_the_largest_batch_and_changes_no_output():
+    x = np.random.default_rng(1).normal(size=(40, 2, 64)).astype(np.float32)
+    cold = engine().infer(x)
+    e = engine()
+    assert e.warmed_rows == 0
+    assert e.warm(512) > 0
+    assert e.warmed_rows == 512
+    warm = e.infer(x)
+    np.testing.assert_array_equal(warm.outputs, cold.outputs)
+    np.testing.assert_array_equal(warm.errors, cold.errors)
+
+
 @pytest.mark.parametrize("scale,offset", [(1e-3, 0.0), (1.0, 0.0), (1e3, 0.0), (1.0, 50.0), (1e-3, -2.0)])
 def test_scale_and_offset_equivariance(scale, offset):
     """Standardising each window means any scale/offset is denoised alike (and undone)."""

@@ -38,10 +38,12 @@ def test_swap_while_streaming_has_no_gap_no_duplicate_and_refuses_bad_versions(m
         daemon=True,
     )
     with worker_thread(s) as w:
+        assert w.engine.warmed_rows == s.batch.max_batch  # warmed up before the first batch
         producer.start()
         time.sleep(3.0)
         v2 = reg.publish(model2, meta2, promote=True)
         wait_for(lambda: w.engine.version == v2, 20, 0.2, "the worker to switch to v2")
+        assert w.engine.warmed_rows == s.batch.max_batch  # by the watcher, before it was swapped in
         # A tampered version is refused: the worker keeps serving v2.
         v3 = reg.publish(model2, meta2)
         weights = reg.path(v3) / "model.safetensors"

@@ -62,8 +62,9 @@ class ModelWatcher:
     """
 
     def __init__(self, registry: Path, models, *, interval_s: float, device: str, dtype: str,
-                 on_refused=None):
+                 warm_rows: int = 0, on_refused=None):
         self.registry = Path(registry)
+        self.warm_rows = warm_rows  # a validated model is warmed up here (InferenceEngine.warm), off the hot path
         self.interval_s = interval_s
         self.device, self.dtype = device, dtype
         self._models = models  # pipeline.inference.routing.ModelSet; read only here
@@ -114,6 +115,8 @@ class ModelWatcher:
             else:  # the route's first version: it must serve the route's rates
                 spec = self._models.route_spec(route)
                 validate_candidate(candidate, serving, rates=list(spec.rates or ()) if spec else [], geometry=False)
+            if self.warm_rows:
+                candidate.warm(self.warm_rows)
         except Exception as exc:
             log.error("model %s refused for route %s, still serving %s: %s", version, route, serving.version, exc)
             if self._on_refused is not None:
