@@ -138,6 +138,7 @@ class StreamProcessor:
             return
         if kind != "next" and stream.closing:
             self._flush_segments(stream.closing)
+            stream.closing = ()
         seg.add_input(msg.offset, chunk.index, chunk.end, msg.timestamp)
         block = seg.win.feed(chunk.samples)
         stream.last_seen = self._clock()
@@ -160,10 +161,9 @@ class StreamProcessor:
         # Its next message starts a new segment; what it had so far is released as after a gap.
         todo = list(stream.closing)
         if stream.open is not None:
-            stream.retired.append(stream.open)
+            stream.retire(stream.open)
             todo.append(stream.open)
-        stream.open, stream.expected = None, None
-        stream.closing.clear()
+        stream.open, stream.expected, stream.closing = None, None, ()
         try:
             self._flush_segments(todo)
         except Exception:  # its state is broken too: give its segments up, keep the worker
@@ -174,12 +174,11 @@ class StreamProcessor:
         dropped = set(map(id, stream.segments()))
         self.batcher.drop(lambda seg: id(seg) in dropped)
         self._held = [h for h in self._held if id(h[0]) not in dropped]
-        stream.open, stream.retired, stream.expected = None, [], None
-        stream.closing.clear()
+        stream.open, stream.retired, stream.expected, stream.closing = None, (), None, ()
 
     def _end_segment(self, stream: StreamState, gate: OutputRecord | None) -> None:
         seg = stream.open
-        stream.retired.append(seg)
+        stream.retire(seg)
         stream.open = None
         seg.gate = gate
         self._flush_segments([seg])
@@ -196,7 +195,6 @@ class StreamProcessor:
                         engine = self.models.engine(seg.route)
                         seg.version, seg.served = engine.version, getattr(engine, "route", DEFAULT_ROUTE)
                     self._publish(seg, chunk.start, chunk.samples, seg.version)
-        segments.clear()
 
     def idle_flush(self) -> None:
         """Release the tails of streams silent for ``idle_flush_s`` on partitions this owner has read
@@ -207,7 +205,7 @@ class StreamProcessor:
                 seg = stream.open
                 if seg is not None and not seg.win.flushed and stream.last_seen < limit:
                     self.metrics.idle_flushes.inc()
-                    stream.flushes.append(stream.last_offset)
+                    stream.flushed_at(stream.last_offset)
                     self._end_segment(stream, self._write_state(part, stream))
             part.forget_finished()
         self.metrics.active_streams.set(sum(len(p.streams) for p in self.partitions.values()))

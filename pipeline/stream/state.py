@@ -126,6 +126,9 @@ class Segment:
 
 
 _NO_REPLAY: frozenset[int] = frozenset()
+# A stream's retired/closing segments and flushes while it has none: the shared empty tuple, not an empty
+# list each (56 B x 3 of an open one-chunk stream's ~1.3 KB); a list of its own once it has one.
+_NONE: tuple = ()
 
 
 class StreamState:
@@ -139,16 +142,23 @@ class StreamState:
         self.channels: int = 0
         self.expected: int | None = None  # index of the next sample we expect
         self.open: Segment | None = None
-        self.retired: list[Segment] = []  # flushed (or being flushed) segments with unpublished output
-        self.closing: list[Segment] = []  # segments to flush now (filled by route())
+        self.retired: list[Segment] | tuple = _NONE  # flushed (or being flushed) segments with unpublished output
+        self.closing: list[Segment] | tuple = _NONE  # segments to flush now (filled by route())
         self.last_seen = 0.0
         self.last_offset: int | None = None  # offset of the stream's last message routed
-        self.flushes: list[int] = []  # idle flushes (after these offsets) a replay must repeat
+        self.flushes: list[int] | tuple = _NONE  # idle flushes (after these offsets) a replay must repeat
         # recorded flushes this owner has still to repeat (a set of its own once there are any)
         self.replay: set[int] | frozenset[int] = _NO_REPLAY
 
     def segments(self) -> list[Segment]:
-        return self.retired + ([self.open] if self.open is not None else [])
+        return [*self.retired, self.open] if self.open is not None else list(self.retired)
+
+    def retire(self, seg: Segment) -> None:
+        self.retired = [*self.retired, seg]
+
+    def flushed_at(self, offset: int) -> None:
+        """An idle flush after ``offset``: a replay from before it must repeat it."""
+        self.flushes = [*self.flushes, offset]
 
 
 @dataclass
@@ -212,8 +222,8 @@ class PartitionState:
                 return stream.open, "next"
             kind = "start"  # continuation after an idle flush: a new segment, nothing lost
         if stream.open is not None:
-            stream.closing.append(stream.open)
-            stream.retired.append(stream.open)
+            stream.closing = [*stream.closing, stream.open]
+            stream.retire(stream.open)
             stream.open = None
         return self._open(stream, chunk, window, hop), kind
 
@@ -229,12 +239,13 @@ class PartitionState:
         """Drop finished segments, and streams with nothing left in flight."""
         for sid in list(self.streams):
             st = self.streams[sid]
-            st.retired = [s for s in st.retired if not s.done()]
+            if st.retired:
+                st.retired = [s for s in st.retired if not s.done()] or _NONE
             if st.open is not None and st.open.win.flushed:
                 if st.open.done():
                     st.open = None
                 else:
-                    st.retired.append(st.open)
+                    st.retire(st.open)
                     st.open = None
             if st.open is None and not st.retired and not st.closing:
                 del self.streams[sid]
@@ -245,10 +256,10 @@ class PartitionState:
         for seg in st.segments():  # oldest first: the segment a replay has to continue
             off = seg.needed_offset()
             if off is not None:
-                st.flushes = [o for o in st.flushes if o >= off]
+                st.flushes = _since(st.flushes, off)
                 return Resume(off, seg.win.anchor, seg.first_unpublished(), tuple(st.flushes), needed=True)
         nxt = st.last_offset + 1
-        st.flushes = [o for o in st.flushes if o >= nxt]
+        st.flushes = _since(st.flushes, nxt)
         seg = st.open
         if seg is not None and not seg.win.flushed:  # open, but no input needed yet: continue it
             return Resume(nxt, seg.win.anchor, seg.first_unpublished(), tuple(st.flushes))
@@ -290,3 +301,8 @@ class PartitionState:
             else:
                 self.durable[sid] = e
         return out
+
+
+def _since(flushes: list[int] | tuple, offset: int) -> list[int] | tuple:
+    """The flushes at or after ``offset`` (the shared empty tuple when none)."""
+    return ([o for o in flushes if o >= offset] or _NONE) if flushes else flushes

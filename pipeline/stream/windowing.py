@@ -44,6 +44,16 @@ def _synthesis_window32(window: int) -> np.ndarray:
     return w
 
 
+@lru_cache(maxsize=64)
+def _empty32(rows: int, cols: int) -> np.ndarray:
+    """A read-only empty float32 array, shared: a segment's sample buffer and accumulator before their
+    first samples (an empty array each was ~100 B of an open one-chunk stream); both are replaced, never
+    written in place, when they grow."""
+    a = np.empty((rows, cols), dtype=np.float32)
+    a.flags.writeable = False
+    return a
+
+
 def validate_geometry(window: int, hop: int) -> None:
     if window < 2:
         raise ValueError(f"window must be at least 2 samples, got {window}")
@@ -129,12 +139,12 @@ class StreamWindowing:
         self.end = start  # next expected sample index
         self.emit_from = max(start, emit_from if emit_from is not None else start)
         self._w32 = _synthesis_window32(window)
-        self._buf = np.empty((0, channels), dtype=np.float32)
+        self._buf = _empty32(0, channels)
         self._buf_start = self.first
         self._next_win = self.first  # next grid window to cut
         self._cut_end = self.first  # start of the window after the last one cut
         self._first_pending = self.first  # oldest window cut whose output has not come back
-        self._acc = np.zeros((channels, 0), dtype=np.float32)  # weighted sum from _acc_start on
+        self._acc = _empty32(channels, 0)  # weighted sum from _acc_start on
         self._acc_start = self.first
         self.flushed = False
         self.emitted_until = self.emit_from  # sample index after the last output released
