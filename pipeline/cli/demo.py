@@ -58,6 +58,8 @@ def bench(
                                     "(shortened from the worker's default so the leg ends in minutes)"),
     warmup: int = typer.Option(1000, "--warmup", min=0, help="Streams of the many-streams leg's warm-up round, "
                                "after which its second idle RSS is taken (0: none)"),
+    keep_topics: bool = typer.Option(False, "--keep-topics", help="Keep the topics the run created (by default "
+                                     "deleted at its end: dae.bench.<run>.*; they hold gigabytes)"),
     bootstrap: Optional[str] = BootstrapOpt,
     registry: Optional[Path] = RegistryOpt,
     verbose: bool = VerboseOpt,
@@ -66,6 +68,22 @@ def bench(
     one-message-at-a-time loop, same broker; per-stage latency of the worker legs (docs/bench.md)."""
     setup_logging(verbose)
     s = settings(bootstrap, registry, metrics={"enabled": False}, model={"device": device})
+    from pipeline.tools.bench_topics import PREFIX, delete_run_topics, named
+
+    try:
+        _bench(s, streams, seconds, sample_rate, chunk, live_rate, model, processes, json_path, many, rounds,
+               state_ttl, warmup)
+    finally:
+        if not keep_topics and named():
+            try:
+                gone = delete_run_topics(s.kafka)
+                typer.echo(f"deleted this run's {len(gone)} topics ({PREFIX}*; --keep-topics keeps them)")
+            except Exception as exc:  # the figures are out already: say so, do not fail the run
+                typer.echo(f"could not delete this run's topics ({PREFIX}*): {type(exc).__name__}: {exc}", err=True)
+
+
+def _bench(s, streams, seconds, sample_rate, chunk, live_rate, model, processes, json_path, many, rounds,
+           state_ttl, warmup) -> None:
     if many:
         import json
 

@@ -40,6 +40,7 @@ from rich.table import Table
 from pipeline.wire.codec import decode_chunk, encode_chunk
 from pipeline.kafka.clients import ensure_topics, make_consumer, make_producer
 from pipeline.settings import KafkaSettings, Settings
+from pipeline.tools.bench_topics import bench_name
 
 console = Console()
 
@@ -105,7 +106,7 @@ class RawCopy:
     def __init__(self, s: Settings, topic: str, n_messages: int):
         self.out_topic = f"{topic}.copy"
         ensure_topics(s.kafka, [self.out_topic])
-        self.c = make_consumer(s.kafka, topic, group_id=f"bench-raw-{uuid.uuid4().hex[:6]}")
+        self.c = make_consumer(s.kafka, topic, group_id=bench_name("g-raw"))
         self.p = make_producer(s.kafka)
         self.n, self.acked, self.lat = n_messages, 0, []
         self.first_records: float | None = None  # perf_counter when a poll first returned records
@@ -145,7 +146,7 @@ class WorkerLeg:
 
         tag = uuid.uuid4().hex[:6]
         k = s.kafka.model_copy(update={"raw_topics": (topic,), "clean_topic": f"{topic}.clean-{tag}",
-                                       "group_id": f"bench-worker-{tag}"})
+                                       "group_id": bench_name("g-worker")})
         engine = InferenceEngine.from_source(s.model.registry, s.model.version, device=s.model.device, dtype=s.model.dtype)
         self.w = Worker(s.model_copy(update={"kafka": k}), engine)
         self.w.keep_latencies = True
@@ -204,7 +205,7 @@ class NaiveLoop:
         self.model = self.engine.version
         self.out_topic = f"{topic}.naive"
         ensure_topics(s.kafka, [self.out_topic])
-        self.c = make_consumer(s.kafka, topic, group_id=f"bench-naive-{uuid.uuid4().hex[:6]}", max_poll_records=1)
+        self.c = make_consumer(s.kafka, topic, group_id=bench_name("g-naive"), max_poll_records=1)
         self.p = make_producer(s.kafka)
         self.n, self.count, self.lat = n_messages, 0, []
         self.max_s, self.samples_done = max_s, 0
@@ -243,7 +244,7 @@ def backlog_phase(make, s: Settings, messages):
     """The throughput phase: ``messages`` produced as a backlog to a fresh topic, then ``make(topic)``'s
     leg pumped until it is done (at most 600 s). Returns the leg, still open, and the seconds from the
     first poll that returned records (the group join excluded) to the end."""
-    topic = f"dae.bench.{uuid.uuid4().hex[:8]}"
+    topic = bench_name("raw")
     ensure_topics(s.kafka, [topic])
     _produce(s.kafka, topic, messages, None)
     leg = make(topic)
@@ -272,7 +273,7 @@ def _run_leg(make, s: Settings, messages, samples: int, live_rate: float) -> Leg
         return LegResult(name, done, secs, done / secs, nbytes * done / samples / secs / 1e6, float("nan"),
                          float("nan"), live_rate, getattr(leg, "model", None), None)
     # Latency: paced live input, consumer joined first.
-    topic = f"dae.bench.{uuid.uuid4().hex[:8]}"
+    topic = bench_name("raw")
     ensure_topics(s.kafka, [topic])
     leg = make(topic)
     for _ in range(20):  # let the group join before the first record exists

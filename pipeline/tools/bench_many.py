@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.kafka.clients import ensure_topics, make_producer
 from pipeline.settings import Settings
+from pipeline.tools.bench_topics import bench_name
 from pipeline.worker import TRIM_EVERY_S
 from pipeline.wire.codec import encode_chunk
 
@@ -76,10 +77,10 @@ def run_many(s: Settings, *, streams: int, rounds: int = 3, chunk: int = 64, sam
     from pipeline.worker import Worker
 
     tag = uuid.uuid4().hex[:6]
-    topic = f"dae.bench.many.{tag}"
+    topic = bench_name("many")
     ensure_topics(s.kafka, [topic])
     k = s.kafka.model_copy(update={"raw_topics": (topic,), "clean_topic": f"{topic}.clean",
-                                   "group_id": f"bench-many-{tag}"})
+                                   "group_id": bench_name("g-many")})
     s = s.model_copy(update={"kafka": k, "alerts": s.alerts.model_copy(update={"state_ttl_s": state_ttl_s})})
     engine = InferenceEngine.from_source(s.model.registry, model or s.model.version, device=s.model.device,
                                          dtype=s.model.dtype)

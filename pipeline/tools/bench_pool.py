@@ -24,6 +24,7 @@ import uuid
 
 from pipeline.kafka.clients import ensure_topics, make_consumer
 from pipeline.settings import Settings
+from pipeline.tools.bench_topics import bench_name
 
 # A pool's SIGTERM-to-exit allowance (each child finishes its batch, flushes and commits).
 STOP_TIMEOUT_S = 60.0
@@ -48,7 +49,7 @@ class PoolLeg:
             "DAE_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
             "DAE_KAFKA__RAW_TOPICS": json.dumps([topic]),
             "DAE_KAFKA__CLEAN_TOPIC": self.clean,
-            "DAE_KAFKA__GROUP_ID": f"bench-pool-{tag}",
+            "DAE_KAFKA__GROUP_ID": bench_name("g-pool"),
             "DAE_MODEL__REGISTRY": str(s.model.registry),
             "DAE_MODEL__VERSION": self.model,
             "DAE_MODEL__DEVICE": s.model.device,
