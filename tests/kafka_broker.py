@@ -79,7 +79,8 @@ def kafka_container(image: str = DEFAULT_IMAGE) -> Iterator[str]:
 @contextlib.contextmanager
 def local_broker(port: int = TEST_PORT) -> Iterator[str]:
     """The project's local broker (deploy/kafka); stopped afterwards when started here, unless
-    ``DAE_TEST_KEEP_KAFKA`` is set."""
+    ``DAE_TEST_KEEP_KAFKA`` is set, and its data deleted (the suite's topics: ~50 MB a run, which
+    piled up run after run on a machine that runs CI again and again)."""
     from pipeline.tools import kafka_local
 
     started_here = kafka_local.status(port) is None
@@ -88,7 +89,7 @@ def local_broker(port: int = TEST_PORT) -> Iterator[str]:
         yield bootstrap
     finally:
         if started_here and not os.environ.get("DAE_TEST_KEEP_KAFKA"):
-            kafka_local.stop(port)
+            kafka_local.clean(port)
 
 
 @contextlib.contextmanager

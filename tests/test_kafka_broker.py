@@ -78,3 +78,23 @@ def test_real_daemon_that_cannot_pull_falls_back_to_the_local_broker():
         finally:
             admin.close()
     assert len(said) == 1 and "dae-test/no-such-kafka-image:0" in said[0]
+
+
+@pytest.mark.kafka
+def test_a_local_broker_the_tests_started_leaves_no_data_behind(tmp_path, monkeypatch):
+    """Each suite's topics went on piling up in the broker's data directory, run after run."""
+    from pipeline.tools import kafka_local
+    from tests.kafka_broker import TEST_PORT, local_broker
+
+    if not kafka_local.jars_cached():
+        pytest.skip("the local broker's jars are not resolved here (deploy/kafka)")
+    port = TEST_PORT + 7
+    if kafka_local.status(port) is not None:
+        pytest.skip(f"a broker already runs on port {port}")
+    data = tmp_path / "kafka-data"
+    monkeypatch.setenv("DAE_KAFKA_DATA", str(data))
+    monkeypatch.delenv("DAE_TEST_KEEP_KAFKA", raising=False)
+    with local_broker(port) as bootstrap:
+        assert bootstrap.endswith(f":{port}") and data.is_dir()
+    assert kafka_local.status(port) is None
+    assert not data.exists()

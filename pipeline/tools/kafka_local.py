@@ -59,6 +59,11 @@ def stop(port: int | None = None) -> None:
     _run("stop", port)
 
 
+def clean(port: int | None = None) -> None:
+    """Stop the broker and delete its data directory (a throwaway broker: the tests' own)."""
+    _run("clean", port)
+
+
 def status(port: int | None = None) -> str | None:
     res = _run("status", port, check=False)
     return res.stdout.strip() if res.returncode == 0 else None
