@@ -70,11 +70,12 @@ def bench(
     s = settings(bootstrap, registry, metrics={"enabled": False}, model={"device": device})
     from pipeline.tools.bench_topics import PREFIX, delete_run_topics, named
 
+    named_before = named()  # (one process may run several benches: the CLI's tests)
     try:
         _bench(s, streams, seconds, sample_rate, chunk, live_rate, model, processes, json_path, many, rounds,
                state_ttl, warmup)
     finally:
-        if not keep_topics and named():
+        if not keep_topics and named() > named_before:  # nothing created (e.g. no broker): nothing to delete
             try:
                 gone = delete_run_topics(s.kafka)
                 typer.echo(f"deleted this run's {len(gone)} topics ({PREFIX}*; --keep-topics keeps them)")
