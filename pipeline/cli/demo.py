@@ -68,38 +68,24 @@ def bench(
     one-message-at-a-time loop, same broker; per-stage latency of the worker legs (docs/bench.md)."""
     setup_logging(verbose)
     s = settings(bootstrap, registry, metrics={"enabled": False}, model={"device": device})
-    from pipeline.tools.bench_topics import PREFIX, delete_run_topics, named
+    from pipeline.tools.bench_topics import run_topics
 
-    named_before = named()  # (one process may run several benches: the CLI's tests)
-    try:
-        _bench(s, streams, seconds, sample_rate, chunk, live_rate, model, processes, json_path, many, rounds,
-               state_ttl, warmup)
-    finally:
-        if not keep_topics and named() > named_before:  # nothing created (e.g. no broker): nothing to delete
-            try:
-                gone = delete_run_topics(s.kafka)
-                typer.echo(f"deleted this run's {len(gone)} topics ({PREFIX}*; --keep-topics keeps them)")
-            except Exception as exc:  # the figures are out already: say so, do not fail the run
-                typer.echo(f"could not delete this run's topics ({PREFIX}*): {type(exc).__name__}: {exc}", err=True)
+    with run_topics(s.kafka, keep=keep_topics, say=typer.echo):
+        if many:
+            import json
 
+            from pipeline.tools.bench_many import run_many
+            from pipeline.tools.demo import ensure_broker, ensure_model
 
-def _bench(s, streams, seconds, sample_rate, chunk, live_rate, model, processes, json_path, many, rounds,
-           state_ttl, warmup) -> None:
-    if many:
-        import json
+            ensure_broker(s)
+            ensure_model(s, sample_rate)
+            report = run_many(s, streams=many, rounds=rounds, sample_rate=sample_rate, state_ttl_s=state_ttl,
+                              model=model, warmup=warmup, say=typer.echo)
+            if json_path is not None:
+                json_path.parent.mkdir(parents=True, exist_ok=True)
+                json_path.write_text(json.dumps(report, indent=2))
+            return
+        from pipeline.tools.bench import run_bench
 
-        from pipeline.tools.bench_many import run_many
-        from pipeline.tools.demo import ensure_broker, ensure_model
-
-        ensure_broker(s)
-        ensure_model(s, sample_rate)
-        report = run_many(s, streams=many, rounds=rounds, sample_rate=sample_rate, state_ttl_s=state_ttl,
-                          model=model, warmup=warmup, say=typer.echo)
-        if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(report, indent=2))
-        return
-    from pipeline.tools.bench import run_bench
-
-    run_bench(s, streams=streams, seconds=seconds, sample_rate=sample_rate, chunk=chunk, live_rate=live_rate,
-              json_path=json_path, model=model, processes=processes)
+        run_bench(s, streams=streams, seconds=seconds, sample_rate=sample_rate, chunk=chunk, live_rate=live_rate,
+                  json_path=json_path, model=model, processes=processes)

@@ -10,13 +10,12 @@ the service, even on a shared broker. ``dae bench --keep-topics`` keeps them.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import uuid
+from typing import Callable, Iterator
 
 from pipeline.kafka.clients import make_admin
 from pipeline.settings import KafkaSettings
-
-log = logging.getLogger(__name__)
 
 RUN = uuid.uuid4().hex[:8]
 PREFIX = f"dae.bench.{RUN}."
@@ -44,3 +43,20 @@ def delete_run_topics(k: KafkaSettings, prefix: str = PREFIX) -> list[str]:
         return mine
     finally:
         admin.close()
+
+
+@contextlib.contextmanager
+def run_topics(k: KafkaSettings, *, keep: bool, say: Callable[..., None]) -> Iterator[None]:
+    """Around one bench invocation: on the way out, failed or not, delete the topics it created (only
+    when it named any: one process may run several benches, and a run that never reached the broker
+    has nothing to delete). A failed deletion is said, never raised: the figures are out already."""
+    before = named()
+    try:
+        yield
+    finally:
+        if not keep and named() > before:
+            try:
+                gone = delete_run_topics(k)
+                say(f"deleted this run's {len(gone)} topics ({PREFIX}*; --keep-topics keeps them)")
+            except Exception as exc:
+                say(f"could not delete this run's topics ({PREFIX}*): {type(exc).__name__}: {exc}", err=True)
