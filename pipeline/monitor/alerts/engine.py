@@ -135,6 +135,10 @@ class AlertEngine:
         if self._seq is not None and self._seq.compiled is not None:
             self._seq.compiled.warm(self._tab, len(self._scoring.cols))
         self._raw.warm(self._seq_window, self._hop)
+        if self.cfg.enabled:  # the window features' kernels (one window; with and without outputs)
+            x = np.zeros((1, 1, max(self._seq_window, 4)), np.float32)
+            window_features(x, x, self._work)
+            window_features(x, None, self._work)
 
     def _use_model(self, calibration: dict[str, float] | None, model_version: str) -> Scoring:
         self.model_version = str(model_version)

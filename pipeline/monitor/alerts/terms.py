@@ -46,6 +46,8 @@ import math
 
 import numpy as np
 
+from pipeline.monitor.alerts import featpass
+
 # log() of values at or below this are taken at this value: log(0) for a flat window stays finite.
 TINY = 1e-30
 # 1.4826 * MAD estimates the standard deviation of a normal distribution.
@@ -88,19 +90,48 @@ def window_features(windows: np.ndarray | None, outputs: np.ndarray | None,
                     work: FeatureWork | None = None) -> dict[str, np.ndarray]:
     """Per-window features from raw windows and model outputs, ``(N, C, W)`` each, input units.
 
-    Element-wise passes run in float32 (the inputs' precision), reductions of squares and the logs in
-    float64; row maxima use ``fmax``/``fmin`` (numpy's NaN-propagating ``max`` is 1.5x slower; the
-    inputs are finite).
+    Compiled, one pass per window (:mod:`pipeline.monitor.alerts.featpass`): differences in float32 (the
+    inputs' precision), sums and the logs in float64. A call holding a non-finite sample takes the numpy
+    form (:func:`_features_numpy`; element-wise passes in float32, reductions of squares in float64).
     """
     if windows is None:
         return {}
     x = np.ascontiguousarray(windows, dtype=np.float32)
     n, c, w = x.shape
+    names = ("level", "clip", "spike", "floor") + (() if outputs is None else ("peak", "noise", "freq"))
+    if n == 0:
+        return {k: np.zeros(0) for k in names}
+    y = x if outputs is None else np.ascontiguousarray(outputs, dtype=np.float32).reshape(x.shape)
+    if not (np.isfinite(x).all() and (outputs is None or np.isfinite(y).all())):
+        return _features_numpy(x, outputs, work)
+    m, L = c * w, (w // 2 if w >= 4 else 0)  # L: the floor's second differences per channel
+    got = np.empty((7, n))
+    s1, s2 = n * max(m - 2, 0), n * c * L
+    buf = (work or FeatureWork()).take(1, s1 + s2)[0]
+    d2, fl = buf[:s1].reshape(n, -1), buf[s1 : s1 + s2].reshape(n, -1)
+    featpass.second_diffs(x, d2, fl)  # compiled, a window at a time
+    featpass.features(x, y, outputs is not None, got, d2)
+    got[2] = _robust_log_ratio(got[2], d2, 1.0) if m > 2 else 0.0  # spike: the medians, numpy's (SIMD)
+    got[3] = _robust_log_ratio(math.sqrt(6.0), fl, -1.0) if w >= 4 else 0.0  # floor
+    return dict(zip(names, got))
+
+
+def _robust_log_ratio(num, v: np.ndarray, sign: float) -> np.ndarray:
+    """``log(num / (1.4826 * median))`` (``sign`` 1) or ``log(1.4826 * median / num)`` (-1) per row of ``v``
+    (the upper median, reordered in place), as :func:`_spike` and :func:`_floor` take them."""
+    k = v.shape[1] // 2
+    mid = _MAD_TO_SIGMA * np.partition(v, k, axis=1)[:, k].astype(np.float64)
+    if sign > 0:
+        return np.log(np.maximum(num, TINY) / np.maximum(mid, TINY))
+    return np.log(np.maximum(mid / num, TINY))
+
+
+def _features_numpy(x: np.ndarray, outputs: np.ndarray | None, work: FeatureWork | None) -> dict[str, np.ndarray]:
+    """:func:`window_features` in numpy array operations (a call with a non-finite sample: NaN as numpy
+    propagates it)."""
+    n, c, w = x.shape
     m = c * w
     out: dict[str, np.ndarray] = {}
-    if n == 0:
-        names = ("level", "clip", "spike", "floor") + (() if outputs is None else ("peak", "noise", "freq"))
-        return {k: np.zeros(0) for k in names}
     rows = x.reshape(n * c, w)
     flat = x.reshape(n, m)
     out["level"] = (flat @ np.ones(m, np.float32)).astype(np.float64) / m
