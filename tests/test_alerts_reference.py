@@ -15,6 +15,7 @@ import pytest
 from pipeline.monitor.alerts import engine as alerts
 from pipeline.monitor.alerts.engine import AlertEngine, window_features
 from pipeline.monitor.alerts.events import TERMS, AlertEvent
+from pipeline.monitor.alerts.runpass import quiet_runs_compiled
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.terms import TINY, calibration_prior, robust_stats
 from pipeline.settings import ALERT_FEATURES, ALERT_SLOWABLE, AlertSettings
@@ -348,8 +349,9 @@ def _same(events, out, ref_events, ref_out):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, err_msg=f"{k} {t}")
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("seed", range(4))
-def test_the_engine_makes_the_decisions_of_its_reference(seed, monkeypatch):
+def test_the_engine_makes_the_decisions_of_its_reference(seed, compiled, monkeypatch):
     rng, streams, n = _inputs(seed)
     cfg = _settings(seed, rng)
     calls = _calls(rng, streams, n)
@@ -357,12 +359,15 @@ def test_the_engine_makes_the_decisions_of_its_reference(seed, monkeypatch):
     assert any(e.kind == "resolved" for e in ref_events)  # alerts, resolves and cooldowns were exercised
     taken = []
 
+    runs = quiet_runs_compiled if compiled else quiet_runs
+
     def counted(*a):
-        done = quiet_runs(*a)
+        done = runs(*a)
         taken.append(int(done.sum()))
         return done
 
-    monkeypatch.setattr(alerts, "quiet_runs", counted)
+    monkeypatch.setattr(AlertEngine, "compiled_runs", compiled)
+    monkeypatch.setattr(alerts, "quiet_runs_compiled" if compiled else "quiet_runs", counted)
     for fast in (True, False):
         events, out = _feed(AlertEngine(cfg, CAL, "v1", fast_path=fast), streams, calls)
         _same(events, out, ref_events, ref_out)

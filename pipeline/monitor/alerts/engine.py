@@ -68,6 +68,7 @@ import numpy as np
 from pipeline.monitor.alerts.events import EVENT_TYPE, TERMS, AlertEvent, WindowScores
 from pipeline.monitor.alerts.fresh import first_windows
 from pipeline.monitor.alerts.raw import RawTests
+from pipeline.monitor.alerts.runpass import quiet_runs_compiled
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scalar import step_spans
 from pipeline.monitor.alerts.scoring import Scoring, window_values
@@ -97,6 +98,9 @@ class AlertEngine:
     :meth:`expire`; ``on_evict(stream, reason)`` is called for each stream dropped by :meth:`expire`
     (``"idle"``) or to make room beyond ``max_streams`` (``"cap"``).
     """
+
+    # the quiet runs compiled (runpass.py); False: in numpy array operations (runs.py), the reference
+    compiled_runs = True
 
     def __init__(self, cfg: AlertSettings, calibration: dict[str, float] | None, model_version: str, *,
                  fast_path: bool = True, clock: Callable[[], float] = time.monotonic,
@@ -135,6 +139,11 @@ class AlertEngine:
         if self._seq is not None and self._seq.compiled is not None:
             self._seq.compiled.warm(self._tab, len(self._scoring.cols))
         self._raw.warm(self._seq_window, self._hop)
+        if self.cfg.enabled and self._fast:  # the quiet runs' kernel, on no stream
+            p, none = self._scoring, np.zeros(0, np.int64)
+            cols = sorted({0, 1, p.col("scale")} | set(range(p.features)))
+            quiet_runs_compiled(p, self._tab, none, none, none, np.zeros((len(cols), 0)), cols, none,
+                                np.zeros(0), np.zeros((len(p.cols), 0)))
         if self.cfg.enabled:  # the window features' kernels (one window; with and without outputs)
             x = np.zeros((1, 1, max(self._seq_window, 4)), np.float32)
             window_features(x, x, self._work)
@@ -404,7 +413,8 @@ class AlertEngine:
         stop = nxt[np.searchsorted(nxt, first, side="right")]
         length = np.minimum(stop - first, n_u if not below_raise else np.minimum(n_u, PREFIX_RUN))
         e = np.flatnonzero(ok)
-        done[e] = quiet_runs(p, tab, slots[e], first[e], length[e], vals, cols, starts, score, z, below_raise)
+        runs = quiet_runs_compiled if self.compiled_runs else quiet_runs
+        done[e] = runs(p, tab, slots[e], first[e], length[e], vals, cols, starts, score, z, below_raise)
         return done
 
     def _scalar(self, spans, window, ts, starts, finite, vals, cols, log_err, score, act, z, events, ev_win) -> None:
