@@ -354,11 +354,8 @@ class AlertEngine:
                         finite[pidx], o_act[pidx], ts, events, ev_win)
             ev_win[k:] = pidx[np.asarray(ev_win[k:], dtype=np.int64)].tolist()
         else:
-            rest = np.flatnonzero(done < n_u).tolist()
-            if rest:
-                spans = [(ids[u], int(slots[u]), int(first[u] + done[u]), int(first[u] + n_u[u])) for u in rest]
-                self._scalar(spans, window, ts, starts, finite, vals, cols, log_err, o_score, o_act, o_z, events,
-                             ev_win)
+            self._rest(ids, slots, first, n_u, done, window, ts, starts, finite, vals, cols, log_err, o_score, o_act,
+                       o_z, events, ev_win)
             self._tests(ids, slots, first, n_u, starts, window, o_z, o_score, features, order, finite, o_act, ts,
                         events, ev_win)
         if order is not None:
@@ -417,15 +414,36 @@ class AlertEngine:
         done[e] = runs(p, tab, slots[e], first[e], length[e], vals, cols, starts, score, z, below_raise)
         return done
 
-    def _scalar(self, spans, window, ts, starts, finite, vals, cols, log_err, score, act, z, events, ev_win) -> None:
+    def _rest(self, ids, slots, first, n_u, done, window, ts, starts, finite, vals, cols, log_err, score, act, z,
+              events, ev_win) -> None:
+        """The windows the runs left (``done`` per stream of ``n_u``): the scalar step, and with the fast path
+        the runs again from where a stream can take them (past a hot window that raised nothing, an alert
+        resolved), in turns until every window is done. Each turn steps at least one window per stream
+        left, so a turn's runs that take nothing cost one more scalar window, never a loop."""
+        while True:
+            rest = np.flatnonzero(done < n_u)
+            if not rest.size:
+                return
+            spans = [(ids[u], int(slots[u]), int(first[u] + done[u]), int(first[u] + n_u[u])) for u in rest]
+            done[rest] += self._scalar(spans, window, ts, starts, finite, vals, cols, log_err, score, act, z, events,
+                                       ev_win, until_runnable=self._fast)
+            again = rest[done[rest] < n_u[rest]]
+            if not again.size:
+                return
+            done[again] += self._runs(slots[again], first[again] + done[again], n_u[again] - done[again], vals, cols,
+                                      starts, finite, score, z)
+
+    def _scalar(self, spans, window, ts, starts, finite, vals, cols, log_err, score, act, z, events, ev_win,
+                until_runnable: bool = False) -> np.ndarray:
         """Windows ``[a, b)`` of each ``(stream, slot, a, b)`` of ``spans`` through the scalar step
-        (:func:`~pipeline.monitor.alerts.scalar.step_spans`)."""
+        (:func:`~pipeline.monitor.alerts.scalar.step_spans`); returns the windows stepped per span."""
         evs: list[AlertEvent] = []
-        step_spans(self._scoring, self._tab, spans, window, ts, starts, finite, vals, cols, log_err, score, act, z,
-                   evs, ev_win)
+        stepped = step_spans(self._scoring, self._tab, spans, window, ts, starts, finite, vals, cols, log_err, score,
+                             act, z, evs, ev_win, until_runnable)
         for ev in evs:
             (self._active.add if ev.kind == "raised" else self._active.discard)(ev.stream)
         events.extend(evs)
+        return np.asarray(stepped, dtype=np.int64)
 
 
 __all__ = ["AlertEngine", "AlertEvent", "BatchResult", "WindowScores", "TERMS", "EVENT_TYPE", "window_features"]

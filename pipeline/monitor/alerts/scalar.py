@@ -223,6 +223,17 @@ class Cursor:
             else:
                 self._refresh(due)
 
+    def runnable(self, cols: list[int], start: int, finite: bool) -> bool:
+        """Whether the quiet runs (:func:`~pipeline.monitor.alerts.runs.quiet_runs`) can take the stream from
+        its next window (``start``, ``finite``) on: the conditions of the engine's ``_runs``."""
+        p, count = self.p, self.count
+        if self.active or not finite or (self.has_last and start <= self.last_start):
+            return False
+        if any(count[c] < p.warmup_windows for c in cols):
+            return False
+        return all(self.slow_n[q] >= p.slow_windows and count[t] >= p.slow_min
+                   for q, (f, t) in enumerate(p.slow) if f in cols)
+
     def _refresh(self, cols: list[int]) -> None:
         """Recompute the median and spreads of columns ``cols`` from their values (one call per length)."""
         p, size = self.p, self.p.stats_windows
@@ -269,20 +280,23 @@ def refresh_many(p: Scoring, cursors: list[Cursor]) -> None:
 
 
 def step_spans(p: Scoring, tab: SlotTable, spans, window: int, ts: float, starts, finite, vals, cols, log_err, score,
-               act, z, events: list, ev_win: list) -> None:
+               act, z, events: list, ev_win: list, until_runnable: bool = False) -> list[int]:
     """Windows ``[a, b)`` of each ``(stream, slot, a, b)`` of ``spans`` through :meth:`Cursor.step`. The
     streams step together (window ``a + t`` of every stream, then ``a + t + 1``), so the refreshes due
     after a step are taken for all of them at once (:func:`refresh_many`); each stream's windows stay
-    in order and its events are listed in the order of ``spans``."""
+    in order and its events are listed in the order of ``spans``. ``until_runnable``: a stream stops
+    after a window from which the quiet runs could take it (:meth:`Cursor.runnable`). Returns the windows
+    stepped per span."""
     T = len(p.cols)
     curs, todo = [], []
     for stream, slot, a, b in spans:
         cur = Cursor(p, tab, slot, stream, window, ts)
         cur.defer = True
         curs.append(cur)
-        todo.append((cur, a, b, vals[:, a:b].T.tolist(), [], [], []))
+        todo.append([cur, a, b, vals[:, a:b].T.tolist(), [], [], []])
     for t in range(max(b - a for _, _, a, b in spans)):
-        for cur, a, b, xs, rows, evs, evw in todo:
+        for item in todo:
+            cur, a, b, xs, rows, evs, evw = item
             i = a + t
             if i >= b:
                 continue
@@ -293,9 +307,12 @@ def step_spans(p: Scoring, tab: SlotTable, spans, window: int, ts: float, starts
             if ev is not None:
                 evs.append(ev)
                 evw.append(i)
+            if until_runnable and i + 1 < b and cur.runnable(cols, int(starts[i + 1]), bool(finite[i + 1])):
+                item[2] = i + 1  # the rest is the runs' again
         refresh_many(p, curs)
     for cur, a, b, xs, rows, evs, evw in todo:
         z[:, a:b] = np.array(rows).T
         cur.store()
         events.extend(evs)
         ev_win.extend(evw)
+    return [b - a for _, a, b, *_ in todo]
