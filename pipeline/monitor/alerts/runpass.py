@@ -272,6 +272,53 @@ def quiet_pass(slots, first, length, thr, vals, vrow, starts, P, lv, sc, sq, sf,
         rec_len[s] = min(nrec, k + d)
 
 
+@njit(cache=True)
+def _rings(slots, rowcol, ring, count, S, out) -> None:
+    """``out[e, r]``: row ``r``'s ring of stream ``e`` (column ``rowcol[r]`` of slot ``slots[e]``), its held
+    values then +inf (numpy gathers it in three copies at ~3x the cost)."""
+    for e in range(slots.size):
+        s = slots[e]
+        for r in range(rowcol.size):
+            c = rowcol[r]
+            n = min(count[s, c], S)
+            for k in range(n):
+                out[e, r, k] = ring[s, k, c]
+            for k in range(n, S):
+                out[e, r, k] = np.inf
+
+
+class _Layout:
+    """The rows of a call's runs for one Scoring and set of columns present (built once, kept)."""
+
+    def __init__(self, p: Scoring, cols: tuple[int, ...]):
+        self.p = p
+        self.slow_q = np.array([q for q, (f, _) in enumerate(p.slow) if f in cols], dtype=np.int64)
+        self.rowcol = np.array(list(cols) + [p.slow[q][1] for q in self.slow_q], dtype=np.int64)
+        self.P = len(cols)
+        lev = p.col("level")
+        self.lv = cols.index(lev) if lev in cols else -1
+        self.sc = cols.index(p.col("scale"))
+        self.sf = np.array([cols.index(p.slow[q][0]) for q in self.slow_q], dtype=np.int64)
+        voters = set(p.votes) | set(p.slow_votes)
+        self.vote = np.array([c in voters for c in self.rowcol], dtype=np.bool_)
+        self.vrow = np.arange(self.P, dtype=np.int64)
+        self.floors, self.margins = p.floors[self.rowcol], p.margins[self.rowcol]
+        self.plans = _plans(p.stats_windows, p.tail_quantile)
+
+
+_LAYOUTS: dict[tuple[int, tuple[int, ...]], _Layout] = {}
+
+
+def _layout(p: Scoring, cols: list[int]) -> _Layout:
+    key = (id(p), tuple(cols))
+    got = _LAYOUTS.get(key)
+    if got is None or got.p is not p:  # (an id may be reused once its Scoring is gone)
+        if len(_LAYOUTS) > 64:
+            _LAYOUTS.clear()
+        got = _LAYOUTS[key] = _Layout(p, tuple(cols))
+    return got
+
+
 def quiet_runs_compiled(p: Scoring, tab: SlotTable, slots: np.ndarray, first: np.ndarray, length: np.ndarray,
                         vals: np.ndarray, cols: list[int], starts: np.ndarray, score: np.ndarray, z: np.ndarray,
                         below_raise: bool = False) -> np.ndarray:
@@ -281,27 +328,19 @@ def quiet_runs_compiled(p: Scoring, tab: SlotTable, slots: np.ndarray, first: np
     S, sw = p.stats_windows, p.slow_windows
     if p.refresh_every > S:  # a value could be admitted and overwritten between two merges: numpy's form
         return quiet_runs(p, tab, slots, first, length, vals, cols, starts, score, z, below_raise)
-    slow_q = [q for q, (f, _) in enumerate(p.slow) if f in cols]
-    rowcol = np.array(list(cols) + [p.slow[q][1] for q in slow_q], dtype=np.int64)
-    P, C = len(cols), rowcol.size
-    lev, sca = p.col("level"), p.col("scale")
-    lv = cols.index(lev) if lev in cols else -1
-    sf = np.array([cols.index(p.slow[q][0]) for q in slow_q], dtype=np.int64)
-    voters = set(p.votes) | set(p.slow_votes)
-    vote = np.array([c in voters for c in rowcol], dtype=np.bool_)
+    lay = _layout(p, cols)
     thr = np.full(E, p.raise_threshold) if below_raise else np.maximum(p.raise_threshold, tab.seq_thr[slots])
+    slots = slots.astype(np.int64)
     # each row's ring sorted (past its held values: +inf), kept in order by the pass
-    held = np.minimum(tab.count[slots][:, rowcol], S)
-    srt = np.ascontiguousarray(tab.ring[slots][:, :, rowcol].transpose(0, 2, 1))
-    srt[np.arange(S)[None, None, :] >= held[:, :, None]] = np.inf
+    srt = np.empty((E, lay.rowcol.size, S), np.float32)
+    _rings(slots, lay.rowcol, tab.ring, tab.count, S, srt)
     srt.sort(axis=2)
-    quiet_pass(slots.astype(np.int64), first.astype(np.int64), length.astype(np.int64), thr.astype(np.float64),
-               np.ascontiguousarray(vals), np.arange(P, dtype=np.int64), starts, P, lv, cols.index(sca),
-               np.array(slow_q, dtype=np.int64), sf, vote, rowcol, p.floors[rowcol], p.margins[rowcol],
-               _plans(S, p.tail_quantile), float(p.cap), float(p.raise_threshold), int(p.refresh_every), S, sw,
-               srt, tab.count, tab.pending, tab.med, tab.hi, tab.lo, tab.ring, tab.slow, tab.slow_n, tab.quiet,
-               tab.last_start, tab.has_last, tab.cooldown, tab.rec_start, tab.rec_score, tab.rec_hot, tab.rec_len,
-               score, z, done)
+    quiet_pass(slots, first.astype(np.int64), length.astype(np.int64), thr.astype(np.float64),
+               np.ascontiguousarray(vals), lay.vrow, starts, lay.P, lay.lv, lay.sc, lay.slow_q, lay.sf, lay.vote,
+               lay.rowcol, lay.floors, lay.margins, lay.plans, float(p.cap), float(p.raise_threshold),
+               int(p.refresh_every), S, sw, srt, tab.count, tab.pending, tab.med, tab.hi, tab.lo, tab.ring, tab.slow,
+               tab.slow_n, tab.quiet, tab.last_start, tab.has_last, tab.cooldown, tab.rec_start, tab.rec_score,
+               tab.rec_hot, tab.rec_len, score, z, done)
     return done
 
 
