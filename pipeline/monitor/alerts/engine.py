@@ -36,12 +36,14 @@ up to ``slow_windows`` windows after it ended, so the resolve comes that much la
 
 Cost. :meth:`AlertEngine.update_batch` scores every window of a micro-batch, across streams, in one
 call. Per-stream state lives in struct-of-arrays slots (:mod:`pipeline.monitor.alerts.slots`). Quiet
-runs of streams past warm-up (most windows) are scored and admitted for all streams at once in array
-operations (:mod:`pipeline.monitor.alerts.runs`), new streams' first windows too
-(:mod:`pipeline.monitor.alerts.fresh`); every other window (warm-up, hot windows and what follows
-them in the call, open alerts, rewinds, non-finite inputs) takes the scalar step
-(:mod:`pipeline.monitor.alerts.scalar`). They apply the same rules; ``tests/test_alerts_reference.py``
-compares them with each other and with the engine before the slots. Streams silent for
+runs of streams past warm-up (most windows) are scored and admitted by one compiled pass over the
+call's streams (:mod:`pipeline.monitor.alerts.runpass`; :mod:`pipeline.monitor.alerts.runs` is the same
+in numpy array operations, its reference), new streams' first windows for all of them at once
+(:mod:`pipeline.monitor.alerts.fresh`); every other window (warm-up, hot windows, open alerts, rewinds,
+non-finite inputs) takes the scalar step (:mod:`pipeline.monitor.alerts.scalar`), which hands a stream
+back to the runs as soon as they can take it. They apply the same rules;
+``tests/test_alerts_reference.py`` compares them with each other and with the engine before the
+slots. The window features are compiled too (:mod:`pipeline.monitor.alerts.featpass`). Streams silent for
 ``state_ttl_s`` are dropped by :meth:`AlertEngine.expire`; beyond ``max_streams`` the least recently
 seen is evicted.
 
@@ -53,7 +55,7 @@ raw-sample tests (:mod:`pipeline.monitor.alerts.outliers`: against the stream's 
 
 Modules: ``events`` (what is emitted; a leaf), ``terms`` (features, robust statistics), ``scoring``
 (the :class:`~pipeline.monitor.alerts.scoring.Scoring` parameters and shared arithmetic), ``slots``
-(per-stream state), ``runs``, ``fresh`` and ``scalar`` (the paths), and this module, which owns the
+(per-stream state), ``runpass``/``runs``, ``fresh`` and ``scalar`` (the paths), and this module, which owns the
 streams and dispatches windows to the paths.
 """
 

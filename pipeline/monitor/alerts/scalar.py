@@ -2,10 +2,11 @@
 
 :class:`Cursor` loads a stream's slot (:mod:`pipeline.monitor.alerts.slots`) into Python values, runs
 :meth:`Cursor.step` per window and writes the slot back. It is the path of every window the
-vectorised runs (:mod:`pipeline.monitor.alerts.runs`) do not take: warm-up (statistics refreshed after
-every admitted value), hot windows and the rest of their stream's windows in that call, open alerts,
-rewinds and non-finite inputs. The engine steps the streams of a call in lockstep with
-``Cursor.defer`` set, and :func:`refresh_many` takes their due refreshes together (one
+quiet runs (:mod:`pipeline.monitor.alerts.runpass`, :mod:`pipeline.monitor.alerts.runs`) do not take:
+warm-up (statistics refreshed after every admitted value), hot windows, open alerts, rewinds and
+non-finite inputs; a stream goes back to the runs as soon as they can take it
+(:meth:`Cursor.runnable`). The engine steps the streams of a call in lockstep with ``Cursor.defer``
+set, and :func:`refresh_many` takes their due refreshes together (one
 :func:`~pipeline.monitor.alerts.terms.robust_stats` call per number of values).
 ``tests/test_alerts_reference.py`` checks it, and the engine as a whole, against the engine before
 the slots (a copy kept in the tests).
