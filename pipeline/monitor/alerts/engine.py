@@ -74,6 +74,7 @@ from pipeline.monitor.alerts.runpass import quiet_runs_compiled
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scalar import step_spans
 from pipeline.monitor.alerts.scoring import Scoring, window_values
+from pipeline.monitor.alerts.steppass import step_spans_compiled
 from pipeline.monitor.alerts.sequential import WINDOWS_PER_HOUR, SeqPlan, SequentialTests
 from pipeline.monitor.alerts.slots import SlotTable
 from pipeline.monitor.alerts.tail import block_rounds
@@ -103,6 +104,8 @@ class AlertEngine:
 
     # the quiet runs compiled (runpass.py); False: in numpy array operations (runs.py), the reference
     compiled_runs = True
+    # the scalar step compiled (steppass.py); False: in Python (scalar.py), the reference
+    compiled_scalar = True
 
     def __init__(self, cfg: AlertSettings, calibration: dict[str, float] | None, model_version: str, *,
                  fast_path: bool = True, clock: Callable[[], float] = time.monotonic,
@@ -440,8 +443,10 @@ class AlertEngine:
         """Windows ``[a, b)`` of each ``(stream, slot, a, b)`` of ``spans`` through the scalar step
         (:func:`~pipeline.monitor.alerts.scalar.step_spans`); returns the windows stepped per span."""
         evs: list[AlertEvent] = []
-        stepped = step_spans(self._scoring, self._tab, spans, window, ts, starts, finite, vals, cols, log_err, score,
-                             act, z, evs, ev_win, until_runnable)
+        p = self._scoring
+        step = step_spans_compiled if self.compiled_scalar and p.refresh_every <= p.stats_windows else step_spans
+        stepped = step(p, self._tab, spans, window, ts, starts, finite, vals, cols, log_err, score, act, z, evs, ev_win,
+                       until_runnable)
         for ev in evs:
             (self._active.add if ev.kind == "raised" else self._active.discard)(ev.stream)
         events.extend(evs)
