@@ -149,6 +149,12 @@ class AlertEngine:
             cols = sorted({0, 1, p.col("scale")} | set(range(p.features)))
             quiet_runs_compiled(p, self._tab, none, none, none, np.zeros((len(cols), 0)), cols, none,
                                 np.zeros(0), np.zeros((len(p.cols), 0)))
+        if self.cfg.enabled:  # the scalar step's kernel, on no stream
+            p = self._scoring
+            cols = sorted({0, 1, p.col("scale")} | set(range(p.features)))
+            step_spans_compiled(p, self._tab, [], self._seq_window, 0.0, np.zeros(0, np.int64), np.zeros(0, bool),
+                                np.zeros((len(cols), 0)), cols, np.zeros(0), np.zeros(0), np.zeros(0, bool),
+                                np.zeros((len(p.cols), 0)), [], [])
         if self.cfg.enabled:  # the window features' kernels (one window; with and without outputs)
             x = np.zeros((1, 1, max(self._seq_window, 4)), np.float32)
             window_features(x, x, self._work)
