@@ -40,8 +40,9 @@ runs of streams past warm-up (most windows) are scored and admitted by one compi
 call's streams (:mod:`pipeline.monitor.alerts.runpass`; :mod:`pipeline.monitor.alerts.runs` is the same
 in numpy array operations, its reference), new streams' first windows for all of them at once
 (:mod:`pipeline.monitor.alerts.fresh`); every other window (warm-up, hot windows, open alerts, rewinds,
-non-finite inputs) takes the scalar step (:mod:`pipeline.monitor.alerts.scalar`), which hands a stream
-back to the runs as soon as they can take it. They apply the same rules;
+non-finite inputs) takes the scalar step (:mod:`pipeline.monitor.alerts.steppass`, compiled;
+:mod:`pipeline.monitor.alerts.scalar` its Python reference), which hands a stream back to the runs as
+soon as they can take it. They apply the same rules;
 ``tests/test_alerts_reference.py`` compares them with each other and with the engine before the
 slots. The window features are compiled too (:mod:`pipeline.monitor.alerts.featpass`). Streams silent for
 ``state_ttl_s`` are dropped by :meth:`AlertEngine.expire`; beyond ``max_streams`` the least recently
@@ -55,7 +56,7 @@ raw-sample tests (:mod:`pipeline.monitor.alerts.outliers`: against the stream's 
 
 Modules: ``events`` (what is emitted; a leaf), ``terms`` (features, robust statistics), ``scoring``
 (the :class:`~pipeline.monitor.alerts.scoring.Scoring` parameters and shared arithmetic), ``slots``
-(per-stream state), ``runpass``/``runs``, ``fresh`` and ``scalar`` (the paths), and this module, which owns the
+(per-stream state), ``runpass``/``runs``, ``fresh`` and ``steppass``/``scalar`` (the paths), and this module, which owns the
 streams and dispatches windows to the paths.
 """
 
@@ -74,7 +75,7 @@ from pipeline.monitor.alerts.runpass import quiet_runs_compiled
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scalar import step_spans
 from pipeline.monitor.alerts.scoring import Scoring, window_values
-from pipeline.monitor.alerts.steppass import step_spans_compiled
+from pipeline.monitor.alerts.steppass import step_spans_compiled, warm_paths
 from pipeline.monitor.alerts.sequential import WINDOWS_PER_HOUR, SeqPlan, SequentialTests
 from pipeline.monitor.alerts.slots import SlotTable
 from pipeline.monitor.alerts.tail import block_rounds
@@ -144,21 +145,8 @@ class AlertEngine:
         if self._seq is not None and self._seq.compiled is not None:
             self._seq.compiled.warm(self._tab, len(self._scoring.cols))
         self._raw.warm(self._seq_window, self._hop)
-        if self.cfg.enabled and self._fast:  # the quiet runs' kernel, on no stream
-            p, none = self._scoring, np.zeros(0, np.int64)
-            cols = sorted({0, 1, p.col("scale")} | set(range(p.features)))
-            quiet_runs_compiled(p, self._tab, none, none, none, np.zeros((len(cols), 0)), cols, none,
-                                np.zeros(0), np.zeros((len(p.cols), 0)))
-        if self.cfg.enabled:  # the scalar step's kernel, on no stream
-            p = self._scoring
-            cols = sorted({0, 1, p.col("scale")} | set(range(p.features)))
-            step_spans_compiled(p, self._tab, [], self._seq_window, 0.0, np.zeros(0, np.int64), np.zeros(0, bool),
-                                np.zeros((len(cols), 0)), cols, np.zeros(0), np.zeros(0), np.zeros(0, bool),
-                                np.zeros((len(p.cols), 0)), [], [])
-        if self.cfg.enabled:  # the window features' kernels (one window; with and without outputs)
-            x = np.zeros((1, 1, max(self._seq_window, 4)), np.float32)
-            window_features(x, x, self._work)
-            window_features(x, None, self._work)
+        if self.cfg.enabled:
+            warm_paths(self._scoring, self._tab, self._seq_window, self._work, runs=self._fast)
 
     def _use_model(self, calibration: dict[str, float] | None, model_version: str) -> Scoring:
         self.model_version = str(model_version)

@@ -1,4 +1,5 @@
-"""The reference step of the alert engine: one stream's windows one at a time, every rule (pure Python).
+"""The reference step of the alert engine: one stream's windows one at a time, every rule (pure Python;
+the engine runs it compiled, :mod:`pipeline.monitor.alerts.steppass`, held to this one bit for bit).
 
 :class:`Cursor` loads a stream's slot (:mod:`pipeline.monitor.alerts.slots`) into Python values, runs
 :meth:`Cursor.step` per window and writes the slot back. It is the path of every window the

@@ -16,10 +16,10 @@ import numpy as np
 from numba import njit
 
 from pipeline.monitor.alerts.events import AlertEvent
-from pipeline.monitor.alerts.runpass import _layout, _merge, _rings, _stats, _stored
+from pipeline.monitor.alerts.runpass import _layout, _merge, _rings, _stats, _stored, quiet_runs_compiled
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.slots import SlotTable
-from pipeline.monitor.alerts.terms import TINY
+from pipeline.monitor.alerts.terms import TINY, window_features
 
 # int parameters, in the kernel's order
 _INTS = ("every", "S", "sw", "min_w", "warm", "slow_min", "features", "k", "n", "resolve_windows",
@@ -310,3 +310,18 @@ def step_spans_compiled(p: Scoring, tab: SlotTable, spans, window: int, ts: floa
                                  float(ev_f[j, 1]), p.model_version, ts))
         ev_win.append(i)
     return stepped.tolist()
+
+
+def warm_paths(p: Scoring, tab: SlotTable, window: int, work, runs: bool = True) -> None:
+    """The paths' kernels compiled, or loaded from numba's cache, by one call each on no stream (and the
+    window features' on one window, with and without outputs): when the engine is built, not in its
+    first micro-batch."""
+    cols = sorted({0, 1, p.col("scale")} | set(range(p.features)))
+    none, vals, z = np.zeros(0, np.int64), np.zeros((len(cols), 0)), np.zeros((len(p.cols), 0))
+    if runs:
+        quiet_runs_compiled(p, tab, none, none, none, vals, cols, none, np.zeros(0), z)
+    step_spans_compiled(p, tab, [], window, 0.0, none, np.zeros(0, bool), vals, cols, np.zeros(0), np.zeros(0),
+                        np.zeros(0, bool), z, [], [])
+    x = np.zeros((1, 1, max(window, 4)), np.float32)
+    window_features(x, x, work)
+    window_features(x, None, work)
