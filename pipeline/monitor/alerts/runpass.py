@@ -265,10 +265,12 @@ def quiet_pass(slots, first, length, thr, vals, vrow, starts, P, lv, sc, sq, sf,
         keep = nrec - m
         for t in range(keep):  # ascending: each source is read before it is written
             dst, src = nrec - m - keep + t, nrec - keep + t
-            rec_start[s, dst], rec_score[s, dst], rec_hot[s, dst] = rec_start[s, src], rec_score[s, src], rec_hot[s, src]
+            rec_start[s, dst], rec_score[s, dst] = rec_start[s, src], rec_score[s, src]
+            rec_hot[s, dst] = rec_hot[s, src]
         for t in range(m):
             i = f0 + d - m + t
-            rec_start[s, nrec - m + t], rec_score[s, nrec - m + t], rec_hot[s, nrec - m + t] = starts[i], score[i], False
+            j = nrec - m + t
+            rec_start[s, j], rec_score[s, j], rec_hot[s, j] = starts[i], score[i], False
         rec_len[s] = min(nrec, k + d)
 
 
