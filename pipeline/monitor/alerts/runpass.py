@@ -28,9 +28,7 @@ from numba import njit
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.slots import SlotTable
-from pipeline.monitor.alerts.terms import _F32_MAX, TINY, _lerp_plan
-
-_MAD_TO_SIGMA = 1.4826
+from pipeline.monitor.alerts.terms import _F32_MAX, _MAD_TO_SIGMA, TINY, _lerp_plan
 
 
 @njit(cache=True)
@@ -190,7 +188,6 @@ def _run(e, s, f0, L, thr, vals, vrow, starts, P, lv, sc, sq, sf, vote, rowcol, 
             allv[j, sw + jw] = x[sf[j]]
             cs[j, sw + jw] = cs[j, sw + jw - 1] + x[sf[j]]
             x[P + j] = _stored((cs[j, sw + jw] - cs[j, jw]) / sw)
-        sco = 0.0
         for r in range(C):
             d = x[r] - st[0, r]
             v = d / st[1, r] if d >= 0 else d / st[2, r]

@@ -21,18 +21,14 @@ from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.slots import SlotTable
 from pipeline.monitor.alerts.terms import TINY, window_features
 
-# int parameters, in the kernel's order
-_INTS = ("every", "S", "sw", "min_w", "warm", "slow_min", "features", "k", "n", "resolve_windows",
-         "cooldown_windows", "admit_every", "window", "until_runnable", "has_prior")
-# float parameters
-_FLOATS = ("cap", "raise_thr", "resolve_thr", "prior0", "prior1")
 
 
 @njit(cache=True)
 def _span(e, s, a, b, thr, vals, vrow, starts, finite, log_err, P, lv, sc, sq, sf, vote, rowcol, floors, margins,
           plans, iv, fv, srt, st, rec, slow, slow_n, ring, score, act, z, ev_i, ev_f, nev):
-    """Stream ``e`` (slot ``s``), windows ``a .. b - 1``; returns the windows stepped. ``st``: the slot's
-    state fields as one ``(fields, slots)`` view per type (:func:`step_spans_compiled`)."""
+    """Stream ``e`` (slot ``s``), windows ``a .. b - 1``; returns the windows stepped. ``iv``, ``fv``: the
+    int and float parameters, in the order unpacked below; ``st``: the slot's statistics, then its int64
+    state fields and flags as tuples of views (:func:`step_spans_compiled`)."""
     every, S, sw, min_w, warm, slow_min, features, k, n, resolve_windows, cooldown_windows, admit_every, \
         window, until_runnable, has_prior = iv
     cap, raise_thr, resolve_thr, prior0, prior1 = fv
