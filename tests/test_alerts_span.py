@@ -1,5 +1,5 @@
-"""The sequential tests over a call spanning block ends in one pass (pipeline/monitor/alerts/span.py)
-leave what the block-by-block rounds leave."""
+"""The sequential tests in one pass over a call (compiled: pipeline/monitor/alerts/quietpass.py; in numpy
+where nothing is hot: span.py) leave what the block-by-block rounds leave."""
 
 from types import SimpleNamespace
 
@@ -23,13 +23,15 @@ def _fields(eng: AlertEngine, ids) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
-@pytest.mark.parametrize("sequential, tail", [(None, "pot"), (None, "gumbel"),
-                                              (("level", "scale", "noise", "freq", "spike", "runs"), "pot")])
-def test_one_pass_over_blocks_leaves_what_the_rounds_leave(sequential, tail, compiled, monkeypatch):
-    # the same calls through an engine that takes a call spanning block ends in one pass where nothing
-    # in it is hot and through one that always goes block by block: the same scores and events, and every
-    # estimate, accumulator and threshold the same to the last bit (the CUSUMs up to their rounding);
-    # the pass compiled (quietpass.py) and in numpy array operations (span.py)
+@pytest.mark.parametrize("sequential, tail, cut", [(None, "pot", True), (None, "gumbel", True),
+                                                   (("level", "scale", "noise", "freq", "spike", "runs"), "pot", True),
+                                                   (None, "pot", False)])
+def test_one_pass_over_blocks_leaves_what_the_rounds_leave(sequential, tail, cut, compiled, monkeypatch):
+    # the same calls through an engine that takes a call in one pass (compiled: any call, its alerts
+    # included; numpy: where nothing in it is hot) and through one that always goes block by block: the
+    # same scores and events, and every estimate, accumulator, alert and threshold the same to the last bit
+    # (the CUSUMs up to their rounding). cut=False: the engines do not cut calls with the score calibrated
+    # at block ends (AlertEngine._rounds), so the compiled pass meets windows it must hand back
     rng = np.random.default_rng(3)
     kw = {} if sequential is None else {"sequential": sequential}
     cfg = AlertSettings(min_windows=8, warmup_windows=16, stats_windows=64, refresh_every=5, slow_windows=16,
@@ -37,15 +39,28 @@ def test_one_pass_over_blocks_leaves_what_the_rounds_leave(sequential, tail, com
                         score_tail=tail, **kw)
     n, ids = 1500, ("s0", "s1", "s2")
     streams = {s: stream_inputs(rng, n, offset=float(j)) for j, s in enumerate(ids)}
-    taken = {"one pass": 0, "rounds": 0}
-    real = SequentialTests._span
+    # numpy: calls taken in one pass or not; compiled: streams handed back, and events it raised or resolved
+    taken = {"one pass": 0, "rounds": 0, "handed back": 0, "events": 0}
+    real_span, real_compiled = SequentialTests._span, SequentialTests._compiled
 
     def counted(self, *a):
-        out = real(self, *a)
+        out = real_span(self, *a)
         taken["one pass" if out is not None else "rounds"] += 1
         return out
 
+    def counted_streams(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
+                        model_version, events, ev_win, *a):
+        k = len(events)
+        out, left = real_compiled(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active,
+                                  ts, model_version, events, ev_win, *a)
+        taken["handed back"] += left.size
+        taken["events"] += len(events) - k
+        return out, left
+
     monkeypatch.setattr(SequentialTests, "_span", counted)
+    monkeypatch.setattr(SequentialTests, "_compiled", counted_streams)
+    if not cut:
+        monkeypatch.setattr(AlertEngine, "_rounds", lambda self, streams, lengths: [None])
     one, rounds = AlertEngine(cfg, CAL, "v1"), AlertEngine(cfg, CAL, "v1")
     rounds._seq.one_pass = False
     if not compiled:
@@ -68,8 +83,10 @@ def test_one_pass_over_blocks_leaves_what_the_rounds_leave(sequential, tail, com
             np.testing.assert_allclose(a[f], b[f], rtol=1e-12, atol=1e-9)
         else:
             np.testing.assert_array_equal(a[f], b[f], err_msg=f)
-    assert taken["one pass"] >= 2 and taken["rounds"] >= 1  # both ways were exercised (21 and 1-2 of the
-    # calls with the score calibrated, whose engine cuts its calls at block ends too; 2 and 11 without)
+    if compiled:  # its alerts were exercised; handed back only where the engine does not cut calls at block ends
+        assert taken["events"] >= 2 and (taken["handed back"] == 0) == cut, taken
+    else:  # both ways were exercised
+        assert taken["one pass"] >= 2 and taken["rounds"] >= 1, taken
     assert a["seq_n"].max() > 0 and a["seq_rn"].max() + a["seq_sn"].max() > 0  # the estimates moved
 
 
@@ -126,3 +143,44 @@ def test_profile_cost_tool_gives_every_profile_the_same_calls_each_pass():
     assert {p: ev for p, (_, ev) in res[0].items()} == {p: ev for p, (_, ev) in res[1].items()}
     assert all(us > 0 for r in res for us, _ in r.values())
     assert res[0]["window score alone"][1] >= 4  # each stream's 300x windows raise
+
+
+@pytest.mark.parametrize("cooldown, fault", [(0, "spikes"), (3, "spikes"), (3, "level")])
+def test_compiled_alerts_are_the_rounds(cooldown, fault):
+    # spikes 1-12 windows apart, past the spike test's warm-up: alerts that raise, extend, resolve and
+    # meet the cooldown's end at every distance; or small level shifts of 100 windows, whose CUSUM's capped
+    # sum resolves long before the uncapped one falls back (windows the estimates still may not learn
+    # from). The compiled pass raises and resolves them as the block-by-block rounds do (Lockstep), in
+    # calls of any size
+    rng = np.random.default_rng(5)
+    cfg = AlertSettings(min_windows=8, warmup_windows=16, stats_windows=64, refresh_every=5, slow_windows=16,
+                        cooldown_windows=cooldown, resolve_windows=2, sequential_warmup=32, sequential_memory=64,
+                        sequential_block=16)
+    n = 1200
+    starts, errors, scales, feats = stream_inputs(rng, n)
+    feats = {t: v.copy() for t, v in feats.items()}
+    if fault == "spikes":
+        at = 200 + np.cumsum(rng.integers(1, 13, size=150))
+        feats["spike"][at[at < n]] = 20.0
+    else:
+        for a in (300, 600, 900):
+            feats["level"][a : a + 100] += 1.5 * feats["level"][:300].std()
+    one, rounds = AlertEngine(cfg, CAL, "v1"), AlertEngine(cfg, CAL, "v1")
+    rounds._seq.one_pass = False
+    pos, raised = 0, 0
+    while pos < n:
+        b = min(n, pos + int(rng.integers(1, 100)))
+        f = {t: v[pos:b] for t, v in feats.items()}
+        got = [e.update_batch(["s"], [b - pos], starts[pos:b], W, errors[pos:b], scales[pos:b], 1.0, features=f)
+               for e in (one, rounds)]
+        ev = [[e.to_dict() for e in g.events] for g in got]
+        # a CUSUM's peak as its sums round (the rounds' closed form rounds them otherwise, within 1e-9)
+        assert [e["peak_score"] for e in ev[0]] == pytest.approx([e["peak_score"] for e in ev[1]], rel=1e-12)
+        assert [{**e, "peak_score": 0} for e in ev[0]] == [{**e, "peak_score": 0} for e in ev[1]]
+        raised += sum(e.kind == "raised" and e.detector != "score" for e in got[0].events)
+        pos = b
+    a, b = _fields(one, ["s"]), _fields(rounds, ["s"])
+    for f in a:
+        if f != "seq_S":
+            np.testing.assert_array_equal(a[f], b[f], err_msg=f)
+    assert raised >= (10 if fault == "spikes" else 3)

@@ -106,7 +106,7 @@ def ew_block(tab, slots, closes, seg, q, values, est, acc, memory: int, col=None
 
 @njit(cache=True)
 def ew_weight_one(cnt, n, memory):
-    """:func:`ew_weight` of one estimate, for the compiled passes (quietpass.py, maxtest.py)."""
+    """:func:`ew_weight` of one estimate, for the compiled passes (seqstep.py, maxtest.py)."""
     if n <= memory:
         return cnt / max(n, 1)
     return min(cnt / memory, 0.5)

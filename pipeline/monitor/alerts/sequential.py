@@ -63,12 +63,12 @@ behind, and a replay after a crash cuts them elsewhere). With ``score`` on, the 
 call a block at a time for the window score too (``AlertEngine._rounds``), whose paths read the
 calibrated threshold as it stood at the start of the block.
 
-A call spanning block ends where nothing is hot (the common case: a backlog read in micro-batches of
-hundreds of windows per stream) is had in one pass instead, with the same result
-(:mod:`pipeline.monitor.alerts.span`; compiled in :mod:`pipeline.monitor.alerts.quietpass`).
-
-Cost: per call and block, every stream's CUSUMs in closed form (:func:`~pipeline.monitor.alerts.cusum.lindley`); only streams where a test
-reaches its threshold or an alert of these tests is up step window by window (:class:`~pipeline.monitor.alerts.lockstep.Lockstep`).
+Paths. Compiled (:mod:`pipeline.monitor.alerts.quietpass`): every stream of a call in one pass, its
+blocks in turn, alerts included, with the rounds' result. In numpy, the reference: per call and block,
+every stream's CUSUMs in closed form (:func:`~pipeline.monitor.alerts.cusum.lindley`), and only streams
+where a test reaches its threshold or an alert of these tests is up step window by window
+(:class:`~pipeline.monitor.alerts.lockstep.Lockstep`); a call spanning block ends where nothing is hot
+in one pass (:mod:`pipeline.monitor.alerts.span`).
 """
 
 from __future__ import annotations
@@ -190,8 +190,9 @@ class SequentialTests:
         The estimates move once per *block* of ``plan.block`` windows of a stream, counted from its
         first window, not once per call: the call is taken in rounds, round ``r`` holding each stream's
         windows of its ``r``-th block in the call, so a stream cut into calls of any size decides the
-        same (the worker's micro-batches grow when it falls behind). Where nothing in such a call is hot,
-        the rounds' result is had in one pass instead (:meth:`_span`)."""
+        same (the worker's micro-batches grow when it falls behind). Where nothing in a stream's windows
+        is hot, the rounds' result is had in one pass instead (:meth:`_compiled`, stream by stream; its
+        numpy form :meth:`_span` takes a whole call or none of it)."""
         N, U = starts.size, slots.size
         if N == 0:
             return np.zeros(0)
@@ -200,12 +201,34 @@ class SequentialTests:
         pos0 = tab.seq_pos[slots].copy()
         tab.seq_pos[slots] = pos0 + n_u
         rnd = (pos0[seg] + np.arange(N) - first[seg]) // B - (pos0 // B)[seg]
-        # one pass where nothing in the call is hot (compiled: any call; in numpy, span.py: one spanning
-        # block ends); else block by block
-        if self.closed and self.one_pass and (self.compiled is not None or rnd.any()):
+        args = (tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts, model_version,
+                events, ev_win, score, pos0, rnd)
+        if self.closed and self.one_pass and self.compiled is not None:
+            out, left = self._compiled(tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active,
+                                       ts, model_version, events, ev_win, score, pos0)
+            if left.size:  # the others block by block
+                idx = np.concatenate([np.arange(first[u], first[u] + n_u[u]) for u in left])
+                sub_n = n_u[left]
+                sub = (tab, [ids[u] for u in left], slots[left], np.concatenate(([0], np.cumsum(sub_n)[:-1])), sub_n,
+                       starts[idx], window, z[:, idx], spike[idx], finite[idx], engine_active[idx], ts,
+                       model_version, events, ev_win, None if score is None else score[idx], pos0[left], rnd[idx])
+                k = len(ev_win)
+                out[idx] = self._blocks(*sub)
+                ev_win[k:] = idx[np.asarray(ev_win[k:], dtype=np.int64)].tolist()
+            return out
+        if self.closed and self.one_pass and rnd.any():  # numpy's one pass (span.py): none of the call hot
             out = self._span(tab, slots, first, n_u, starts, z, spike, finite, engine_active, score, rnd, pos0)
             if out is not None:
                 return out
+        return self._blocks(*args)
+
+    def _blocks(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts, model_version,
+                events, ev_win, score, pos0, rnd) -> np.ndarray:
+        """:meth:`update` block by block: in rounds that each hold one block of every stream (``rnd``: each
+        window's round; ``pos0``: each stream's windows before the call)."""
+        B = self.plan.block
+        N, U = starts.size, slots.size
+        seg = np.repeat(np.arange(U), n_u)
         if not rnd.any():
             return self._block(tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
                                model_version, events, ev_win, score, (pos0 + n_u) // B > pos0 // B)
@@ -238,8 +261,6 @@ class SequentialTests:
             quiet = quiet & below
         if tab.seq_active[slots].any():
             return None
-        if self.compiled is not None:
-            return self._compiled(tab, slots, first, n_u, starts, z, spike, finite, quiet, engine_active, score, pos0)
         sp = span.Span(P, slots, first, n_u, rnd, pos0)
         c = Call(P, tab, slots, first, n_u, z, spike, finite, self.runs, later=True)
         groups, put = [], {}
@@ -288,17 +309,31 @@ class SequentialTests:
         tab.seq_cool[slots] = np.maximum(tab.seq_cool[slots] - n_u, 0)
         return np.minimum(np.maximum(peak / P.h, sp_ratio) * P.raise_threshold, P.cap)
 
-    def _compiled(self, tab, slots, first, n_u, starts, z, spike, finite, quiet, engine_active, score, pos0):
-        """:meth:`_span`'s pass compiled (:mod:`pipeline.monitor.alerts.quietpass`), past its checks."""
-        out = self.compiled(tab, slots, first, n_u, pos0, starts, z, spike, finite, quiet, engine_active, score)
-        if out is None:
-            return None
-        if self.tail is not None and score is not None:
-            closed = (pos0 + n_u) // self.plan.block > pos0 // self.plan.block
-            now = {f: getattr(tab, f)[slots] for f in ("seq_sn", "seq_smu", "seq_sm2", "seq_tx", "seq_tc", "seq_te")}
-            tab.seq_thr[slots] = span.threshold(slots, closed, tab, self.tail, now)
-        tab.seq_cool[slots] = np.maximum(tab.seq_cool[slots] - n_u, 0)
-        return out
+    def _compiled(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
+                  model_version, events, ev_win, score, pos0):
+        """:meth:`update` compiled (:mod:`pipeline.monitor.alerts.quietpass`): each window's score, and the
+        streams it handed back (nothing of them written; see that module)."""
+        P = self.plan
+        quiet, tq, hi = ~engine_active, np.zeros(starts.size, dtype=bool), np.zeros(starts.size, dtype=bool)
+        if score is not None:
+            below = score < P.raise_threshold
+            thr = np.maximum(P.raise_threshold, tab.seq_thr[slots])[np.repeat(np.arange(slots.size), n_u)]
+            tq = finite & quiet & (score < thr)  # the score tail's quiet windows (tail.py), as the threshold stands
+            if self.tail is not None:  # where a moved threshold could have judged otherwise
+                hi = finite & quiet & ~below
+            quiet = quiet & below
+        out, taken, EI, EF = self.compiled(tab, slots, first, n_u, pos0, starts, window, z, spike, finite, quiet, tq,
+                                           hi, engine_active, score)
+        if EI.shape[0]:
+            events.extend(self.compiled.events(EI, EF, ids, model_version, ts))
+            ev_win.extend(EI[:, 5].tolist())
+        t = np.flatnonzero(taken)
+        s = slots[t]
+        if self.tail is not None and score is not None and t.size:
+            closed = (pos0[t] + n_u[t]) // P.block > pos0[t] // P.block
+            now = {f: getattr(tab, f)[s] for f in ("seq_sn", "seq_smu", "seq_sm2", "seq_tx", "seq_tc", "seq_te")}
+            tab.seq_thr[s] = span.threshold(s, closed, tab, self.tail, now)
+        return out, np.flatnonzero(~taken)
 
     def _block(self, tab, ids, slots, first, n_u, starts, window, z, spike, finite, engine_active, ts,
                model_version, events, ev_win, score, closes) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The sequential tests over a call that spans block ends, in one pass when nothing in it is hot (pure
 numpy; :class:`~pipeline.monitor.alerts.sequential.SequentialTests` falls back to its rounds otherwise).
-The engine runs the same pass compiled (:mod:`pipeline.monitor.alerts.quietpass`, ~3.5 µs per window
-less at 2 x 256 windows per call); this one is its reference in the tests.
+The engine runs the sequential tests compiled (:mod:`pipeline.monitor.alerts.quietpass`, any call, alerts
+included); this one is a reference in the tests.
 
 Why. The tests' estimates move at the end of each block of ``sequential_block`` windows of a stream, so
 a call holding several blocks of a stream is taken a block at a time (rounds), and each round costs the
