@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from pipeline.monitor.alerts.jit import kernel
 
 # Bound of the positive statistics the block estimates take in (the spike ratio, the window score):
 # a power of 2 for :func:`exact`; quiet windows lie far below it.
@@ -104,7 +104,7 @@ def ew_block(tab, slots, closes, seg, q, values, est, acc, memory: int, col=None
     f[0][at] = 0
 
 
-@njit(cache=True)
+@kernel
 def ew_weight_one(cnt, n, memory):
     """:func:`ew_weight` of one estimate, for the compiled passes (seqstep.py, maxtest.py)."""
     if n <= memory:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from pipeline.monitor.alerts.jit import kernel
 
 _TINY = 1e-30
 
@@ -30,7 +30,7 @@ _TINY = 1e-30
 _FAST = {"reassoc", "contract", "nnan", "ninf", "nsz"}
 
 
-@njit(cache=True, fastmath=_FAST)
+@kernel(fastmath=_FAST)
 def _sum(a) -> float:
     t = 0.0
     for i in range(a.size):
@@ -38,7 +38,7 @@ def _sum(a) -> float:
     return t
 
 
-@njit(cache=True, fastmath=_FAST)
+@kernel(fastmath=_FAST)
 def _sum_sq(a, centre) -> float:
     """Sum of ``(a[i] - centre)**2``, in float64 (fast-math may reorder float64 sums, not make them float32)."""
     t = 0.0
@@ -48,7 +48,7 @@ def _sum_sq(a, centre) -> float:
     return t
 
 
-@njit(cache=True, fastmath=_FAST)
+@kernel(fastmath=_FAST)
 def _sum_sq_diff(a, order) -> float:
     """Sum of squares of the ``order``-th (1 or 2) differences of ``a``, in float64: the differences of
     float32 values are exact there in any order (numpy's form takes them in float32, exact too where
@@ -65,7 +65,7 @@ def _sum_sq_diff(a, order) -> float:
     return t
 
 
-@njit(cache=True, fastmath=_FAST)
+@kernel(fastmath=_FAST)
 def _clip(row, bits) -> float:
     """Share of ``row``'s samples at its maximum, plus those at its minimum (``bits``: ``row`` as int32)."""
     hi_k = lo_k = np.int32(bits[0] ^ ((bits[0] >> 31) & 0x7FFFFFFF))
@@ -81,14 +81,14 @@ def _clip(row, bits) -> float:
     return pinned / row.size
 
 
-@njit(cache=True)
+@kernel
 def _from_key(k):
     b = np.empty(1, np.int32)
     b[0] = k ^ ((k >> 31) & 0x7FFFFFFF)
     return b.view(np.float32)[0]
 
 
-@njit(cache=True, fastmath=_FAST)
+@kernel(fastmath=_FAST)
 def _abs_max(bits) -> float:
     """The largest ``|v|`` of the float32 values whose bits are ``bits`` (int32): for non-negative floats
     the bits order as the values."""
@@ -100,7 +100,7 @@ def _abs_max(bits) -> float:
     return b.view(np.float32)[0]
 
 
-@njit(cache=True)
+@kernel
 def second_diffs(x, d2, fl) -> None:
     """Exact float32, no fast-math (a kernel of its own: see the module's docstring):
     ``d2`` ``(N, C * W - 2)`` the absolute second differences of each flat window of ``x`` ``(N, C, W)``
@@ -125,7 +125,7 @@ def second_diffs(x, d2, fl) -> None:
                 o[i] = abs(row[i + 2] - two * row[i + 1] + row[i])
 
 
-@njit(cache=True, fastmath=_FAST)
+@kernel(fastmath=_FAST)
 def features(x, y, has_y, out, d2) -> None:
     """Rows 0, 1, 4, 5, 6 of ``out`` ``(7, N)`` (level, clip, then with ``has_y`` peak, noise, freq) of the
     finite windows ``x`` and outputs ``y`` ``(N, C, W)`` float32 (contiguous; ``y`` ignored without

@@ -43,7 +43,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.maxtest import FIELDS, MaxPlan, MaxTest, blocks
@@ -83,7 +83,7 @@ def isolated_features(windows: np.ndarray, hop: int) -> dict[str, np.ndarray]:
     return {FEATURE: out}
 
 
-@njit(cache=True)
+@kernel
 def _z_max(s, f, t, out) -> bool:
     """:func:`_features_numpy`'s float32 arithmetic, window by window and in the same order of operations
     (bit for bit): ``out`` per window of the stretches ``s`` ``(N, C, t + 2K)`` with robust scales ``f``

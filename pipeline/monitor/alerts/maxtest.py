@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.cusum import U_MAX, ew_weight, ew_weight_one, exact
 from pipeline.monitor.alerts.events import AlertEvent
@@ -175,7 +175,7 @@ class MaxTest:
             S[u, ACT : COOL + 1] = (float(act), a0, a1, peak, below, cool)
 
 
-@njit(cache=True)
+@kernel
 def _calibrate(S, first, n_u, pos, zc, zc2, z, warm, B, calib_after, memory, floor, gc, thr) -> None:
     """:meth:`MaxTest.calibrate` compiled, each stream's windows in order (the same arithmetic: the
     block sums exact on :func:`~pipeline.monitor.alerts.cusum.exact`'s grid ``zc``, ``zc2``, so bit for

@@ -1,5 +1,5 @@
 """The sequential tests compiled (numba): each stream of a call through its windows in order, its
-estimates moving at its block ends and its alerts raised and resolved, in one loop (:func:`kernel`;
+estimates moving at its block ends and its alerts raised and resolved, in one loop (:func:`sequential_pass`;
 the step of one stream is :mod:`pipeline.monitor.alerts.seqstep`), instead of ~250 numpy calls per call
 and a Python step per window where something is hot. The numpy form, which the tests hold this one to:
 :meth:`~pipeline.monitor.alerts.sequential.SequentialTests._block` block by block
@@ -19,7 +19,7 @@ where such a window is in it, see ``AlertEngine._rounds``). The calibrated thres
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.cusum import U_MAX, grid
 from pipeline.monitor.alerts.events import AlertEvent
@@ -35,7 +35,7 @@ FIELDS = ("seq_n", "seq_mu", "seq_m2", "seq_c1", "seq_prev", "seq_qn", "seq_q1",
           "seq_active", "seq_a_start", "seq_a_end", "seq_det", "seq_below", "seq_cool", "seq_peak")
 
 
-@njit(cache=True)
+@kernel
 def _load(slots, f, T, R, L, D):
     """The streams' state, from the slot fields ``f`` (:data:`FIELDS`) into arrays per stream: the
     groups' counts ``(U, 2, W)`` (estimate, open block) and means then sums ``(U, 2m, W)``."""
@@ -73,7 +73,7 @@ def _load(slots, f, T, R, L, D):
     return TI, TF, TP, RI, RF, RL, UI, UF, XI, XF, LF, TL, SS, ZZ, AL, PK
 
 
-@njit(cache=True)
+@kernel
 def _store(slots, f, st, ok):
     """:func:`_load`'s arrays back into the slot fields of the streams ``ok``."""
     (n, mu, m2, c1, prev, qn, q1, q2, qc, un, umu, um2, uqn, uq1, uq2, rlen, rn, rc, re, rqn, rq1, rq2,
@@ -108,9 +108,9 @@ def _store(slots, f, st, ok):
         peak[s] = PK[u]
 
 
-@njit(cache=True)
-def kernel(slots, first, n_u, pos0, starts, window, z, finite, quiet, tq, hi, active, v, spike_ok, score,
-           cols, side_term, side_sign, run_cols, run_signs, levels, fp, ip, f, out, ok, EI, EF, ne):
+@kernel
+def sequential_pass(slots, first, n_u, pos0, starts, window, z, finite, quiet, tq, hi, active, v, spike_ok, score,
+                    cols, side_term, side_sign, run_cols, run_signs, levels, fp, ip, f, out, ok, EI, EF, ne):
     """Streams ``slots`` (windows ``first[u]`` to ``first[u] + n_u[u]``; ``z``: the engine's z ``(C, N)``;
     ``quiet``, ``tq``, ``hi``: :func:`~pipeline.monitor.alerts.seqstep._stream`'s) through the tests.
     ``fp``: k, clip, h, raise_threshold, cap, spike_t, gumbel_c, p_win, then the exact grids of z, z^2, U
@@ -130,8 +130,8 @@ def kernel(slots, first, n_u, pos0, starts, window, z, finite, quiet, tq, hi, ac
 
 
 class QuietPass:
-    """:func:`kernel`'s constant arguments for one plan (:class:`~pipeline.monitor.alerts.sequential.SeqPlan`),
-    its run tests and score tail (or None)."""
+    """:func:`sequential_pass`'s constant arguments for one plan
+    (:class:`~pipeline.monitor.alerts.sequential.SeqPlan`), its run tests and score tail (or None)."""
 
     def __init__(self, P, runs, tail):
         B = P.block
@@ -163,9 +163,10 @@ class QuietPass:
             return np.ascontiguousarray(a, dtype=dtype)
 
         i64, f64, b = np.int64, np.float64, np.bool_
-        kernel(c(slots, i64), c(first, i64), c(n_u, i64), c(pos0, i64), c(starts, i64), int(window), c(z, f64),
-               c(finite, b), c(quiet, b), c(tq, b), c(hi, b), c(active, b), c(v, f64), c(ok, b), c(score, f64),
-               *self.consts, self.fp, ip, tuple(getattr(tab, name) for name in FIELDS), out, taken, EI, EF, ne)
+        sequential_pass(c(slots, i64), c(first, i64), c(n_u, i64), c(pos0, i64), c(starts, i64), int(window),
+                        c(z, f64), c(finite, b), c(quiet, b), c(tq, b), c(hi, b), c(active, b), c(v, f64), c(ok, b),
+                        c(score, f64), *self.consts, self.fp, ip, tuple(getattr(tab, name) for name in FIELDS), out,
+                        taken, EI, EF, ne)
         return out, taken, EI[: ne[0]], EF[: ne[0]]
 
     def events(self, EI, EF, ids, model_version, ts) -> list[AlertEvent]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scoring import Scoring
@@ -31,13 +31,13 @@ from pipeline.monitor.alerts.slots import SlotTable
 from pipeline.monitor.alerts.terms import _F32_MAX, _MAD_TO_SIGMA, TINY, _lerp_plan
 
 
-@njit(cache=True)
+@kernel
 def _stored(x):
     """:func:`~pipeline.monitor.alerts.terms.stored` of one value."""
     return np.float64(np.float32(min(max(x, -_F32_MAX), _F32_MAX)))
 
 
-@njit(cache=True)
+@kernel
 def _kth(v, n, m, k):
     """The ``k``-th smallest ``|v[i] - m|`` of the sorted float32 ``v[:n]`` (float32 ``m``): the least over
     windows of ``k`` consecutive values of the larger end deviation (robust_stats' ``kth``, the same
@@ -68,7 +68,7 @@ def _kth(v, n, m, k):
     return np.float64(best)
 
 
-@njit(cache=True)
+@kernel
 def _stats(v, n, plan, floor, margin, thr, out):
     """``out[:] = (med, hi, lo)`` of the sorted float32 ``v[:n]``: robust_stats' arithmetic. ``plan``
     ``(3, 4)``: per quantile (lower, median, upper) :func:`_lerp_plan`'s ``k``, ``kb``, ``t``, ``up``."""
@@ -94,7 +94,7 @@ def _stats(v, n, plan, floor, margin, thr, out):
     out[2] = max(sigma, (med - q[0] + margin * sigma) / thr)
 
 
-@njit(cache=True)
+@kernel
 def _insort(a, n):
     """``a[:n]`` sorted in place (insertion sort: ``n`` is at most ``refresh_every``)."""
     for i in range(1, n):
@@ -106,7 +106,7 @@ def _insort(a, n):
         a[j] = v
 
 
-@njit(cache=True)
+@kernel
 def _merge(srt, n, adds, na, dels, nd, tmp):
     """``srt[:n]`` (sorted) without the values ``dels[:nd]`` (each one of them) and with ``adds[:na]``,
     sorted, back into ``srt``; returns the new length. The few changes since the last refresh in order,
@@ -141,7 +141,7 @@ def _merge(srt, n, adds, na, dels, nd, tmp):
     return m
 
 
-@njit(cache=True)
+@kernel
 def _run(e, s, f0, L, thr, vals, vrow, starts, P, lv, sc, sq, sf, vote, rowcol, floors, margins, plans, cap,
          raise_thr, every, S, sw, quiet0, srt, count, pending, med, hi, lo, ring, slow, slow_n, score, z):
     """Stream ``e`` (slot ``s``): its run of windows ``f0 .. f0 + L - 1``; returns the windows committed.
@@ -239,7 +239,7 @@ def _run(e, s, f0, L, thr, vals, vrow, starts, P, lv, sc, sq, sf, vote, rowcol, 
     return done
 
 
-@njit(cache=True)
+@kernel
 def quiet_pass(slots, first, length, thr, vals, vrow, starts, P, lv, sc, sq, sf, vote, rowcol, floors, margins,
                plans, cap, raise_thr, every, S, sw, srt, count, pending, med, hi, lo, ring, slow, slow_n, quiet,
                last_start, has_last, cooldown, rec_start, rec_score, rec_hot, rec_len, score, z, done):
@@ -271,7 +271,7 @@ def quiet_pass(slots, first, length, thr, vals, vrow, starts, P, lv, sc, sq, sf,
         rec_len[s] = min(nrec, k + d)
 
 
-@njit(cache=True)
+@kernel
 def _rings(slots, rowcol, ring, count, S, out) -> None:
     """``out[e, r]``: row ``r``'s ring of stream ``e`` (column ``rowcol[r]`` of slot ``slots[e]``), its held
     values then +inf (numpy gathers it in three copies at ~3x the cost)."""

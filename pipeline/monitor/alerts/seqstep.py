@@ -1,5 +1,5 @@
 """The sequential tests' step of one stream over a call, compiled (numba): :func:`_stream`, called by
-:func:`pipeline.monitor.alerts.quietpass.kernel` for each stream of the call.
+:func:`pipeline.monitor.alerts.quietpass.sequential_pass` for each stream of the call.
 
 A stream's windows in the call are taken a *portion* at a time: its windows that lie in one block
 (``sequential_block`` windows of the stream, counted from its first), as the rounds of the numpy form
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.cusum import U_MAX, ew_weight_one
 from pipeline.monitor.alerts.seqcall import ERR_COL, SIG_FLOOR
@@ -33,7 +33,7 @@ from pipeline.monitor.alerts.signruns import RUN_L0, RUN_MIN, RUN_PRIOR_EXCESS, 
 RAISED, RESOLVED = 0, 1
 
 
-@njit(cache=True)
+@kernel
 def _exact(x, g):
     """:func:`~pipeline.monitor.alerts.cusum.exact` of one value on the grid ``g`` (:func:`grid`)."""
     b = g[0]
@@ -44,7 +44,7 @@ def _exact(x, g):
     return np.rint(x * g[1]) * g[2]
 
 
-@njit(cache=True)
+@kernel
 def _run_limit(c, e, n, p):
     """:func:`~pipeline.monitor.alerts.signruns.run_limit` of one estimate."""
     n = max(float(n), 1.0)
@@ -55,7 +55,7 @@ def _run_limit(c, e, n, p):
     return min(max(RUN_L0 + span, RUN_MIN), L_MAX)
 
 
-@njit(cache=True)
+@kernel
 def _close(I, F, memory):
     """One exponential-memory step of a group's estimates from its open block, per column: counts ``I``
     ``(2, W)`` (estimate, block), ``F`` ``(2 * m, W)``: ``m`` running means, then the block's sums; the
@@ -74,7 +74,7 @@ def _close(I, F, memory):
             F[m + k, t] = 0.0
 
 
-@njit(cache=True)
+@kernel
 def _block_start(TF, RF, RI, UF, h, p_win, rmemory, spike_t, gumbel_c, sig, rinc):
     """What a block's windows read from the estimates as they stand at its start (:meth:`Call.inputs
     <pipeline.monitor.alerts.seqcall.Call.inputs>`): each term's long-run sigma into ``sig``, each run
@@ -89,7 +89,7 @@ def _block_start(TF, RF, RI, UF, h, p_win, rmemory, spike_t, gumbel_c, sig, rinc
     return max(spike_t, UF[0, 0] + gumbel_c * math.sqrt(max(UF[1, 0] - UF[0, 0] * UF[0, 0], 0.0)))
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _alert(u, i, st_i, end, sc, hot, calm, eng, S, zero, h, al, pk, resolve, cooldown, spike_det, EI, EF, ne):
     """:class:`~pipeline.monitor.alerts.lockstep.Lockstep`'s alert rules at window ``i`` of stream ``u``
     (``st_i``: its start; ``end``: one past its last sample; ``sc``: its score; ``hot``: a CUSUM at ``h``
@@ -128,7 +128,7 @@ def _alert(u, i, st_i, end, sc, hot, calm, eng, S, zero, h, al, pk, resolve, coo
     return up
 
 
-@njit(cache=True, inline="always")
+@kernel(inline="always")
 def _event(EI, EF, ne, kind, u, a0, a1, det, i, peak):
     n = ne[0]
     EI[n, 0], EI[n, 1], EI[n, 2], EI[n, 3], EI[n, 4], EI[n, 5] = kind, u, a0, a1, det, i
@@ -136,7 +136,7 @@ def _event(EI, EF, ne, kind, u, a0, a1, det, i, peak):
     ne[0] = n + 1
 
 
-@njit(cache=True)
+@kernel
 def _stream(u, i0, nw, p0, starts, window, z, finite, quiet, tq, hi, active, v, spike_ok, score, cols, side_term,
             side_sign, run_cols, run_signs, levels, fp, ip, st, out, EI, EF, ne):
     """Stream ``u``'s windows ``i0`` to ``i0 + nw`` (its ``p0``-th first) through the tests, a portion at a

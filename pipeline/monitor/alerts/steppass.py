@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.events import AlertEvent
 from pipeline.monitor.alerts.runpass import _layout, _merge, _rings, _stats, _stored, quiet_runs_compiled
@@ -23,7 +23,7 @@ from pipeline.monitor.alerts.terms import TINY, window_features
 
 
 
-@njit(cache=True)
+@kernel
 def _span(e, s, a, b, thr, vals, vrow, starts, finite, log_err, P, lv, sc, sq, sf, vote, rowcol, floors, margins,
           plans, iv, fv, srt, st, rec, slow, slow_n, ring, score, act, z, ev_i, ev_f, nev):
     """Stream ``e`` (slot ``s``), windows ``a .. b - 1``; returns the windows stepped. ``iv``, ``fv``: the
@@ -239,7 +239,7 @@ def _span(e, s, a, b, thr, vals, vrow, starts, finite, log_err, P, lv, sc, sq, s
     return stepped
 
 
-@njit(cache=True)
+@kernel
 def _warmed(count, s, rowcol, P, Q, sq, sf, slow_n, warm, sw, slow_min):
     """The runs' conditions on the counts (:meth:`~pipeline.monitor.alerts.scalar.Cursor.runnable`)."""
     for r in range(P):
@@ -251,7 +251,7 @@ def _warmed(count, s, rowcol, P, Q, sq, sf, slow_n, warm, sw, slow_min):
     return True
 
 
-@njit(cache=True)
+@kernel
 def _pass(slots, a, b, thr, vals, vrow, starts, finite, log_err, P, lv, sc, sq, sf, vote, rowcol, floors, margins,
           plans, iv, fv, srt, st, rec, slow, slow_n, ring, score, act, z, ev_i, ev_f, nev, stepped):
     for e in range(slots.size):
