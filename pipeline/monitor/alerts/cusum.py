@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from pipeline.monitor.alerts.jit import kernel
 
 # Bound of the positive statistics the block estimates take in (the spike ratio, the window score):

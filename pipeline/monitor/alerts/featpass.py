@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from pipeline.monitor.alerts.jit import kernel
 
 _TINY = 1e-30

@@ -43,9 +43,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.events import AlertEvent
+from pipeline.monitor.alerts.jit import kernel
 from pipeline.monitor.alerts.maxtest import FIELDS, MaxPlan, MaxTest, blocks
 
 FEATURE = "isolated_z"

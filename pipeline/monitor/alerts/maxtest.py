@@ -25,10 +25,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.cusum import U_MAX, ew_weight, ew_weight_one, exact
 from pipeline.monitor.alerts.events import AlertEvent
+from pipeline.monitor.alerts.jit import kernel
 from pipeline.monitor.alerts.tail import gumbel_c
 
 # The record outlier test's calibration moves once per block of this many windows of a stream (1 s at

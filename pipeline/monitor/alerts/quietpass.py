@@ -19,10 +19,10 @@ where such a window is in it, see ``AlertEngine._rounds``). The calibrated thres
 from __future__ import annotations
 
 import numpy as np
-from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.cusum import U_MAX, grid
 from pipeline.monitor.alerts.events import AlertEvent
+from pipeline.monitor.alerts.jit import kernel
 from pipeline.monitor.alerts.seqcall import V_MAX, Z_MAX
 from pipeline.monitor.alerts.seqstep import RAISED, _stream
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from pipeline.monitor.alerts.jit import kernel
 
+from pipeline.monitor.alerts.jit import kernel
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.slots import SlotTable

@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.cusum import U_MAX, ew_weight_one
+from pipeline.monitor.alerts.jit import kernel
 from pipeline.monitor.alerts.seqcall import ERR_COL, SIG_FLOOR
 from pipeline.monitor.alerts.signruns import RUN_L0, RUN_MIN, RUN_PRIOR_EXCESS, RUN_PRIOR_RUNS, L_MAX
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from pipeline.monitor.alerts.jit import kernel
 
 from pipeline.monitor.alerts.events import AlertEvent
+from pipeline.monitor.alerts.jit import kernel
 from pipeline.monitor.alerts.runpass import _layout, _merge, _rings, _stats, _stored, quiet_runs_compiled
 from pipeline.monitor.alerts.scoring import Scoring
 from pipeline.monitor.alerts.slots import SlotTable
