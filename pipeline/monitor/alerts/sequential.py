@@ -190,9 +190,9 @@ class SequentialTests:
         The estimates move once per *block* of ``plan.block`` windows of a stream, counted from its
         first window, not once per call: the call is taken in rounds, round ``r`` holding each stream's
         windows of its ``r``-th block in the call, so a stream cut into calls of any size decides the
-        same (the worker's micro-batches grow when it falls behind). Where nothing in a stream's windows
-        is hot, the rounds' result is had in one pass instead (:meth:`_compiled`, stream by stream; its
-        numpy form :meth:`_span` takes a whole call or none of it)."""
+        same (the worker's micro-batches grow when it falls behind). The compiled pass (:meth:`_compiled`)
+        has the rounds' result for every stream in one pass, alerts included; its numpy form (:meth:`_span`)
+        only for a call where nothing is hot."""
         N, U = starts.size, slots.size
         if N == 0:
             return np.zeros(0)
