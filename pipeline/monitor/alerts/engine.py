@@ -56,8 +56,8 @@ raw-sample tests (:mod:`pipeline.monitor.alerts.outliers`: against the stream's 
 
 Modules: ``events`` (what is emitted; a leaf), ``terms`` (features, robust statistics), ``scoring``
 (the :class:`~pipeline.monitor.alerts.scoring.Scoring` parameters and shared arithmetic), ``slots``
-(per-stream state), ``runpass``/``runs``, ``fresh`` and ``steppass``/``scalar`` (the paths), and this module, which owns the
-streams and dispatches windows to the paths.
+(per-stream state), ``runpass``/``runs``, ``fresh`` and ``steppass``/``scalar`` (the paths), and this
+module, which owns the streams and dispatches windows to the paths.
 """
 
 from __future__ import annotations
@@ -75,9 +75,9 @@ from pipeline.monitor.alerts.runpass import quiet_runs_compiled
 from pipeline.monitor.alerts.runs import quiet_runs
 from pipeline.monitor.alerts.scalar import step_spans
 from pipeline.monitor.alerts.scoring import Scoring, window_values
-from pipeline.monitor.alerts.steppass import step_spans_compiled, warm_paths
 from pipeline.monitor.alerts.sequential import WINDOWS_PER_HOUR, SeqPlan, SequentialTests
 from pipeline.monitor.alerts.slots import SlotTable
+from pipeline.monitor.alerts.steppass import step_spans_compiled, warm_paths
 from pipeline.monitor.alerts.tail import block_rounds
 from pipeline.monitor.alerts.terms import FeatureWork, window_features
 from pipeline.settings import AlertSettings
