@@ -263,3 +263,25 @@ def test_warm_start_copies_the_same_network_and_refuses_another():
         warm_start(build_model("mlp", {"window": 64, "hidden": 16}), src)
     with pytest.raises(ValueError, match="ConvDAE"):
         warm_start(build_model("conv", {"window": 64}), src)
+
+
+@pytest.mark.parametrize("amplitude", [1e-3, 1.0, 1e6, 1e20])
+def test_standardize_std_is_the_population_std(amplitude):
+    """The CPU's two-pass std agrees with ``Tensor.std`` to float32 rounding, and rows whose squares
+    overflow float32 (1e20) take ``Tensor.std`` instead of an infinite scale."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 256, generator=g) * amplitude + 5 * amplitude
+    xn, mean, scale = standardize(x)
+    ref = x.double().std(dim=-1, keepdim=True, correction=0)
+    assert torch.isfinite(xn).all() and torch.isfinite(scale).all()
+    assert torch.allclose(scale.double(), ref, rtol=1e-6, atol=0)
+    assert torch.allclose(destandardize(xn, mean, scale).double(), x.double(), rtol=1e-5, atol=1e-6 * amplitude)
+
+
+def test_standardize_keeps_gradients_at_constant_rows():
+    """With autograd (the conv models standardise an intermediate), a constant row gives zero, not NaN,
+    gradients: ``Tensor.std``'s backward is defined at a zero std."""
+    z = torch.cat((torch.full((1, 32), 2.0), torch.randn(1, 32)), 0).requires_grad_(True)
+    xn, _, _ = standardize(z)
+    (xn * torch.arange(32.0)).sum().backward()
+    assert torch.isfinite(z.grad).all()
