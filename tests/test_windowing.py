@@ -208,3 +208,48 @@ def test_feed_rejects_wrong_channel_count():
     stw = StreamWindowing(8, 4, 2, 0)
     with pytest.raises(ValueError, match="2 channel"):
         stw.feed(np.zeros((5, 3), np.float32))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    geom=st.sampled_from([(8, 4), (16, 4), (10, 4), (7, 3), (10, 10), (256, 128)]),
+    anchor_back=st.integers(0, 40),
+    sizes=st.lists(st.integers(1, 300), min_size=1, max_size=12),
+    cuts=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=6),
+)
+def test_steady_weight_sums_are_the_window_by_window_sums_bit_for_bit(geom, anchor_back, sizes, cuts):
+    """The overlap-add normaliser's steady-state table gives what summing window by window gives,
+    to the bit, for any range of cut windows (streams resumed off-grid included)."""
+    window, hop = geom
+    start = 1000
+    stw = StreamWindowing(window, hop, 1, start, anchor=start - anchor_back)
+    x = np.random.default_rng(len(sizes)).normal(size=(sum(sizes), 1)).astype(np.float32)
+    pos = 0
+    for n in sizes:
+        stw.feed(x[pos : pos + n])
+        pos += n
+        lo, hi = stw.first, stw._cut_end
+        for u, v in cuts:
+            a = lo + int(u * (hi - lo))
+            b = a + int(v * (hi - a))
+            np.testing.assert_array_equal(stw._weight_sum(a, b), stw._weight_sum_any(a, b))
+        if hi - lo > 2 * window:  # a long steady range: the table's own path, wrap-around included
+            a = lo + window
+            np.testing.assert_array_equal(stw._weight_sum(a, hi), stw._weight_sum_any(a, hi))
+
+
+def test_steady_weight_sums_past_the_table_wrap_by_phase(monkeypatch):
+    """Ranges longer than the shared table take the sums by phase, still bit for bit."""
+    import pipeline.stream.windowing as windowing
+
+    monkeypatch.setattr(windowing, "_TILE", 24)
+    windowing._steady_weights.cache_clear()
+    try:
+        for window, hop in [(16, 4), (10, 4), (256, 128)]:
+            stw = StreamWindowing(window, hop, 1, 5, anchor=2)
+            stw.feed(np.ones((40 * window, 1), np.float32))
+            a = stw.first + window
+            assert stw._cut_end - a > windowing._steady_weights(window, hop).shape[0]
+            np.testing.assert_array_equal(stw._weight_sum(a, stw._cut_end), stw._weight_sum_any(a, stw._cut_end))
+    finally:
+        windowing._steady_weights.cache_clear()

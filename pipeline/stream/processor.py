@@ -306,7 +306,8 @@ class StreamProcessor:
         if chunk is not None:
             self._publish(seg, chunk.start, chunk.samples, version)
         t1 = time.perf_counter()
-        starts = np.concatenate([b.starts for b in blocks])
+        # The blocks of one segment in a batch are consecutive grid windows (add_output relies on it too).
+        starts = blocks[0].start + blocks[0].hop * np.arange(k)
         self._score(part, seg, starts, result.errors[i : i + k], result.scales[i : i + k], data[i : i + k], outputs)
         self._t_encode += t1 - t0
         self._t_score += time.perf_counter() - t1

@@ -54,6 +54,26 @@ def _empty32(rows: int, cols: int) -> np.ndarray:
     return a
 
 
+_TILE = 1 << 16  # samples of steady-state weight sums held ready per (window, hop): 256 KiB, shared
+
+
+@lru_cache(maxsize=64)
+def _steady_weights(window: int, hop: int) -> np.ndarray:
+    """The synthesis weights summed over the windows covering a sample that every one of its windows
+    covers, by phase ``(n - first) % hop``, tiled to ``hop + _TILE`` samples; read-only, shared.
+    Summed window by window in float32 in the order :meth:`StreamWindowing._weight_sum`'s general
+    case sums them, so both give the same bits."""
+    w = _synthesis_window32(window)
+    phase = np.zeros(hop, dtype=np.float32)
+    for r in range(-(-window // hop)):
+        k = np.arange(hop) + r * hop
+        ok = k < window
+        phase[ok] += w[k[ok]]
+    tiled = np.tile(phase, -(-_TILE // hop) + 1)
+    tiled.flags.writeable = False
+    return tiled
+
+
 def validate_geometry(window: int, hop: int) -> None:
     if window < 2:
         raise ValueError(f"window must be at least 2 samples, got {window}")
@@ -253,8 +273,20 @@ class StreamWindowing:
 
     def _weight_sum(self, a: int, b: int) -> np.ndarray:
         """Sum of synthesis weights over the windows cut so far, for sample indices [a, b)."""
-        n = np.arange(a, b)
         H, W = self.hop, self.window
+        if a >= self.first + (-(-W // H) - 1) * H and b <= self._cut_end:
+            # Every window over [a, b) is cut (steady state): the sums repeat with period H.
+            steady, o = _steady_weights(W, H), (a - self.first) % H
+            if o + (b - a) <= steady.shape[0]:
+                return steady[o : o + b - a]
+            return steady[(np.arange(a, b) - self.first) % H]
+        return self._weight_sum_any(a, b)
+
+    def _weight_sum_any(self, a: int, b: int) -> np.ndarray:
+        """:meth:`_weight_sum` window by window, wherever [a, b) lies (the segment's first samples, its
+        flushed tail)."""
+        H, W = self.hop, self.window
+        n = np.arange(a, b)
         last = self._cut_end - H  # start of the last window cut
         s0 = self.first + ((n - self.first) // H) * H  # latest grid start at or before n
         total = np.zeros(b - a, dtype=np.float32)
