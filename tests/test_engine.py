@@ -74,6 +74,13 @@ def test_rejects_wrong_window_length():
 def test_serves_rate():
     e = engine()
     assert e.serves_rate(100.0) and not e.serves_rate(44100.0)
+    # Answers are kept per rate, in a bounded table, and stay those of the metadata.
+    rates = [100.0 * (1 + k * 1e-7) for k in range(-30, 30)] + [float(r) for r in range(1, 400)]
+    for _ in range(2):
+        for r in rates:
+            assert e.serves_rate(r) == e.meta.serves_rate(r)
+            assert len(e._rates_seen) <= 256
+    assert sum(e.meta.serves_rate(r) for r in rates) >= 21  # 100 Hz within 1e-6, and 100.0 itself
 
 
 from hypothesis import given, settings, strategies as st  # noqa: E402

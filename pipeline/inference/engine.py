@@ -61,6 +61,7 @@ class InferenceEngine:
         self._pinned_in: torch.Tensor | None = None
         self._pinned_out: torch.Tensor | None = None
         self.warmed_rows = 0  # the largest batch warm() ran (0: not warmed up)
+        self._rates_seen: dict[float, bool] = {}
 
     # ------------------------------------------------------------------------- loading
     @classmethod
@@ -84,8 +85,14 @@ class InferenceEngine:
         return cls(model, meta, device=device, dtype=dtype, version=version, route=route)
 
     def serves_rate(self, rate: float) -> bool:
-        """A listed rate (within 1e-6 relative), or any rate in a rate-generic model's range."""
-        return self.meta.serves_rate(rate)
+        """A listed rate (within 1e-6 relative), or any rate in a rate-generic model's range. Asked
+        for every message: the answers are kept per rate (a few rates per deployment; at most 256)."""
+        ok = self._rates_seen.get(rate)
+        if ok is None:
+            if len(self._rates_seen) >= 256:
+                self._rates_seen.clear()
+            ok = self._rates_seen[rate] = self.meta.serves_rate(rate)
+        return ok
 
     def rates_text(self) -> str:
         return self.meta.rates_label()
