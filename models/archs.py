@@ -11,7 +11,7 @@ applies the same mean/scale to the clean target, exactly as inference standardis
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,18 @@ def build_model(arch: str, config: dict) -> nn.Module:
     """Instantiate ``arch`` from a plain config dict (as stored in ``model.json``)."""
     cfg = make_config(arch, config)
     return ARCHITECTURES[arch][1](cfg)
+
+
+def one_pass(model: nn.Module) -> nn.Module:
+    """A self-ensembled conv (``ConvConfig.self_ensemble`` > 1) as one pass of the same weights, in
+    eval mode; any other model as it is. The ensemble is an inference-time average (training steps
+    run the network once either way), so the one-pass network is the trained one."""
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, ConvConfig) or cfg.self_ensemble == 1:
+        return model
+    single = ConvDAE(replace(cfg, self_ensemble=1))
+    single.load_state_dict(model.state_dict())
+    return single.eval()
 
 
 def model_config(model: nn.Module) -> dict:

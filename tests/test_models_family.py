@@ -506,3 +506,33 @@ def test_thread_tuner_backs_off_while_one_thread_keeps_winning(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("one", [False, True])
+def test_publish_one_pass_keeps_the_chosen_weights_in_one_pass(one):
+    """``publish_one_pass``: the ensemble chooses the weights (same steps, same choice) and the
+    checkpoint holds one pass of exactly those weights, measured as such."""
+    from models.training import best_config, train_synthetic
+
+    rng = np.random.default_rng(0)
+    sigs = [generate("vibration", 4096, 1000.0, rng) for _ in range(6)]
+    cfg = TrainConfig(sample_rate=1000.0, window=64, arch="conv",
+                      arch_config={"channels": [4, 8], "self_ensemble": 2},
+                      steps=30, batch_size=16, eval_every=10, publish_one_pass=one)
+    model, meta = train_arrays(cfg, sigs, progress=False)
+    both = TrainConfig(**{**cfg.__dict__, "publish_one_pass": False})
+    ens, ens_meta = train_arrays(both, sigs, progress=False)
+    assert meta.training["best_step"] == ens_meta.training["best_step"]
+    if not one:
+        assert meta.config["self_ensemble"] == 2 and "published_one_pass" not in meta.training
+        return
+    assert meta.config["self_ensemble"] == 1 and model.config.self_ensemble == 1
+    assert meta.training["published_one_pass"] == {"self_ensemble": 2, "val_loss_ensemble": ens_meta.metrics["val_loss"]}
+    assert meta.metrics["val_loss"] != ens_meta.metrics["val_loss"]  # measured as published
+    for a, b in zip(model.state_dict().values(), ens.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ens.train()(x))  # the plain net: what training fitted
+    assert meta.cost["flops_per_window"] * 2 == ens_meta.cost["flops_per_window"]
+    assert best_config(1000.0).publish_one_pass  # what `dae train` publishes

@@ -9,7 +9,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from models.archs import build_model, model_config
+from models.archs import model_config
+from models.archs import one_pass as one_pass_net
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.evaluation.signal_sets import LEVELS, N2N_SEED, noisy_copy, signal_set
 from models.noise import FIELD_KINDS
@@ -19,7 +20,9 @@ from models.training.distill import DistilConfig, distil
 
 # conv_n2n_distilled: conv_n2n (8 network passes per window) distilled into one pass of its conv.
 # conv_1pass: the conv's own weights without its self-ensemble (one pass instead of two: half the
-# cost); derived from conv when loaded, never trained or saved, a point on the gain-vs-cost front.
+# cost); derived from conv when loaded, never trained or saved. Since `dae train`'s recipe publishes
+# one pass (TrainConfig.publish_one_pass, 2026-12-06) it is the same network as a newly trained conv;
+# with a conv checkpoint trained before, a point on the gain-vs-cost front.
 # conv_fieldmix: the conv recipe trained on field noise (every noise type of FIELD_KINDS, one per
 # window); opt-in (`--suite ...,conv_fieldmix`): not in DEFAULT_SUITE, what `dae evaluate` trains unasked.
 DEFAULT_SUITE = ("mlp", "mlp_overcomplete", "conv", "conv_n2n", "conv_n2n_distilled", "conv_1pass")
@@ -97,9 +100,8 @@ def one_pass(model, meta):
     """(model, meta) of a self-ensembled conv run as one pass of the same weights."""
     if meta.arch != "conv":
         raise ValueError(f"one_pass: needs a conv checkpoint, got {meta.arch!r}")
-    single = build_model("conv", {**meta.config, "self_ensemble": 1})
-    single.load_state_dict(model.state_dict())
-    return single.eval(), dataclasses.replace(meta, config=model_config(single), cost=None)
+    single = one_pass_net(model)
+    return single, dataclasses.replace(meta, config=model_config(single), cost=None)
 
 
 def serves(meta, rate: float) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.archs import NORMALISATION, build_model, model_config
+from models.archs import NORMALISATION, build_model, model_config, one_pass
 from models.checkpoint import ModelMeta
 from models.cost import measure_cost
 from models.training.config import TrainConfig
@@ -116,6 +116,7 @@ class Trainer:
         self.best = _Best()
         self.steps_done, self.seen, self.stop_reason, self.loop_seconds = 0, 0, "steps", 0.0
         self.tuner: ThreadTuner | None = None
+        self.published_one_pass: dict | None = None  # finalise(): how a one-pass checkpoint was chosen
 
     def run(self, progress: bool = True) -> tuple[nn.Module, ModelMeta]:
         """:meth:`fit` then :meth:`finalise`."""
@@ -214,8 +215,16 @@ class Trainer:
                 self.net.load_state_dict(self.ema.net.state_dict())
         else:
             self.net.load_state_dict(b.state)
-        model = self.model.cpu().eval()
-        metrics = {"val_loss": b.loss, "val_loss_identity": self.inputs.identity_loss(),
+        model, val_loss = self.model, b.loss
+        single = one_pass(model) if self.cfg.publish_one_pass and not self.n2n else model
+        if single is not model:
+            # Chosen by the ensemble's validation loss; published (and measured below) as one pass.
+            model = single.to(self.device)
+            with torch.no_grad():
+                val_loss = self.inputs.loss(model, self.power, self.autocast)
+            self.published_one_pass = {"self_ensemble": self.model.config.self_ensemble, "val_loss_ensemble": b.loss}
+        model = model.cpu().eval()
+        metrics = {"val_loss": val_loss, "val_loss_identity": self.inputs.identity_loss(),
                    "objective": self.cfg.objective}
         if not self.n2n:  # the clean truth is known: report the SNR gain at 10 dB input SNR
             gains = snr_gain_by_family(model, self.val.windows, self.val.family, self.val.families, self.eval_gen,
@@ -259,6 +268,8 @@ class Trainer:
             "ema": cfg.ema,
             "cpu_threads": self.tuner.summary() if self.tuner is not None else None,
         }
+        if self.published_one_pass is not None:  # selected with the self-ensemble, published as one pass
+            training["published_one_pass"] = self.published_one_pass
         if cfg.field_noise:  # the corruption (metadata "corruption") says how; this says what
             training["field_noise"] = {"kinds": list(cfg.field_noise),
                                        "weights": list(cfg.field_noise_weights) if cfg.field_noise_weights else None}
