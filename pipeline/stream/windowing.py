@@ -27,7 +27,6 @@ from functools import lru_cache
 from typing import Callable
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 
 def synthesis_window(window: int) -> np.ndarray:
@@ -189,10 +188,12 @@ class StreamWindowing:
         block = None
         if k:
             off = self._next_win - self._buf_start
-            src = self._buf[off:]
+            src = self._buf[off:]  # C-contiguous rows: a slice of a concatenation
             c, item = self.channels, src.itemsize
-            # (k, C, W) view: window i, channel c, sample t -> buf[off + i*H + t, c]
-            view = as_strided(src, shape=(k, c, W), strides=(H * c * item, item, c * item), writeable=False)
+            # (k, C, W) view: window i, channel c, sample t -> buf[off + i*H + t, c]. Built on the buffer
+            # directly: as_strided's array-interface round trip cost 4.8 of the 5.8 µs per message here,
+            # and the constructor checks the extent against the buffer.
+            view = np.ndarray((k, c, W), np.float32, src, 0, (H * c * item, item, c * item))
             block = WindowBlock(self._next_win, H, np.ascontiguousarray(view))
             self._next_win += k * H
             self._cut_end = self._next_win
