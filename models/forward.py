@@ -40,9 +40,9 @@ def _standardize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     std = _row_std(x, d)
     tiny = (std == 0) | (std < 1e-12 * torch.clamp(mean.abs(), min=1.0))
     scale = torch.where(tiny, torch.ones_like(std), std)
-    # Constant rows become exact zeros (x - mean alone would leave a rounding ulp of the offset):
-    # divided by inf, a per-row choice instead of a second pass over the rows.
-    xn = d / torch.where(tiny, torch.full_like(std, torch.inf), std)
+    # Constant rows become exact zeros (x - mean alone would leave a rounding ulp of the offset, or
+    # inf where the mean overflowed: those rows are "tiny" too).
+    xn = (d / scale).masked_fill_(tiny, 0.0)
     return xn, mean, scale, tiny
 
 

@@ -285,3 +285,14 @@ def test_standardize_keeps_gradients_at_constant_rows():
     xn, _, _ = standardize(z)
     (xn * torch.arange(32.0)).sum().backward()
     assert torch.isfinite(z.grad).all()
+
+
+def test_standardize_rows_whose_mean_overflows_are_zeros_not_nan():
+    """Finite samples near float32's limit: a row whose mean overflows counts as constant (zeros),
+    as with ``Tensor.std``; none becomes NaN."""
+    x = torch.from_numpy((np.random.default_rng(0).standard_normal((16, 64)) * 3e37).astype(np.float32))
+    xn, mean, scale = standardize(x)
+    overflowed = ~torch.isfinite(mean).squeeze(1)
+    assert overflowed.any() and (~overflowed).any()
+    assert torch.isfinite(xn).all()
+    assert torch.equal(xn[overflowed], torch.zeros_like(xn[overflowed]))
