@@ -9,8 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from models.archs import model_config
-from models.archs import one_pass as one_pass_net
+from models.archs import model_config, one_pass as one_pass_net
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.evaluation.signal_sets import LEVELS, N2N_SEED, noisy_copy, signal_set
 from models.noise import FIELD_KINDS

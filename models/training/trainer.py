@@ -116,7 +116,6 @@ class Trainer:
         self.best = _Best()
         self.steps_done, self.seen, self.stop_reason, self.loop_seconds = 0, 0, "steps", 0.0
         self.tuner: ThreadTuner | None = None
-        self.published_one_pass: dict | None = None  # finalise(): how a one-pass checkpoint was chosen
 
     def run(self, progress: bool = True) -> tuple[nn.Module, ModelMeta]:
         """:meth:`fit` then :meth:`finalise`."""
@@ -215,14 +214,14 @@ class Trainer:
                 self.net.load_state_dict(self.ema.net.state_dict())
         else:
             self.net.load_state_dict(b.state)
-        model, val_loss = self.model, b.loss
+        model, val_loss, chosen_by = self.model, b.loss, None
         single = one_pass(model) if self.cfg.publish_one_pass and not self.n2n else model
         if single is not model:
             # Chosen by the ensemble's validation loss; published (and measured below) as one pass.
             model = single.to(self.device)
             with torch.no_grad():
                 val_loss = self.inputs.loss(model, self.power, self.autocast)
-            self.published_one_pass = {"self_ensemble": self.model.config.self_ensemble, "val_loss_ensemble": b.loss}
+            chosen_by = {"self_ensemble": self.model.config.self_ensemble, "val_loss_ensemble": b.loss}
         model = model.cpu().eval()
         metrics = {"val_loss": val_loss, "val_loss_identity": self.inputs.identity_loss(),
                    "objective": self.cfg.objective}
@@ -237,11 +236,11 @@ class Trainer:
         # Alert baseline: errors on validation windows as the data gives them (clean for the clean
         # objective; the recordings themselves, noisy, for noisier2noise).
         quantiles = error_quantiles(model, self.val.windows)
-        meta = self._meta(model, metrics, quantiles)
+        meta = self._meta(model, metrics, quantiles, chosen_by)
         meta.cost = measure_cost(model, self.cfg.window)
         return model, meta
 
-    def _meta(self, model: nn.Module, metrics: dict, quantiles: dict) -> ModelMeta:
+    def _meta(self, model: nn.Module, metrics: dict, quantiles: dict, chosen_by: dict | None = None) -> ModelMeta:
         cfg = self.cfg
         seconds = time.perf_counter() - self.t0
         corr = self.corruption.to_dict() if not self.n2n else {
@@ -268,8 +267,8 @@ class Trainer:
             "ema": cfg.ema,
             "cpu_threads": self.tuner.summary() if self.tuner is not None else None,
         }
-        if self.published_one_pass is not None:  # selected with the self-ensemble, published as one pass
-            training["published_one_pass"] = self.published_one_pass
+        if chosen_by is not None:  # selected with the self-ensemble, published as one pass
+            training["published_one_pass"] = chosen_by
         if cfg.field_noise:  # the corruption (metadata "corruption") says how; this says what
             training["field_noise"] = {"kinds": list(cfg.field_noise),
                                        "weights": list(cfg.field_noise_weights) if cfg.field_noise_weights else None}
