@@ -112,6 +112,37 @@ def test_train_passes_max_seconds_only_when_given(monkeypatch, tmp_path):
     assert seen[1].max_seconds == 7.0
 
 
+def test_train_channels_narrow_the_recipes_conv_and_refuse_what_has_no_widths(tmp_path, monkeypatch):
+    import models.training as mt
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(cfg, progress=True):
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(mt, "train_synthetic", fake)
+    for extra in (["--sample-rate", "1000"], ["--rate-generic"]):
+        res = runner.invoke(app, ["train", *extra, "--channels", "8,16,32", "--registry", str(tmp_path)])
+        assert isinstance(res.exception, Stop), res.output
+    recipe = mt.best_config(1000.0)
+    for cfg in seen:  # the recipe with the widths replaced, nothing else
+        assert cfg.model_spec()[1] == {**recipe.model_spec()[1], "channels": [8, 16, 32]}
+        assert (cfg.steps, cfg.loss, cfg.lr) == (recipe.steps, recipe.loss, recipe.lr)
+    assert seen[1].rate_range is not None
+    for args, words in ((["--channels", "8,x"], ("--channels", "'8,x'", "8,16,32")),
+                        (["--channels", "8,0,32"], ("--channels", "positive")),
+                        (["--channels", "8,16,32", "--arch", "mlp"], ("--channels", "--arch mlp")),
+                        (["--channels", ",".join(["4"] * 10), "--window", "64"], ("levels", "window"))):
+        res = runner.invoke(app, ["train", "--sample-rate", "1000", *args, "--registry", str(tmp_path)])
+        assert res.exit_code == 2 and res.exception is not Stop, res.output
+        assert all(w in res.stderr for w in words), res.stderr
+    assert len(seen) == 2
+
+
 @pytest.mark.kafka
 def test_capture_names_topic_and_broker_and_stops_when_nothing_arrives(make_settings, tmp_path):
     import time

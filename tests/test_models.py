@@ -222,7 +222,7 @@ def test_budgets_are_steps_and_a_time_limit_says_when_it_cut_the_run():
 
     assert TrainConfig(sample_rate=1000.0).max_seconds is None
     assert TrainConfig(sample_rate=1000.0).steps == 2500  # the seed MLP's budget
-    assert best_config(1000.0).max_seconds is None and best_config(1000.0).steps == 10_700
+    assert best_config(1000.0).max_seconds is None and best_config(1000.0).steps == 21_400
     with pytest.raises(ValueError, match="max_seconds"):
         TrainConfig(sample_rate=1000.0, max_seconds=0.0)
     _, meta = train_synthetic(TrainConfig(**{**SHORT, "steps": 3}), progress=False)

@@ -28,6 +28,13 @@ def train(
                                                     "(implies --rate-generic)"),
     arch: str = typer.Option("conv", help="Network: mlp (the fast seed MLP) | mlp_overcomplete | conv (the "
                              "recommended recipe of docs/models.md)"),
+    channels: Optional[str] = typer.Option(
+        None, "--channels", metavar="C0,C1,...", show_default="16,16,32, the recipe's",
+        help="conv only: feature channels per level (full resolution first; each further entry halves the "
+        "resolution). More or fewer channels trade serving cost for gain: 16,32,64 (the recipe before "
+        "2026-12-06, 2x the forward pass's cost) gained at most 0.1 dB more on the held-out families (mean of 3 seeds); "
+        "8,16,32 runs ~1.3x faster than the default and lost up to 0.6 dB, varying with the seed (docs/models.md, "
+        "\"The narrower default conv\")"),
     objective: str = typer.Option("clean", help="clean (synthetic clean targets) | noisier2noise"),
     window: int = typer.Option(256, help="Window length W in samples"),
     hop: Optional[int] = typer.Option(None, show_default="W/2", help="Hop H in samples"),
@@ -64,6 +71,8 @@ def train(
         kw["steps"] = steps
     if max_seconds is not None:
         kw["max_seconds"] = max_seconds
+    if channels is not None:
+        kw["arch_config"] = _conv_channels(arch, channels)
     try:
         if rate_range is not None:  # the recipe for the default architecture, as for one rate
             extra = {} if arch == DEFAULT_ARCH else {"arch": arch}
@@ -83,6 +92,22 @@ def train(
                + (f", field noise {','.join(meta.training['field_noise']['kinds'])}"
                   if meta.training.get("field_noise") else "")
                + (" (current)" if promote else ""))
+
+
+def _conv_channels(arch: str, spec: str) -> dict:
+    """The recipe's conv configuration with ``spec``'s channels (the values are ConvConfig's to check)."""
+    from models.training.config import CONV_BEST, DEFAULT_ARCH
+
+    if arch != DEFAULT_ARCH:
+        raise CommandError(f"--channels sets the conv's widths; --arch {arch} has none (drop --channels, or "
+                           f"train --arch {DEFAULT_ARCH})")
+    try:
+        widths = [int(c) for c in spec.split(",")]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        raise CommandError(f"--channels {spec!r}: give positive integers separated by commas, e.g. 8,16,32")
+    return {**CONV_BEST, "channels": widths}
 
 
 def _rate_range(sample_rate: float | None, rate_generic: bool, spec: str | None) -> tuple[float, float] | None:
