@@ -91,43 +91,44 @@ def test_models_list_show_promote_rollback(tmp_path):
     assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "v9" in res.stderr
 
 
-def test_train_passes_max_seconds_only_when_given(monkeypatch, tmp_path):
+class _Stop(Exception):
+    """Raised by the stand-in for training: `dae train` got as far as its TrainConfig."""
+
+
+@pytest.fixture
+def train_configs(monkeypatch):
+    """The TrainConfigs `dae train` builds, in call order; training itself is replaced by raising _Stop."""
     import models.training as mt
 
     seen = []
 
-    class Stop(Exception):
-        pass
-
     def fake(cfg, progress=True):
         seen.append(cfg)
-        raise Stop
+        raise _Stop
 
     monkeypatch.setattr(mt, "train_synthetic", fake)
+    return seen
+
+
+def test_train_passes_max_seconds_only_when_given(train_configs, tmp_path):
+    import models.training as mt
+
+    seen = train_configs
     for extra in ([], ["--max-seconds", "7"]):
         res = runner.invoke(app, ["train", "--sample-rate", "1000", "--arch", "mlp", "--registry", str(tmp_path),
                                   *extra])
-        assert isinstance(res.exception, Stop), res.output
+        assert isinstance(res.exception, _Stop), res.output
     assert seen[0].max_seconds == mt.TrainConfig(sample_rate=1000.0).max_seconds
     assert seen[1].max_seconds == 7.0
 
 
-def test_train_channels_narrow_the_recipes_conv_and_refuse_what_has_no_widths(tmp_path, monkeypatch):
+def test_train_channels_narrow_the_recipes_conv_and_refuse_what_has_no_widths(train_configs, tmp_path):
     import models.training as mt
 
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def fake(cfg, progress=True):
-        seen.append(cfg)
-        raise Stop
-
-    monkeypatch.setattr(mt, "train_synthetic", fake)
+    seen = train_configs
     for extra in (["--sample-rate", "1000"], ["--rate-generic"]):
         res = runner.invoke(app, ["train", *extra, "--channels", "8,16,32", "--registry", str(tmp_path)])
-        assert isinstance(res.exception, Stop), res.output
+        assert isinstance(res.exception, _Stop), res.output
     recipe = mt.best_config(1000.0)
     for cfg in seen:  # the recipe with the widths replaced, nothing else
         assert cfg.model_spec()[1] == {**recipe.model_spec()[1], "channels": [8, 16, 32]}
@@ -138,7 +139,7 @@ def test_train_channels_narrow_the_recipes_conv_and_refuse_what_has_no_widths(tm
                         (["--channels", "8,16,32", "--arch", "mlp"], ("--channels", "--arch mlp")),
                         (["--channels", ",".join(["4"] * 10), "--window", "64"], ("levels", "window"))):
         res = runner.invoke(app, ["train", "--sample-rate", "1000", *args, "--registry", str(tmp_path)])
-        assert res.exit_code == 2 and res.exception is not Stop, res.output
+        assert res.exit_code == 2 and not isinstance(res.exception, _Stop), res.output
         assert all(w in res.stderr for w in words), res.stderr
     assert len(seen) == 2
 
