@@ -32,9 +32,9 @@ def train(
         None, "--channels", metavar="C0,C1,...", show_default="16,16,32, the recipe's",
         help="conv only: feature channels per level (full resolution first; each further entry halves the "
         "resolution). More or fewer channels trade serving cost for gain: 16,32,64 (the recipe before "
-        "2026-12-06, 2x the forward pass's cost) gained at most 0.1 dB more on the held-out families (mean of 3 seeds); "
-        "8,16,32 runs ~1.3x faster than the default and lost up to 0.6 dB, varying with the seed (docs/models.md, "
-        "\"The narrower default conv\")"),
+        "2026-12-06, 2x the forward pass's cost) gained at most 0.1 dB more on the held-out families "
+        "(mean of 3 seeds); 8,16,32 runs ~1.3x faster than the default and lost up to 0.6 dB, varying "
+        "with the seed (docs/models.md, \"The narrower default conv\")"),
     objective: str = typer.Option("clean", help="clean (synthetic clean targets) | noisier2noise"),
     window: int = typer.Option(256, help="Window length W in samples"),
     hop: Optional[int] = typer.Option(None, show_default="W/2", help="Hop H in samples"),
