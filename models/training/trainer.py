@@ -240,7 +240,7 @@ class Trainer:
         meta.cost = measure_cost(model, self.cfg.window)
         return model, meta
 
-    def _meta(self, model: nn.Module, metrics: dict, quantiles: dict, chosen_by: dict | None = None) -> ModelMeta:
+    def _meta(self, model: nn.Module, metrics: dict, quantiles: dict, chosen_by: dict | None) -> ModelMeta:
         cfg = self.cfg
         seconds = time.perf_counter() - self.t0
         corr = self.corruption.to_dict() if not self.n2n else {
