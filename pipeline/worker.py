@@ -109,7 +109,7 @@ class Worker:
         # Each output's policy on refusal (pipeline.kafka.producer): cleaned chunks, alert events and
         # resume entries are fatal, dead letters hold the commit, drift events are advisory.
         self.monitor = Monitor(
-            settings, engine, self.window, self.metrics, publish_alert=self._publish_alert,
+            settings, engine, self.window, self.metrics, hop=self.hop, publish_alert=self._publish_alert,
             publish_drift=partial(self.producer.send, k.alerts_topic, delivery=Delivery.ADVISORY),
         )
         self.processor = StreamProcessor(

@@ -115,3 +115,18 @@ def test_evicted_alert_state_is_counted_by_reason():
     assert _evictions(mon) == {"idle": 2, "cap": 1} and mon.alerts.streams() == 0
     text = generate_latest(mon.metrics.registry).decode()
     assert 'dae_stream_state_evictions_total{kind="alerts",reason="idle"} 2.0' in text
+
+
+def test_the_alert_engine_tests_the_hop_the_windows_are_cut_at():
+    """`window.hop` overrides the model's hop for the default route's windows (pipeline.worker): the alert
+    engine takes the same (the samples new in each window, windows per stream-hour of its false-alarm
+    budgets); another route keeps its own model's."""
+    settings = Settings(alerts=AlertSettings(stats_windows=128, slow_terms=()))
+    meta = SimpleNamespace(error_quantiles={"q50": 0.01, "q999": 0.1}, sample_rates=[1000.0])
+    engine = SimpleNamespace(version="v1", window=W, hop=H, meta=meta)
+    for hop, want in ((None, H), (48, 48), (16, 16)):
+        mon = Monitor(settings, engine, W, WorkerMetrics(CollectorRegistry()), hop=hop,
+                      publish_alert=lambda *a, **k: None, publish_drift=lambda *a, **k: None)
+        assert (mon.alerts._hop, mon.alerts._wph) == (want, 1000.0 / want * 3600.0)
+    other = SimpleNamespace(version="v2", route="ecg", window=W, hop=8, meta=meta)
+    assert mon._pair("ecg", other)[0]._hop == 8

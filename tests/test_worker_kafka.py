@@ -65,6 +65,25 @@ def test_many_streams_random_chunks_complete_in_order_and_denoised(make_settings
     assert np.mean(gains) >= 6.0
 
 
+def test_a_window_hop_setting_cuts_stitches_and_scores_at_that_hop(make_settings, model_registry):
+    """`window.hop` overrides the model's hop (128 here): each stream's output is the whole-signal denoising at
+    that hop, and the alert engine tests that hop too (the samples new in each window, windows per hour)."""
+    from pipeline.inference.engine import InferenceEngine
+    from pipeline.stream.denoiser import denoise_signal
+
+    s = make_settings(model={"registry": model_registry}, window={"hop": 96})
+    with worker_thread(s) as w:
+        sim = simulate(s.kafka, streams=2, sample_rate=1000.0, seconds=6.0, snr_db=10.0, chunk=(1, 700), seed=11)
+        rep = capture(s.kafka, idle_s=8.0, max_seconds=120, expected={k: len(v) for k, v in sim.clean.items()})
+        assert (w.hop, w.monitor.alerts._hop, w.models.engine("default").hop) == (96, 96, 128)
+    assert_complete(rep, sim, allow_duplicates=False)
+    engine = InferenceEngine.from_source(model_registry, None, device="cpu")
+    for sid, noisy in sim.noisy.items():
+        got, at_96, at_128 = rep.streams[sid][:, 0], denoise_signal(engine, noisy, hop=96), denoise_signal(engine, noisy)
+        np.testing.assert_allclose(got, at_96, rtol=1e-4, atol=1e-5)
+        assert np.abs(got - at_128).max() > 1e-3  # the hop changes the output: the comparison can tell
+
+
 @pytest.mark.timeout(900)  # the assignment is a liveness wait of up to 300 s beside CPU hogs
 def test_sigkill_mid_stream_then_restart_has_no_gap(make_settings, model_registry, tmp_path):
     s = make_settings(model={"registry": model_registry})

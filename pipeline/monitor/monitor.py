@@ -38,7 +38,7 @@ import numpy as np
 from pipeline.monitor.alerts.engine import AlertEngine, AlertEvent
 from pipeline.monitor.drift import DriftEvent, DriftMonitor
 from pipeline.monitor.metrics import WorkerMetrics
-from pipeline.settings import Settings
+from pipeline.settings import DEFAULT_ROUTE, Settings
 from pipeline.stream.state import OutputRecord, PartitionState, Segment
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,11 @@ class Publish(Protocol):
                  what: str) -> None: ...
 
 
-def _windows_per_hour(engine) -> float | None:
+def _windows_per_hour(engine, hop: int | None) -> float | None:
     """Windows per stream-hour at the model's sample rate (the highest, if it serves several: the
     strictest thresholds) / hop x 3600: the sequential tests' false-alarm budgets are per hour.
     None (1 kHz at hop 128) for a rate-generic model, which serves a range."""
-    meta, hop = engine.meta, getattr(engine, "hop", 0)
+    meta, hop = engine.meta, hop or 0
     rates = getattr(meta, "sample_rates", None)
     if getattr(meta, "rate_range", None) or not rates or hop <= 0:
         return None
@@ -87,16 +87,19 @@ def _rows(parts: list[np.ndarray]) -> np.ndarray:
 
 class Monitor:
     def __init__(self, settings: Settings, engine, window: int, metrics: WorkerMetrics, *,
-                 publish_alert: Publish, publish_drift: Publish):
+                 publish_alert: Publish, publish_drift: Publish, hop: int | None = None):
         self.enabled = settings.alerts.enabled
         self.window = window
+        # The default route's windows are cut at `hop` where the worker's window.hop overrides its model's:
+        # the alert engine's tests (the samples new in each window, windows per hour) take the same.
+        self.hop = hop
         self.metrics = metrics
         self._publish_alert_event = publish_alert
         self._publish_drift_event = publish_drift
         self._settings = settings
         # route -> (alert engine, drift monitor); the current route's pair is self.alerts/self.drift.
         self._routes: dict[str, tuple[AlertEngine, DriftMonitor]] = {}
-        self.route = getattr(engine, "route", "default")
+        self.route = getattr(engine, "route", DEFAULT_ROUTE)
         self.alerts, self.drift = self._pair(self.route, engine)
         self._queued: list[tuple[PartitionState, Segment, tuple]] = []  # segments scored by the next flush
         self._expect = self._got = 0  # windows of the announced batch, and of them queued so far
@@ -105,9 +108,10 @@ class Monitor:
     def _pair(self, route: str, engine) -> tuple[AlertEngine, DriftMonitor]:
         pair = self._routes.get(route)
         if pair is None:
+            hop = self.hop if self.hop and route == DEFAULT_ROUTE else getattr(engine, "hop", None)
             alerts = AlertEngine(self._settings.alerts, engine.meta.error_quantiles, engine.version,
                                  on_evict=self.metrics.alert_state_evicted, window=getattr(engine, "window", 256),
-                                 windows_per_hour=_windows_per_hour(engine), hop=getattr(engine, "hop", None))
+                                 windows_per_hour=_windows_per_hour(engine, hop), hop=hop)
             drift = DriftMonitor(self._settings.drift, engine.version, _q50(engine))
             pair = self._routes[route] = (alerts, drift)
             self.metrics.drift_ratio.labels(route).set(float("nan"))
@@ -125,7 +129,7 @@ class Monitor:
         publish a drift event when one is due."""
         self._flush()  # a previous batch's windows still queued: the caller skipped some of its segments
         self._expect, self._got = len(errors), 0
-        self.route = getattr(engine, "route", "default")
+        self.route = getattr(engine, "route", DEFAULT_ROUTE)
         self.alerts, self.drift = self._pair(self.route, engine)
         if engine.version != self.alerts.model_version:
             self.alerts.set_model(engine.meta.error_quantiles, engine.version)
