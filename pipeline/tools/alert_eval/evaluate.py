@@ -232,7 +232,8 @@ def evaluate_synthetic(engine, settings: AlertSettings, cfg: SyntheticConfig,
     streams = make_streams(cfg)
     t_gen = time.perf_counter() - t0
     log(f"synthetic: {len(streams)} streams generated in {t_gen:.1f} s; running the alert path")
-    alerts = AlertEngine(settings, engine.meta.error_quantiles, engine.version, window=engine.window, hop=engine.hop)
+    alerts = AlertEngine(settings, engine.meta.error_quantiles, engine.version, window=engine.window, hop=engine.hop,
+                         windows_per_hour=cfg.sample_rate / engine.hop * 3600.0)  # as the worker's, at this rate
     W, fs = engine.window, cfg.sample_rate
     per_stream, runs = [], {}
     windows = 0

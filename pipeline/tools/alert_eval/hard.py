@@ -135,7 +135,8 @@ def run_seed(engine, settings, cfg: HardConfig, seed: int, log: Callable[[str], 
     hours = sum(s["y"].shape[0] for s in streams) / cfg.sample_rate / 3600
     log(f"hard set, seed {seed}: {len(streams)} streams ({hours:.1f} stream-hours) generated in "
         f"{time.perf_counter() - t0:.0f} s; running the alert path")
-    alerts = AlertEngine(settings, engine.meta.error_quantiles, engine.version, window=engine.window, hop=engine.hop)
+    alerts = AlertEngine(settings, engine.meta.error_quantiles, engine.version, window=engine.window, hop=engine.hop,
+                         windows_per_hour=cfg.sample_rate / engine.hop * 3600.0)  # as the worker's, at this rate
     runs = run_streams(engine, alerts, {s["name"]: s["y"] for s in streams}, cfg.chunk, cfg.sample_rate)
     rows, windows = [], 0
     for s in streams:
