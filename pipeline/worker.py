@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.inference.engine import InferenceEngine
 from pipeline.inference.hotswap import ModelWatcher, load_route_engines
-from pipeline.inference.routing import ModelSet
+from pipeline.inference.routing import ModelSet, route_geometry
 from pipeline.kafka.clients import ensure_topics, make_consumer, verify_connection
 from pipeline.kafka.commits import CommitManager
 from pipeline.kafka.producer import Delivery, FatalWorkerError, TrackedProducer
@@ -289,7 +289,7 @@ class Worker:
             old = self.models.engine(new.route)
             self.models.install(new)
             self.metrics.model_swaps.labels("swapped").inc()
-            hop = self.hop if new.route == "default" else new.hop
+            hop = route_geometry(new.route, new, self.window, self.hop)[1]
             self.metrics.set_model(new.version, new.meta.arch, new.window, hop, route=new.route)
             log.info("route %s: now serving model %s (was %s)", new.route, new.version, old.version)
 

@@ -23,6 +23,12 @@ from pipeline.settings import DEFAULT_ROUTE, Route
 _MATCH_CACHE_MAX = 16384
 
 
+def route_geometry(route: str, engine, window: int, hop: int | None) -> tuple[int, int | None]:
+    """(window, hop) a route's windows are cut at: the default route's are the worker's (``window.window``
+    and ``window.hop`` may override its model's), another route's are its own model's."""
+    return (window, hop) if route == DEFAULT_ROUTE else (engine.window, engine.hop)
+
+
 class ModelSet:
     """The engines a worker serves, by route (the default route's is always there)."""
 

@@ -35,6 +35,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.inference.routing import route_geometry
 from pipeline.monitor.alerts.engine import AlertEngine, AlertEvent
 from pipeline.monitor.drift import DriftEvent, DriftMonitor
 from pipeline.monitor.metrics import WorkerMetrics
@@ -108,7 +109,7 @@ class Monitor:
     def _pair(self, route: str, engine) -> tuple[AlertEngine, DriftMonitor]:
         pair = self._routes.get(route)
         if pair is None:
-            hop = self.hop if self.hop and route == DEFAULT_ROUTE else getattr(engine, "hop", None)
+            hop = route_geometry(route, engine, self.window, self.hop)[1] or getattr(engine, "hop", None)
             alerts = AlertEngine(self._settings.alerts, engine.meta.error_quantiles, engine.version,
                                  on_evict=self.metrics.alert_state_evicted, window=getattr(engine, "window", 256),
                                  windows_per_hour=_windows_per_hour(engine, hop), hop=hop)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.inference.routing import ModelSet
+from pipeline.inference.routing import ModelSet, route_geometry
 from pipeline.settings import DEFAULT_ROUTE
 from pipeline.stream.batching import MicroBatcher
 from pipeline.stream.state import OutputRecord, PartitionState, Segment, StreamState
@@ -103,7 +103,7 @@ class StreamProcessor:
         return self.models.default
 
     def _geometry(self, route: str, engine) -> tuple[int, int]:
-        return (self.window, self.hop) if route == DEFAULT_ROUTE else (engine.window, engine.hop)
+        return route_geometry(route, engine, self.window, self.hop)
 
     # ---------------------------------------------------------------------------- input
     def handle(self, part: PartitionState, msg) -> None:

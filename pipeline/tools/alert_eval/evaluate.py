@@ -44,8 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.tools.alert_eval.replay import StreamRun, alert_intervals, run_streams
-from pipeline.monitor.alerts.engine import AlertEngine
+from pipeline.tools.alert_eval.replay import StreamRun, alert_engine, alert_intervals, run_streams
 from pipeline.settings import AlertSettings
 from models.signals.families import FAMILIES, add_noise, generate
 
@@ -232,8 +231,7 @@ def evaluate_synthetic(engine, settings: AlertSettings, cfg: SyntheticConfig,
     streams = make_streams(cfg)
     t_gen = time.perf_counter() - t0
     log(f"synthetic: {len(streams)} streams generated in {t_gen:.1f} s; running the alert path")
-    alerts = AlertEngine(settings, engine.meta.error_quantiles, engine.version, window=engine.window, hop=engine.hop,
-                         windows_per_hour=cfg.sample_rate / engine.hop * 3600.0)  # as the worker's, at this rate
+    alerts = alert_engine(engine, settings, cfg.sample_rate)
     W, fs = engine.window, cfg.sample_rate
     per_stream, runs = [], {}
     windows = 0

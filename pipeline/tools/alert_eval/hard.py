@@ -35,10 +35,9 @@ import numpy as np
 from scipy.stats import chi2, norm
 
 from models.signals.heldout import HELDOUT_FAMILIES
-from pipeline.monitor.alerts.engine import AlertEngine
 from pipeline.tools.alert_eval import faults as F
 from pipeline.tools.alert_eval.evaluate import by_detector, score_stream, summarise
-from pipeline.tools.alert_eval.replay import run_streams
+from pipeline.tools.alert_eval.replay import alert_engine, run_streams
 
 HARD_ROOT = 20_251_115  # root of the hard set's seeds: never used by training or the standard set
 TARGET_SUBTLE_RECALL = 0.8
@@ -135,8 +134,7 @@ def run_seed(engine, settings, cfg: HardConfig, seed: int, log: Callable[[str], 
     hours = sum(s["y"].shape[0] for s in streams) / cfg.sample_rate / 3600
     log(f"hard set, seed {seed}: {len(streams)} streams ({hours:.1f} stream-hours) generated in "
         f"{time.perf_counter() - t0:.0f} s; running the alert path")
-    alerts = AlertEngine(settings, engine.meta.error_quantiles, engine.version, window=engine.window, hop=engine.hop,
-                         windows_per_hour=cfg.sample_rate / engine.hop * 3600.0)  # as the worker's, at this rate
+    alerts = alert_engine(engine, settings, cfg.sample_rate)
     runs = run_streams(engine, alerts, {s["name"]: s["y"] for s in streams}, cfg.chunk, cfg.sample_rate)
     rows, windows = [], 0
     for s in streams:

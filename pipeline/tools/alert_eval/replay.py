@@ -35,6 +35,13 @@ class StreamRun:
     inputs: dict[str, np.ndarray]  # errors, scales and window features: replay with other settings
 
 
+def alert_engine(engine, settings, sample_rate: float) -> AlertEngine:
+    """The worker's alert engine for ``engine``'s model on streams at ``sample_rate``: its window, its hop
+    and the windows per stream-hour of its false-alarm budgets, as the worker computes them."""
+    return AlertEngine(settings, engine.meta.error_quantiles, engine.version, window=engine.window, hop=engine.hop,
+                       windows_per_hour=sample_rate / engine.hop * 3600.0)
+
+
 def run_streams(
     engine, alerts: AlertEngine, signals: dict[str, np.ndarray], chunk: int, sample_rate: float = 1.0,
     hop: int | None = None, t0: float = 1.7e9, max_batch: int = 4096,
