@@ -13,6 +13,7 @@ from kafka import KafkaConsumer
 
 from models.registry import ModelRegistry
 from models.training import TrainConfig, train_synthetic
+from models.training.distill import DistilConfig
 from pipeline.wire.codec import encode_chunk
 from pipeline.kafka.clients import make_producer
 from pipeline.retrain.run import RetrainResult
@@ -46,7 +47,7 @@ def drift_events(s) -> list[dict]:
         c.close()
 
 
-@pytest.mark.timeout(2400)  # a 40-step conv retrain: on a busy 2-core machine, many minutes
+@pytest.mark.timeout(2400)  # a 40-step conv retrain: ~1.5 minutes on a quiet 2-core machine, many beside a busy one
 def test_drift_event_triggers_an_early_retrain_that_brings_the_error_back(make_settings, tmp_path):
     registry = tmp_path / "registry"
     reg = ModelRegistry(registry)
@@ -70,7 +71,11 @@ def test_drift_event_triggers_an_early_retrain_that_brings_the_error_back(make_s
         from pipeline.retrain.run import retrain_once
 
         def runner():
-            runs.append(retrain_once(s, last_seconds=600, steps=40, seed=1))
+            # A quarter of the default distillation pool, a third of its steps (as test_retrain_kafka's
+            # promotion test: the default's teacher labelling and fit took half of it); the error must
+            # still come back.
+            runs.append(retrain_once(s, last_seconds=600, steps=40, seed=1,
+                                     distil_config=DistilConfig(steps=200, pool=2048, val_windows=256, seed=1)))
             return runs[-1]
 
         run_every(s, 3600.0, stop=stop, drift=True, min_gap_s=0.0, metrics=metrics, ready=ready, runner=runner)

@@ -57,6 +57,26 @@ def test_cost_is_saved_with_the_checkpoint_and_older_files_still_load(tmp_path):
     assert load_checkpoint(tmp_path / "b")[1].cost is None
 
 
+def test_side_by_side_timing_stops_each_model_at_its_own_budget(monkeypatch):
+    """A fast model's many short passes do not make a slow one repeat its long ones (a conv candidate
+    beside a seed MLP ran ~100 passes for the MLP's budget: 15 s of a retrain)."""
+    import models.cost as cost
+
+    fast, slow = build_model("mlp", {"window": 64, "hidden": 32}), build_model("mlp", {"window": 64, "hidden": 32})
+    seconds = {id(fast): 0.001, id(slow): 0.2}  # what each pass "takes": the loop's arithmetic, not the clock
+    calls = {id(fast): 0, id(slow): 0}
+
+    def one_pass(model, x):
+        calls[id(model)] += 1
+        return seconds[id(model)]
+
+    monkeypatch.setattr(cost, "_one_pass", one_pass)
+    us = cost.time_per_window({"candidate": slow, "current": fast}, 64)
+    assert calls[id(slow)] == cost._MIN_PASSES  # 3 x 0.2 s covers its 0.3 s
+    assert calls[id(fast)] == math.ceil(cost._MIN_SECONDS / 0.001 - 1e-9)  # 300 passes of 1 ms
+    assert us == {"candidate": 1e6 * 0.2 / COST_BATCH, "current": 1e6 * 0.001 / COST_BATCH}
+
+
 COST = {"flops_ratio": 1.0, "time_ratio": 1.1}
 
 
