@@ -31,3 +31,43 @@ def test_kernels_are_cached_in_the_package_cache_directory():
     from pipeline.monitor.alerts import seqstep
 
     assert seqstep._stream._cache._cache_path.startswith(jit.CACHE_DIR)
+
+
+_PROBE = """
+import numpy as np
+from pipeline.monitor.alerts import featpass
+featpass._sum(np.arange(4.0))
+s = featpass._sum.stats
+print(sum(s.cache_hits.values()), sum(s.cache_misses.values()), featpass._sum._cache._cache_path)
+"""
+
+
+def test_a_copy_of_the_package_elsewhere_finds_the_kernels_it_compiled(tmp_path):
+    """A fresh clone, a second checkout or another image path holds the same sources at another
+    path: numba's own locators filed the machine code under a hash of that path and compiled it
+    all again (~40-50 s per CI run); the package's locator finds it."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    alerts = Path(jit.__file__).parent
+    copies = []
+    for name in ("a", "b"):
+        dst = tmp_path / name / "pipeline"
+        shutil.copytree(alerts, dst / "monitor" / "alerts", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(alerts.parent.parent / "__init__.py", dst / "__init__.py")
+        shutil.copy(alerts.parent / "__init__.py", dst / "monitor" / "__init__.py")
+        copies.append(dst.parent)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("NUMBA_CACHE_LOCATOR_CLASSES", None)
+    runs = []
+    for root in copies:
+        out = subprocess.run([sys.executable, "-c", _PROBE], cwd=root, env={**env, "PYTHONPATH": str(root)},
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        hits, misses, path = out.stdout.split()
+        runs.append((int(hits), int(misses), path))
+    (h0, m0, p0), (h1, m1, p1) = runs
+    assert (h0, m0) == (0, 1) and (h1, m1) == (1, 0), runs  # compiled by the first copy, loaded by the second
+    assert p0 == p1 and os.path.basename(p0) == f"alerts-{jit.SOURCES_HASH}"
