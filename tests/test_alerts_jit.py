@@ -45,7 +45,7 @@ print(sum(s.cache_hits.values()), sum(s.cache_misses.values()), featpass._sum._c
 def test_a_copy_of_the_package_elsewhere_finds_the_kernels_it_compiled(tmp_path):
     """A fresh clone, a second checkout or another image path holds the same sources at another
     path: numba's own locators filed the machine code under a hash of that path and compiled it
-    all again (~40-50 s per CI run); the package's locator finds it."""
+    all again (58 s per CI run here); the package's locator finds it."""
     import shutil
     import subprocess
     import sys

@@ -59,7 +59,7 @@ def test_cost_is_saved_with_the_checkpoint_and_older_files_still_load(tmp_path):
 
 def test_side_by_side_timing_stops_each_model_at_its_own_budget(monkeypatch):
     """A fast model's many short passes do not make a slow one repeat its long ones (a conv candidate
-    beside a seed MLP ran ~100 passes for the MLP's budget: 15 s of a retrain)."""
+    beside a seed MLP ran ~80 passes for the MLP's budget: 10.4 s per comparison)."""
     import models.cost as cost
 
     fast, slow = build_model("mlp", {"window": 64, "hidden": 32}), build_model("mlp", {"window": 64, "hidden": 32})

@@ -11,7 +11,7 @@ Where: under ``NUMBA_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/dae-numba`` (``~
 
 Wherever the package lies. numba's own locators file a kernel's cache under a hash of its source
 file's directory, so a second checkout, a fresh clone (every CI run) or a container whose
-``/opt/app`` differs from the image's compiled every kernel again (~40-50 s on a 2-core machine).
+``/opt/app`` differs from the image's compiled every kernel again (58 s on a 2-core machine).
 :class:`PackageCacheLocator` files them under ``alerts-<hash>`` alone, stamped with that hash: the
 same sources find the same machine code at any path. (numba's index also keys each entry on numba's
 version and the CPU's name and features, so another machine or numba compiles afresh.)
@@ -45,9 +45,11 @@ def _root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dae-numba"
 
 
-def _cache_dir(root: Path | None = None, sources: Path = Path(__file__).parent) -> str:
+def _cache_dir(root: Path | None = None, sources: Path = Path(__file__).parent, digest: str | None = None) -> str:
+    """``root/alerts-<digest>`` (``digest``: the hash of ``sources``, computed if not given), made and
+    touched; older such directories beyond :data:`KEEP` removed."""
     root = _root() if root is None else root
-    here = root / f"alerts-{_sources_hash(sources)}"
+    here = root / f"alerts-{digest or _sources_hash(sources)}"
     try:
         here.mkdir(parents=True, exist_ok=True)
         os.utime(here)
@@ -61,7 +63,7 @@ def _cache_dir(root: Path | None = None, sources: Path = Path(__file__).parent) 
 
 HERE = Path(__file__).resolve().parent
 SOURCES_HASH = _sources_hash(HERE)
-CACHE_DIR = _cache_dir()
+CACHE_DIR = _cache_dir(digest=SOURCES_HASH)  # the directory and the locator's stamp: one hash
 
 
 class PackageCacheLocator(_CacheLocator):
